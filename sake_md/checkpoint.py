@@ -1,0 +1,142 @@
+"""Checkpoints are data, not pickles: one ``.pt`` file that ``torch.load(weights_only=True)`` reads,
+holding the format version, the configuration, the species, the normalisation and the state dict.
+
+Format version 1 keys: format, format_version, sake_md_version, variant, config, atomic_numbers,
+normalization {energy_scale, energy_shift, atomic_energies}, units, dtype, training, metrics,
+state_dict, and optionally extra (e.g. optimiser state of a training run).
+"""
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+
+import torch
+
+from . import __version__
+from .errors import CheckpointError
+from .model import ModelConfig, SAKEPotential
+
+FORMAT = "sake_md.checkpoint"
+FORMAT_VERSION = 1
+UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å"}
+
+
+def checkpoint_dict(potential: SAKEPotential, training: dict | None = None, metrics: dict | None = None,
+                    extra: dict | None = None) -> dict:
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "sake_md_version": __version__,
+        "variant": potential.config.variant,
+        "config": potential.config.to_dict(),
+        "atomic_numbers": list(potential.atomic_numbers),
+        "normalization": {
+            "energy_scale": potential.energy_scale,
+            "energy_shift": potential.energy_shift,
+            "atomic_energies": list(potential.atomic_energies),
+        },
+        "units": dict(UNITS),
+        "dtype": str(potential.dtype).removeprefix("torch."),
+        "training": training,
+        "metrics": metrics,
+        "state_dict": {k: v.detach().cpu() for k, v in potential.state_dict().items()},
+        "extra": extra,
+    }
+
+
+def save_checkpoint(path, potential: SAKEPotential, training=None, metrics=None, extra=None) -> Path:
+    """Write atomically (temporary file + rename), so a killed process never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(checkpoint_dict(potential, training, metrics, extra), tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_checkpoint(path) -> dict:
+    """Load and validate the raw dictionary, with one clear message per way it can be wrong."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as e:
+        if zipfile.is_zipfile(path) or _looks_like_torch(path):
+            raise CheckpointError(f"{path} is corrupted or truncated and cannot be read ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:200]})") from e
+        raise CheckpointError(f"{path} is not a sake_md checkpoint (not a PyTorch file)") from e
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is a PyTorch file but not a sake_md checkpoint (no '{FORMAT}' marker)")
+    version = data.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} was written with checkpoint format version {version} (sake_md "
+            f"{data.get('sake_md_version', '?')}); this sake_md {__version__} reads versions up to "
+            f"{FORMAT_VERSION}. Upgrade sake_md to load it.")
+    missing = [k for k in ("config", "atomic_numbers", "normalization", "state_dict") if k not in data]
+    if missing:
+        raise CheckpointError(f"{path} is an incomplete sake_md checkpoint: missing {', '.join(missing)}")
+    return data
+
+
+def _looks_like_torch(path: Path) -> bool:
+    with open(path, "rb") as f:
+        head = f.read(4)
+    return head[:2] == b"PK" or head[:1] == b"\x80"
+
+
+def potential_from_dict(data: dict, source="checkpoint") -> SAKEPotential:
+    config = ModelConfig(**data["config"])
+    norm = data["normalization"]
+    potential = SAKEPotential(data["atomic_numbers"], config, norm["energy_scale"], norm["energy_shift"],
+                              norm.get("atomic_energies"))
+    dtype = getattr(torch, data.get("dtype", "float32"))
+    potential = potential.to(dtype)
+    try:
+        potential.load_state_dict(data["state_dict"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{source}: weights do not match the stored configuration: "
+                              f"{str(e).splitlines()[0][:300]}") from e
+    return potential
+
+
+def load_checkpoint(path, with_metadata: bool = False):
+    """Rebuild the potential from the file alone. Returns the potential, or (potential, data)."""
+    data = read_checkpoint(path)
+    potential = potential_from_dict(data, str(path)).eval()
+    return (potential, data) if with_metadata else potential
+
+
+def describe_checkpoint(path) -> dict:
+    """A readable summary of a checkpoint (for ``sake-md info``)."""
+    from ase.data import chemical_symbols
+
+    from .model import count_parameters
+
+    potential, data = load_checkpoint(path, with_metadata=True)
+    norm = data["normalization"]
+    return {
+        "file": str(path),
+        "format_version": data["format_version"],
+        "written_by": f"sake_md {data.get('sake_md_version', '?')}",
+        "variant": data.get("variant", data["config"].get("variant")),
+        "parameters": count_parameters(potential),
+        "config": data["config"],
+        "species": " ".join(f"{chemical_symbols[z]}({z})" for z in data["atomic_numbers"]),
+        "dtype": data.get("dtype"),
+        "units": ", ".join(f"{k} {v}" for k, v in data.get("units", {}).items()),
+        "normalization": {"energy_scale (eV)": norm["energy_scale"], "energy_shift (eV)": norm["energy_shift"],
+                          "atomic_energies (eV)": norm.get("atomic_energies")},
+        "training": data.get("training") or "not recorded",
+        "metrics": data.get("metrics") or "not recorded",
+    }

@@ -1,0 +1,17 @@
+"""Exceptions raised for bad input. Each message says what was expected and what was found."""
+
+
+class SakeMDError(Exception):
+    """Base class of every error sake_md raises on purpose."""
+
+
+class CheckpointError(SakeMDError):
+    """A checkpoint file is missing, not ours, corrupted, or from a newer format."""
+
+
+class InputError(SakeMDError, ValueError):
+    """A structure the model cannot evaluate (unknown element, NaN positions, periodic cell, ...)."""
+
+
+class DataError(SakeMDError, ValueError):
+    """A data file that cannot be used for training or evaluation."""

@@ -1,0 +1,30 @@
+"""Shared fixtures. Data from ../shared is optional: tests that need it skip when it is absent."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SAKE_MD_SHARED", ROOT.parent / "shared"))
+PARITY = SHARED / "parity" / "sake_reference_parity.npz"
+RMD17 = Path(os.environ.get("SAKE_MD_RMD17", SHARED / "data" / "rmd17"))
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def rmd17_file(name: str) -> Path:
+    path = RMD17 / f"rmd17_{name}.npz"
+    if not path.exists():
+        pytest.skip(f"rMD17 data not found at {path}")
+    return path
+
+
+@pytest.fixture
+def parity_npz():
+    if not PARITY.exists():
+        pytest.skip(f"reference parity fixture not found at {PARITY}")
+    import numpy as np
+
+    return np.load(PARITY)
