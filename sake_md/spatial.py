@@ -19,6 +19,8 @@ import torch
 from torch import nn
 
 from .modules import linear, mlp
+from .spatial_dot import DotProductScalarization
+from .spatial_sh import SphericalHarmonicAttention
 
 
 class SpatialAttention(nn.Module):
@@ -66,4 +68,6 @@ class NoSpatial(nn.Module):
 SPATIAL_BLOCKS: dict[str, type[nn.Module]] = {
     "sake": SpatialAttention,
     "sake-no-spatial": NoSpatial,
+    "sake-sh": SphericalHarmonicAttention,
+    "sake-dot": DotProductScalarization,
 }
