@@ -66,7 +66,8 @@ class SAKELayer(nn.Module):
         a = self.attention(h_ij, neighbours)
         h_tilde = (h_ij.unsqueeze(-1) * a.unsqueeze(-2)).flatten(-2)  # (B, N, N, H·K), head fastest
         h_spa, dv = self.spatial(h_tilde, u, inv_n)
-        parts = [h, h_tilde.sum(2)] + ([h_spa] if h_spa is not None else [])
+        m = torch.matmul(h_ij.transpose(-1, -2), a).flatten(-2)  # Σ_j h̃_ij without re-reading h̃
+        parts = [h, m] + ([h_spa] if h_spa is not None else [])
         h = h + self.node_mlp(torch.cat(parts, -1))
         if dv is None:
             return h, x, v

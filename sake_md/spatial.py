@@ -40,15 +40,18 @@ class SpatialAttention(nn.Module):
         self.v_mixing = linear(coefficients, 1, bias=False)
 
     def combine(self, h_tilde: torch.Tensor, u: torch.Tensor, inv_n: torch.Tensor) -> torch.Tensor:
-        """V̄_ic. Shape: (B, N, N, C), (B, N, N, 3) -> (B, N, C, 3)."""
+        """V̄ as (B, N, 3, C): uᵀλ keeps λ's gradient in λ's own layout (no transposed copy).
+
+        Shape: (B, N, N, C), (B, N, N, 3), (B, 1, 1, 1) -> (B, N, 3, C).
+        """
         lam = torch.tanh(self.x_mixing(h_tilde))
-        return torch.matmul(lam.transpose(-1, -2), u) * inv_n
+        return torch.matmul(u.transpose(-1, -2), lam) * inv_n
 
     def forward(self, h_tilde, u, inv_n):
         """Shape: (B, N, N, C), (B, N, N, 3), (B, 1, 1, 1) -> (B, N, H), (B, N, 3)."""
         v_bar = self.combine(h_tilde, u, inv_n)
-        h_spa = self.post_norm_mlp((v_bar * v_bar).sum(-1))
-        dv = torch.matmul(self.v_mixing.weight, v_bar).squeeze(-2)  # Σ_c w_c V̄_ic
+        h_spa = self.post_norm_mlp((v_bar * v_bar).sum(-2))
+        dv = torch.matmul(v_bar, self.v_mixing.weight.squeeze(0))  # Σ_c w_c V̄_ic
         return h_spa, dv
 
 

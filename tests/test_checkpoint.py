@@ -1,0 +1,81 @@
+"""Checkpoints: a round trip gives identical outputs; every way a file can be wrong has its own message."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from sake_md import load_checkpoint, save_checkpoint
+from sake_md.checkpoint import FORMAT_VERSION, checkpoint_dict
+from sake_md.cli import main
+from sake_md.errors import CheckpointError
+
+from .physics import energy_forces
+from .test_model import molecule, perturbed_potential
+
+
+@pytest.fixture(scope="module")
+def potential():
+    return perturbed_potential("sake")
+
+
+def test_round_trip_identical(potential, tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", potential, training={"source": "test"}, metrics={"f_mae": 1.0})
+    raw = torch.load(path, weights_only=True)  # data, not a pickle
+    assert raw["format_version"] == FORMAT_VERSION and raw["variant"] == "sake"
+    loaded = load_checkpoint(path)
+    assert loaded.config == potential.config and loaded.atomic_numbers == potential.atomic_numbers
+    assert loaded.dtype == torch.float64
+    z, x = molecule("CH3CH2OH")
+    E0, F0 = energy_forces(potential, z, x)
+    E1, F1 = energy_forces(loaded, z, x)
+    assert E0 == E1
+    np.testing.assert_array_equal(F0, F1)
+
+
+def test_missing(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        load_checkpoint(tmp_path / "nope.pt")
+
+
+def test_not_a_checkpoint(tmp_path):
+    (tmp_path / "a.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="not a sake_md checkpoint"):
+        load_checkpoint(tmp_path / "a.pt")
+    torch.save({"weights": torch.zeros(3)}, tmp_path / "b.pt")
+    with pytest.raises(CheckpointError, match="PyTorch file but not a sake_md checkpoint"):
+        load_checkpoint(tmp_path / "b.pt")
+
+
+def test_corrupted(potential, tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", potential)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupted"):
+        load_checkpoint(path)
+
+
+def test_newer_format(potential, tmp_path):
+    d = checkpoint_dict(potential)
+    d["format_version"] = FORMAT_VERSION + 1
+    torch.save(d, tmp_path / "new.pt")
+    with pytest.raises(CheckpointError, match=f"format version {FORMAT_VERSION + 1}.*Upgrade sake_md"):
+        load_checkpoint(tmp_path / "new.pt")
+
+
+def test_weights_do_not_match_config(potential, tmp_path):
+    d = checkpoint_dict(potential)
+    d["config"]["hidden"] = 32
+    torch.save(d, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="do not match"):
+        load_checkpoint(tmp_path / "bad.pt")
+
+
+def test_info_cli(potential, tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", potential, training={"source": "rmd17_ethanol_train_01.npz"})
+    result = CliRunner().invoke(main, ["info", str(path)])
+    assert result.exit_code == 0, result.output
+    for text in ("variant:", "sake", "parameters:", "H(1) C(6) N(7) O(8)", "rmd17_ethanol_train_01.npz"):
+        assert text in result.output
+    result = CliRunner().invoke(main, ["info", str(tmp_path / "missing.pt")])
+    assert result.exit_code != 0 and "checkpoint not found" in result.output and "Traceback" not in result.output
