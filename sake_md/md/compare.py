@@ -1,0 +1,112 @@
+"""``sake-md compare``: several potentials through the stability protocol; a table, JSON and plots."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ..calculator import resolve_device, resolve_dtype
+from ..checkpoint import load_checkpoint
+from .rdf import BINS, h_of_r
+from .reference import read_reference
+from .stability import PRESETS, StabilityResult, force_errors, run_stability
+
+
+def model_names(paths) -> list[str]:
+    """File stems, or the full paths where two stems coincide."""
+    stems = [Path(p).stem for p in paths]
+    return [s if stems.count(s) == 1 else str(p) for s, p in zip(stems, paths, strict=True)]
+
+
+def compare(checkpoints, reference, test=None, preset="mdsim-md17", runs=None, time_ps=None, seed=0,
+            device="cpu", dtype=None, progress=False) -> tuple[list[StabilityResult], np.ndarray]:
+    """Run the protocol for each checkpoint. Returns the results and the reference h(r) (500,)."""
+    p = PRESETS[preset]
+    ref = read_reference(reference)
+    test_data = read_reference(test) if test else None
+    start = test_data or ref
+    device = resolve_device(device)
+    potentials = [load_checkpoint(c) for c in checkpoints]  # all load before the first long run
+    results = []
+    for name, potential in zip(model_names(checkpoints), potentials, strict=True):
+        if dtype is not None:
+            potential = potential.to(resolve_dtype(dtype))
+        result = run_stability(potential, ref, start, p, runs or p.runs, time_ps, seed, device, name, progress)
+        if test_data is not None and test_data.forces is not None:
+            result.force_mae_meV_A, result.force_rmse_meV_A = force_errors(potential, test_data, device)
+        results.append(result)
+    return results, h_of_r(ref.positions)
+
+
+def format_table(results: list[StabilityResult], time_ps: float) -> str:
+    header = (f"{'model':24s} {'stability (ps)':>20s} {'h(r) error':>10s} {'F MAE (meV/Å)':>14s} "
+              f"{'steps/s':>9s} {'runs':>4s}")
+    lines = [header, "-" * len(header)]
+    for r in results:
+        stab = f"{r.stability_mean_ps:.2f} ± {r.stability_std_ps:.2f} / {time_ps:g}"
+        force = f"{r.force_mae_meV_A:.1f}" if r.force_mae_meV_A is not None else "-"
+        lines.append(f"{r.model:24s} {stab:>20s} {r.hr_error:10.3f} {force:>14s} {r.steps_per_s:9.1f} "
+                     f"{len(r.runs):4d}")
+    lines.append(f"steps/s: steps of all runs together ({results[0].device}, {results[0].dtype})"
+                 if results else "no models")
+    return "\n".join(lines)
+
+
+def write_outputs(results: list[StabilityResult], h_reference: np.ndarray, out, settings: dict) -> list[Path]:
+    """``compare.json`` always; ``stability.png`` and ``hr.png`` when matplotlib is installed."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "compare.json"
+    payload = {"settings": settings, "bins": BINS.tolist(), "hr_reference": h_reference.tolist(),
+               "models": [r.to_dict() for r in results]}
+    path.write_text(json.dumps(payload, indent=1, default=_json_default))
+    written = [path]
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+    except ImportError:
+        return written
+    written += [_plot_stability(results, out / "stability.png", settings["time_ps"]),
+                _plot_hr(results, h_reference, out / "hr.png")]
+    return written
+
+
+def _json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
+
+
+def _plot_stability(results, path, time_ps):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(results), 3.5))
+    x = np.arange(len(results))
+    ax.bar(x, [r.stability_mean_ps for r in results], yerr=[r.stability_std_ps for r in results], capsize=4)
+    for i, r in enumerate(results):
+        ax.scatter([i] * len(r.runs), [run.stability_ps for run in r.runs], color="k", s=10, zorder=3)
+    ax.set_xticks(x, [r.model for r in results], rotation=20, ha="right")
+    ax.set_ylabel("stability time (ps)")
+    ax.set_ylim(0, time_ps * 1.05)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _plot_hr(results, h_reference, path):
+    import matplotlib.pyplot as plt
+
+    centres = 0.5 * (BINS[1:] + BINS[:-1])
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(centres, h_reference, "k", lw=2, label="reference")
+    for r in results:
+        ax.plot(centres, r.hr, lw=1, label=f"{r.model} (error {r.hr_error:.3f})")
+    ax.set_xlabel("r (Å)")
+    ax.set_ylabel("h(r) (1/Å)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,352 @@
+"""``sake-md run``: molecular dynamics of one structure with ASE's integrators and a SAKE calculator.
+
+Every frame is flushed to the trajectory and the log as it is written, so a run stopped by Ctrl-C,
+SIGTERM or a collapse leaves readable files. Exit statuses (``RunSummary.exit_status``):
+0 finished, 3 collapsed (a bond deviated > 0.5 Å from its reference), 128 + signal when interrupted
+(130 for Ctrl-C, 143 for SIGTERM). Units: ASE's; fs and K only in the settings' names.
+"""
+
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms, units
+
+from ..errors import CheckpointError, InputError
+from .bonds import BondCriterion, BrokenBond
+
+EXIT_OK = 0
+EXIT_COLLAPSED = 3
+ENSEMBLES = ("nve", "langevin", "nose-hoover", "bussi")
+DEFAULT_MOLECULE = "CH3CH2OH"
+DEFAULT_POTENTIAL = Path("potentials") / "sake_ethanol.pt"
+
+
+@dataclass
+class MDSettings:
+    """What to integrate and how. Thermostat times are in fs, friction in 1/fs, at this edge only."""
+
+    ensemble: str = "langevin"
+    temperature_K: float = 300.0
+    timestep_fs: float = 0.5
+    steps: int = 1000
+    interval: int = 10
+    seed: int = 0
+    friction_per_fs: float = 0.01
+    tdamp_fs: float = 50.0
+
+    def __post_init__(self):
+        if self.ensemble not in ENSEMBLES:
+            raise InputError(f"unknown ensemble {self.ensemble!r}; known: {', '.join(ENSEMBLES)}")
+        if self.timestep_fs <= 0 or self.steps < 0 or self.interval < 1 or self.temperature_K < 0:
+            raise InputError("timestep must be > 0 fs, steps ≥ 0, interval ≥ 1 and temperature ≥ 0 K")
+
+
+@dataclass
+class RunSummary:
+    """What happened. Times in ps; drift in meV/atom/ps (NVE only); ``collapse`` names the broken bond."""
+
+    steps: int
+    time_ps: float
+    wall_s: float
+    atoms: int
+    ensemble: str
+    collapse: BrokenBond | None = None
+    collapse_step: int | None = None
+    last_good_frame_step: int | None = None
+    interrupted_by: str | None = None
+    drift_meV_per_atom_ps: float | None = None
+    fluctuation_ratio: float | None = None
+    frames_written: int = 0
+    energies: list = field(default_factory=list, repr=False)
+
+    @property
+    def steps_per_s(self) -> float:
+        return self.steps / self.wall_s if self.wall_s > 0 else float("nan")
+
+    @property
+    def stable(self) -> bool:
+        return self.collapse is None
+
+    @property
+    def exit_status(self) -> int:
+        if self.interrupted_by is not None:
+            return 128 + getattr(signal, self.interrupted_by, signal.SIGINT).value
+        return EXIT_OK if self.stable else EXIT_COLLAPSED
+
+    def lines(self, dt_fs: float) -> list[str]:
+        out = [f"simulated {self.time_ps:.4f} ps ({self.steps} steps of {dt_fs:g} fs, {self.ensemble}, "
+               f"{self.atoms} atoms) in {self.wall_s:.1f} s: {self.steps_per_s:.1f} steps/s"]
+        if self.drift_meV_per_atom_ps is not None:
+            out.append(f"energy drift {self.drift_meV_per_atom_ps:.3g} meV/atom/ps (linear fit of the total "
+                       f"energy); std(E_tot)/std(E_kin) = {self.fluctuation_ratio:.3g}")
+        if self.interrupted_by is not None:
+            out.append(f"interrupted by {self.interrupted_by} after {self.steps} steps; the trajectory and log "
+                       f"hold {self.frames_written} frames")
+        if self.collapse is not None:
+            out.append(f"COLLAPSED at step {self.collapse_step} ({self.collapse_step * dt_fs / 1000:.4f} ps): "
+                       f"{self.collapse}; the trajectory keeps the frames up to step {self.last_good_frame_step}")
+        elif self.interrupted_by is None:
+            out.append("stable: no bond deviated more than 0.5 Å from its reference")
+        return out
+
+
+# --- inputs ------------------------------------------------------------------------------------------
+
+def default_potential() -> Path:
+    """``potentials/sake_ethanol.pt`` of the repository (or installed next to the package)."""
+    package = Path(__file__).resolve().parents[1]
+    candidates = [package.parent / DEFAULT_POTENTIAL, package / DEFAULT_POTENTIAL]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise CheckpointError(f"the default potential {DEFAULT_POTENTIAL} was not found (looked in "
+                          f"{', '.join(str(c) for c in candidates)}); it ships with the repository. "
+                          "Pass one with --potential CKPT.")
+
+
+def load_structure(spec: str | None) -> Atoms:
+    """A file anything ASE reads (its last frame), or a molecule name of ``ase.build.molecule``."""
+    import ase.build
+    import ase.io
+    from ase.collections import g2
+
+    if spec is None:
+        return ase.build.molecule(DEFAULT_MOLECULE)
+    if Path(spec).exists():
+        try:
+            return ase.io.read(spec)
+        except Exception as e:  # ASE raises many kinds for unreadable files
+            raise InputError(f"cannot read structure {spec} with ASE: {type(e).__name__}: {e}") from e
+    if spec in g2.names:
+        return ase.build.molecule(spec)
+    raise InputError(f"--structure {spec!r} is neither a file nor a molecule name of ase.build.molecule "
+                     f"(e.g. CH3CH2OH, H2O, C6H6; {len(g2.names)} names in ase.collections.g2)")
+
+
+def initial_velocities(atoms: Atoms, temperature_K: float, rng: np.random.Generator):
+    """Maxwell–Boltzmann momenta at ``temperature_K``, without centre-of-mass motion or rotation."""
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    Stationary(atoms)
+    ZeroRotation(atoms)
+
+
+def make_dynamics(atoms: Atoms, s: MDSettings, rng: np.random.Generator):
+    """ASE's integrator for ``s.ensemble``."""
+    from ase.md.bussi import Bussi
+    from ase.md.langevin import Langevin
+    from ase.md.nose_hoover_chain import NoseHooverChainNVT
+    from ase.md.verlet import VelocityVerlet
+
+    dt = s.timestep_fs * units.fs
+    if s.ensemble == "nve":
+        return VelocityVerlet(atoms, dt)
+    if s.ensemble == "langevin":
+        return Langevin(atoms, dt, temperature_K=s.temperature_K, friction=s.friction_per_fs / units.fs, rng=rng)
+    if s.ensemble == "nose-hoover":
+        return NoseHooverChainNVT(atoms, dt, temperature_K=s.temperature_K, tdamp=s.tdamp_fs * units.fs)
+    return Bussi(atoms, dt, temperature_K=s.temperature_K, taut=s.tdamp_fs * units.fs, rng=rng)
+
+
+# --- outputs -----------------------------------------------------------------------------------------
+
+class FrameWriter:
+    """Frames to extxyz (``.xyz``/``.extxyz``) or an ASE trajectory (``.traj``), flushed frame by frame."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self.count = 0
+        if self.path.suffix == ".traj":
+            from ase.io.trajectory import Trajectory
+
+            self._traj, self._file = Trajectory(str(self.path), "w"), None
+        elif self.path.suffix in (".xyz", ".extxyz"):
+            self._traj, self._file = None, open(self.path, "w")
+        else:
+            raise InputError(f"trajectory {self.path}: use a .extxyz, .xyz or .traj suffix")
+
+    def write(self, atoms: Atoms):
+        if self._traj is not None:
+            self._traj.write(atoms)
+        else:
+            import ase.io
+
+            ase.io.write(self._file, atoms, format="extxyz")
+            self._file.flush()
+        self.count += 1
+
+    def close(self):
+        (self._traj or self._file).close()
+
+
+class EnergyLog:
+    """A whitespace-separated table, one line per frame, flushed per line."""
+
+    HEADER = "# step time[ps] Etot[eV] Epot[eV] Ekin[eV] T[K]\n"
+
+    def __init__(self, path):
+        self._file = open(path, "w")
+        self._file.write(self.HEADER)
+        self._file.flush()
+
+    def write(self, step: int, time_ps: float, epot: float, ekin: float, temperature: float):
+        self._file.write(f"{step} {time_ps:.5f} {epot + ekin:.6f} {epot:.6f} {ekin:.6f} {temperature:.2f}\n")
+        self._file.flush()
+
+    def close(self):
+        self._file.close()
+
+
+def energy_drift(times_ps: np.ndarray, total: np.ndarray, n_atoms: int) -> float:
+    """Slope of a linear fit of the total energy (eV) against time (ps), in meV/atom/ps."""
+    if len(times_ps) < 3:
+        return float("nan")
+    return float(np.polyfit(times_ps, total, 1)[0] * 1000.0 / n_atoms)
+
+
+# --- the run -----------------------------------------------------------------------------------------
+
+class _Collapsed(Exception):
+    def __init__(self, step: int, bond: BrokenBond):
+        self.step, self.bond = step, bond
+
+
+class _Interrupted(Exception):
+    def __init__(self, signame: str):
+        self.signame = signame
+
+
+@contextmanager
+def _catch_signals(recorder: "_Recorder"):
+    """On SIGINT or SIGTERM, ask the recorder to stop at the next step boundary (so no frame is cut in
+    half); a second signal stops at once (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        name = signal.Signals(signum).name
+        if recorder.stop_requested:
+            raise _Interrupted(name)
+        recorder.stop_requested = name
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def run_md(atoms: Atoms, calculator, settings: MDSettings, traj=None, log=None,
+           criterion: BondCriterion | None = None, progress: bool = True, initialise_velocities: bool = True
+           ) -> RunSummary:
+    """Integrate ``atoms`` with ``calculator``; check the bonds every step, write a frame every ``interval``.
+
+    ``criterion`` defaults to the bonds of the first frame with their lengths there as references.
+    """
+    s = settings
+    rng = np.random.default_rng(s.seed)
+    atoms.calc = calculator
+    atoms.get_forces()  # refuses unknown elements and bad structures before anything is written
+    if initialise_velocities:
+        initial_velocities(atoms, s.temperature_K, rng)
+    criterion = criterion or BondCriterion.from_atoms(atoms)
+    dyn = make_dynamics(atoms, s, rng)
+    writer = FrameWriter(traj) if traj else None
+    logger = EnergyLog(log) if log else None
+    record = _Recorder(atoms, dyn, s, criterion, writer, logger, progress)
+    summary = RunSummary(0, 0.0, 0.0, len(atoms), s.ensemble)
+    dyn.attach(record, interval=1)
+    start = time.perf_counter()
+    try:
+        with _catch_signals(record):
+            dyn.run(s.steps)
+    except _Collapsed as c:
+        summary.collapse, summary.collapse_step = c.bond, c.step
+    except (_Interrupted, KeyboardInterrupt) as e:
+        summary.interrupted_by = getattr(e, "signame", "SIGINT")
+    finally:
+        summary.wall_s = time.perf_counter() - start
+        record.close()
+    summary.steps = record.last_step
+    summary.time_ps = record.last_step * s.timestep_fs / 1000.0
+    summary.last_good_frame_step = record.last_frame_step
+    summary.frames_written = writer.count if writer else record.frames
+    summary.energies = record.totals
+    if s.ensemble == "nve" and record.times:
+        summary.drift_meV_per_atom_ps = energy_drift(np.array(record.times), np.array(record.totals), len(atoms))
+        summary.fluctuation_ratio = float(np.std(record.totals) / max(np.std(record.kinetic), 1e-300))
+    return summary
+
+
+class _Recorder:
+    """The per-step observer: bond check, energies for the drift fit, frames, log and progress bar."""
+
+    def __init__(self, atoms, dyn, s: MDSettings, criterion, writer, logger, progress):
+        from tqdm.auto import tqdm
+
+        self.atoms, self.dyn, self.s, self.criterion = atoms, dyn, s, criterion
+        self.writer, self.logger = writer, logger
+        self.bar = tqdm(total=s.steps, unit="step", disable=not progress, dynamic_ncols=True)
+        self.times, self.totals, self.kinetic = [], [], []
+        self.last_step, self.last_frame_step, self.frames = 0, None, 0
+        self.stop_requested: str | None = None
+
+    def __call__(self):
+        if self.stop_requested:
+            raise _Interrupted(self.stop_requested)
+        step = self.dyn.nsteps
+        broken = self.criterion.first_broken(self.atoms.positions)
+        if broken is not None:
+            raise _Collapsed(step, broken)
+        epot, ekin = self.atoms.get_potential_energy(), self.atoms.get_kinetic_energy()
+        t_ps = step * self.s.timestep_fs / 1000.0
+        self.times.append(t_ps)
+        self.totals.append(epot + ekin)
+        self.kinetic.append(ekin)
+        self.last_step = step
+        if step % self.s.interval == 0:
+            self._frame(step, t_ps, epot, ekin)
+        if step > 0:
+            self.bar.update(1)
+
+    def _frame(self, step, t_ps, epot, ekin):
+        temperature = self.atoms.get_temperature()
+        if self.writer:
+            self.writer.write(self.atoms)
+        if self.logger:
+            self.logger.write(step, t_ps, epot, ekin, temperature)
+        self.last_frame_step = step
+        self.frames += 1
+        self.bar.set_postfix(T=f"{temperature:.0f}K", Etot=f"{epot + ekin:.4f}eV", refresh=False)
+
+    def close(self):
+        self.bar.close()
+        for f in (self.writer, self.logger):
+            if f:
+                f.close()
+
+
+def run_from_files(potential=None, structure: str | None = None, reference=None,
+                   settings: MDSettings | None = None, traj=None, log=None, device="cpu", dtype=None,
+                   progress: bool = True) -> RunSummary:
+    """What ``sake-md run`` does: resolve the potential (default: the shipped one) and the structure
+    (default: ethanol), optionally reference bond lengths from a dataset, then ``run_md``."""
+    from ..calculator import SAKECalculator
+    from .reference import read_reference
+
+    calc = SAKECalculator(potential or default_potential(), device=device, dtype=dtype)
+    atoms = load_structure(structure)
+    criterion = None
+    if reference is not None:
+        ref = read_reference(reference)
+        ref.check_same_molecule(atoms.numbers)
+        criterion = BondCriterion.from_atoms(atoms, ref.positions)
+    return run_md(atoms, calc, settings or MDSettings(), traj, log, criterion, progress)

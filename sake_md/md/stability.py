@@ -1,0 +1,201 @@
+"""The MD stability protocol of spec/protocols.md (after Fu et al., "Forces are not Enough", 2023) on the
+batched replica engine: all runs of one potential advance together, one model call per step.
+
+Per run: a random start frame of the test (or reference) set, Maxwell–Boltzmann momenta, Nosé–Hoover
+NVT; every ``frame_interval`` steps the bonds are checked (> 0.5 Å from the reference mean = collapse)
+and, while intact, the frame's distances enter the run's h(r).
+"""
+
+import math
+import re
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from ase import units
+
+from ..errors import InputError
+from ..model import SAKEPotential
+from .bonds import BondCriterion
+from .rdf import BINS, density, distance_counts, h_of_r, hr_error
+from .reference import ReferenceData
+from .replicas import NoseHooverChain, ReplicaState, SAKEForces, maxwell_boltzmann, simulate
+
+
+@dataclass(frozen=True)
+class StabilityPreset:
+    """Temperature (K), time step (fs), run length (ps), frame interval and thermostat time (steps),
+    Nosé–Hoover chain length (1: the plain Nosé–Hoover thermostat of the protocol) and runs per model."""
+
+    name: str
+    temperature_K: float = 500.0
+    timestep_fs: float = 0.5
+    time_ps: float = 300.0
+    frame_interval: int = 100
+    tdamp_steps: int = 20
+    chain: int = 1
+    runs: int = 5
+
+    def steps(self, time_ps: float | None = None) -> int:
+        return int(round((time_ps or self.time_ps) * 1000.0 / self.timestep_fs))
+
+
+PRESETS = {"mdsim-md17": StabilityPreset("mdsim-md17")}
+
+_TIME_UNITS = {"fs": 1e-3, "ps": 1.0, "ns": 1e3}
+
+
+def parse_time_ps(text: str) -> float:
+    """'10ps', '500fs', '0.3ns' or a bare number of ps -> ps."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(fs|ps|ns)?\s*", str(text))
+    if not m or float(m.group(1)) <= 0:
+        raise InputError(f"cannot read the time {text!r}; write e.g. 10ps, 500fs or 0.3ns")
+    return float(m.group(1)) * _TIME_UNITS[m.group(2) or "ps"]
+
+
+@dataclass
+class RunRecord:
+    """One run: its start frame, stability time (ps), the collapse (None when it stayed intact), the
+    number of intact frames and its h(r) error."""
+
+    start_frame: int
+    stability_ps: float
+    collapse: str | None
+    collapse_ps: float | None
+    frames: int
+    hr_error: float
+
+
+@dataclass
+class StabilityResult:
+    """Per model: the runs, h(r) over all intact frames (500,), speed and settings."""
+
+    model: str
+    runs: list[RunRecord]
+    hr: np.ndarray = field(repr=False)
+    steps: int = 0
+    wall_s: float = 0.0
+    device: str = "cpu"
+    dtype: str = "float32"
+    force_mae_meV_A: float | None = None
+    force_rmse_meV_A: float | None = None
+
+    @property
+    def stability_mean_ps(self) -> float:
+        return float(np.mean([r.stability_ps for r in self.runs]))
+
+    @property
+    def stability_std_ps(self) -> float:
+        return float(np.std([r.stability_ps for r in self.runs]))
+
+    @property
+    def hr_error(self) -> float:
+        errors = [r.hr_error for r in self.runs if np.isfinite(r.hr_error)]
+        return float(np.mean(errors)) if errors else float("nan")
+
+    @property
+    def steps_per_s(self) -> float:
+        """Steps of the whole batch (all runs together) per second."""
+        return self.steps / self.wall_s if self.wall_s > 0 else float("nan")
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "stability_ps_mean": self.stability_mean_ps,
+                "stability_ps_std": self.stability_std_ps, "hr_error": self.hr_error,
+                "force_mae_meV_A": self.force_mae_meV_A, "force_rmse_meV_A": self.force_rmse_meV_A,
+                "steps": self.steps, "wall_s": self.wall_s, "steps_per_s": self.steps_per_s,
+                "replica_steps_per_s": self.steps_per_s * len(self.runs), "device": self.device,
+                "dtype": self.dtype, "runs": [asdict(r) for r in self.runs], "hr": self.hr.tolist()}
+
+
+class _Monitor:
+    """Observer of ``simulate``: bond check and h(r) counts per run, every frame."""
+
+    def __init__(self, criteria: list[BondCriterion], dt_ps: float, progress_bar=None):
+        self.criteria, self.dt_ps, self.bar = criteria, dt_ps, progress_bar
+        runs = len(criteria)
+        self.counts = np.zeros((runs, len(BINS) - 1))
+        self.last_good = [0] * runs
+        self.frames = [0] * runs
+        self.collapse: list[tuple[int, str] | None] = [None] * runs
+        self.last_step = 0
+
+    def __call__(self, step: int, state: ReplicaState) -> bool:
+        positions = state.positions.detach().cpu().to(torch.float64).numpy()
+        for b, criterion in enumerate(self.criteria):
+            if self.collapse[b] is not None:
+                continue
+            n = len(criterion.numbers)
+            broken = criterion.first_broken(positions[b, :n])
+            if broken is None:
+                self.last_good[b], self.frames[b] = step, self.frames[b] + 1
+                self.counts[b] += distance_counts(positions[b:b + 1, :n])
+            else:
+                self.collapse[b] = (step, str(broken))
+        if self.bar is not None:
+            self.bar.update(step - self.last_step)
+            temperature = state.temperature().mean().item()
+            self.bar.set_postfix(T=f"{temperature:.0f}K", collapsed=sum(c is not None for c in self.collapse),
+                                 refresh=False)
+        self.last_step = step
+        return all(c is not None for c in self.collapse)
+
+
+def run_stability(potential: SAKEPotential, reference: ReferenceData, start: ReferenceData,
+                  preset: StabilityPreset, runs: int, time_ps: float | None = None, seed: int = 0,
+                  device="cpu", name: str = "model", progress: bool = False) -> StabilityResult:
+    """Run the protocol for one potential: ``runs`` replicas from random frames of ``start``."""
+    reference.check_same_molecule(start.numbers, f"start set {start.source}")
+    if runs > len(start):
+        raise InputError(f"{runs} runs need {runs} distinct start frames; {start.source} has {len(start)}")
+    rng = np.random.default_rng(seed)
+    frames = sorted(int(k) for k in rng.choice(len(start), runs, replace=False))
+    atoms_list = [start.atoms(k) for k in frames]
+    model = SAKEForces.for_atoms(potential, atoms_list, device)
+    state = ReplicaState.from_atoms(atoms_list, torch.float64, device)
+    generator = torch.Generator(device=device).manual_seed(seed)
+    maxwell_boltzmann(state, preset.temperature_K, generator)
+    dt = preset.timestep_fs * units.fs
+    integrator = NoseHooverChain(dt, preset.temperature_K, preset.tdamp_steps * dt, preset.chain)
+    criteria = [BondCriterion.from_atoms(a, reference.positions) for a in atoms_list]
+    steps = preset.steps(time_ps)
+    bar = _progress_bar(steps, name) if progress else None
+    monitor = _Monitor(criteria, preset.timestep_fs / 1000.0, bar)
+    t0 = time.perf_counter()
+    done = simulate(state, integrator, model, steps, preset.frame_interval, monitor)
+    wall = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
+    return _result(name, monitor, frames, reference, preset, done, wall, device, potential.dtype)
+
+
+def _progress_bar(steps: int, name: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, unit="step", desc=name, dynamic_ncols=True)
+
+
+def _result(name, monitor: _Monitor, frames, reference: ReferenceData, preset, steps, wall, device, dtype):
+    h_ref = h_of_r(reference.positions)
+    dt_ps = preset.timestep_fs / 1000.0
+    records = []
+    for b, k in enumerate(frames):
+        h = density(monitor.counts[b])
+        collapse = monitor.collapse[b]
+        records.append(RunRecord(k, monitor.last_good[b] * dt_ps, collapse[1] if collapse else None,
+                                 collapse[0] * dt_ps if collapse else None, monitor.frames[b],
+                                 hr_error(h, h_ref) if monitor.frames[b] else math.nan))
+    return StabilityResult(name, records, density(monitor.counts.sum(0)), steps, wall, str(device),
+                           str(dtype).removeprefix("torch."))
+
+
+def force_errors(potential: SAKEPotential, test: ReferenceData, device="cpu") -> tuple[float, float]:
+    """Force MAE and RMSE over all components of the test set, in meV/Å (``SAKECalculator.predict``)."""
+    from ..calculator import SAKECalculator
+
+    if test.forces is None:
+        raise InputError(f"the test set {test.source} has no forces")
+    calc = SAKECalculator(potential, device=device)
+    predicted = np.stack([o["forces"] for o in calc.predict([test.atoms(k) for k in range(len(test))])])
+    diff = (predicted - test.forces) * 1000.0
+    return float(np.abs(diff).mean()), float(np.sqrt(np.square(diff).mean()))
