@@ -13,6 +13,7 @@ from sake_md.batch import atoms_to_batch
 from sake_md.model import ModelConfig, SAKEPotential, count_parameters
 from sake_md.spatial import SPATIAL_BLOCKS
 
+
 def aspirin():
     """A 21-atom C9H8O4 (aspirin's formula). The dense model's cost does not depend on the geometry."""
     import numpy as np

@@ -1,14 +1,35 @@
 """One SAKE layer (spec §1-§7): edge embedding, semantic attention, a swappable spatial block,
 the residual node update and the velocity/position update."""
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .geometry import distances, edge_vectors, unit_vectors
+from .geometry import distances, edge_vectors, neighbour_mask, unit_vectors
 from .modules import ExpNormalRBF, linear, mlp
 
 MASKED_LOGIT = -1e5  # the reference subtracts 1e5 on the diagonal; exp() of it underflows to 0
+
+
+class Graph(NamedTuple):
+    """Masks shared by all layers, computed once per forward pass.
+
+    Shapes: pair_weight (B, N, N, 1) 1.0 for pairs of distinct real atoms, masked_logits (B, N, N, 1)
+    True where attention is excluded, inv_n (B, 1, 1, 1) 1 / number of real atoms.
+    """
+
+    pair_weight: torch.Tensor
+    masked_logits: torch.Tensor
+    inv_n: torch.Tensor
+
+    @classmethod
+    def from_mask(cls, mask: torch.Tensor, dtype: torch.dtype) -> "Graph":
+        """Shape: mask (B, N)."""
+        pairs = neighbour_mask(mask).unsqueeze(-1)
+        inv_n = 1.0 / mask.sum(-1).to(dtype).view(-1, 1, 1, 1)
+        return cls(pairs.to(dtype), ~pairs, inv_n)
 
 
 class SAKELayer(nn.Module):
@@ -34,45 +55,39 @@ class SAKELayer(nn.Module):
             self.velocity_mlp = mlp(hidden, hidden, 1, last_activation=False, bias_out=False)
 
     def edge_features(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-        """h_ij (§1). The concatenations [h_j ‖ h_i ‖ ...] are applied as split matrix products,
-        so the per-node parts cost O(N) instead of O(N²).
+        """h_ij (§1). Every concatenation [h_j ‖ h_i ‖ ...] is applied as split matrix products, so
+        the per-node parts cost O(N), not O(N²), and come from ONE product with the stacked weights.
 
         Shape: (B, N, H), (B, N, N) -> (B, N, N, H).
         """
         H, R = self.hidden, self.radial
         w_in, w_1 = self.filter_in.weight, self.edge_in.weight
-        f_j = F.linear(h, w_in[:, :H])
-        f_i = F.linear(h, w_in[:, H:], self.filter_in.bias)
-        g = self.rbf(d) * (f_j.unsqueeze(1) + f_i.unsqueeze(2))
-        e_j = F.linear(h, w_1[:, :H])
-        e_i = F.linear(h, w_1[:, H:2 * H], self.edge_in.bias)
-        e = F.linear(g, w_1[:, 2 * H:2 * H + R]) + d.unsqueeze(-1) * w_1[:, -1]
-        e = e + e_j.unsqueeze(1) + e_i.unsqueeze(2)
+        stacked = torch.cat([w_in[:, :H], w_in[:, H:], w_1[:, :H], w_1[:, H:2 * H]])  # (2R + 2H, H)
+        f_j, f_i, e_j, e_i = torch.matmul(h, stacked.t()).split([R, R, H, H], dim=-1)
+        g = self.rbf(d) * (f_j.unsqueeze(1) + (f_i + self.filter_in.bias).unsqueeze(2))
+        e = torch.addcmul(F.linear(g, w_1[:, 2 * H:2 * H + R]), d.unsqueeze(-1), w_1[:, -1])
+        e = e + e_j.unsqueeze(1) + (e_i + self.edge_in.bias).unsqueeze(2)
         return self.edge_out(F.silu(e))
 
-    def attention(self, h_ij: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    def attention(self, h_ij: torch.Tensor, graph: Graph) -> torch.Tensor:
         """Semantic attention a_ij^k, a softmax over j (§2-§3). Shape: (B, N, N, H) -> (B, N, N, K)."""
-        logits = F.celu(self.semantic(h_ij), alpha=2.0)
-        logits = logits.masked_fill(~neighbours.unsqueeze(-1), MASKED_LOGIT)
+        logits = F.celu(self.semantic(h_ij), alpha=2.0).masked_fill(graph.masked_logits, MASKED_LOGIT)
         return torch.softmax(logits, dim=2)
 
-    def forward(self, h, x, v, neighbours, inv_n):
-        """Shape: h (B, N, H), x (B, N, 3), v (B, N, 3) or None, neighbours (B, N, N),
-        inv_n (B, 1, 1, 1) -> h' (B, N, H), x' (B, N, 3), v' (B, N, 3) or None."""
+    def forward(self, h, x, v, graph: Graph):
+        """Shape: h (B, N, H), x (B, N, 3), v (B, N, 3) or None -> h' (B, N, H), x' (B, N, 3), v' or None."""
         r = edge_vectors(x)
         d = distances(r)
-        u = unit_vectors(r, d) * neighbours.unsqueeze(-1)
+        u = unit_vectors(r, d) * graph.pair_weight
         h_ij = self.edge_features(h, d)
-        a = self.attention(h_ij, neighbours)
+        a = self.attention(h_ij, graph)
         h_tilde = (h_ij.unsqueeze(-1) * a.unsqueeze(-2)).flatten(-2)  # (B, N, N, H·K), head fastest
-        h_spa, dv = self.spatial(h_tilde, u, inv_n)
+        h_spa, dv = self.spatial(h_tilde, u, graph.inv_n)
         m = torch.matmul(h_ij.transpose(-1, -2), a).flatten(-2)  # Σ_j h̃_ij without re-reading h̃
-        parts = [h, m] + ([h_spa] if h_spa is not None else [])
+        parts = [h, m] if h_spa is None else [h, m, h_spa]
         h = h + self.node_mlp(torch.cat(parts, -1))
         if dv is None:
             return h, x, v
-        if v is None or self.velocity_mlp is None:
-            v = dv
-        else:
-            v = 2.0 * torch.sigmoid(self.velocity_mlp(h)) * v + dv
-        return h, x + v, v
+        if v is not None and self.velocity_mlp is not None:
+            dv = torch.addcmul(dv, torch.sigmoid(self.velocity_mlp(h)), v, value=2.0)  # φ_v(h')·v + Δv
+        return h, x + dv, dv

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .geometry import neighbour_mask
-from .layer import SAKELayer
+from .layer import Graph, SAKELayer
 from .modules import linear, mlp
 from .spatial import SPATIAL_BLOCKS
 
@@ -52,11 +51,10 @@ class SAKE(nn.Module):
         """Shape: species (B, N), positions (B, N, 3), mask (B, N) -> y (B, N), zero at padding."""
         # h⁰ = W_e onehot(z) + b_e, as a row lookup instead of a product with a one-hot
         h = F.embedding(species, self.embedding_in.weight.t()) + self.embedding_in.bias
-        neighbours = neighbour_mask(mask)
-        inv_n = (1.0 / mask.sum(-1).to(positions.dtype)).view(-1, 1, 1, 1)
+        graph = Graph.from_mask(mask, positions.dtype)
         x, v = positions, None
         for layer in self.layers:
-            h, x, v = layer(h, x, v, neighbours, inv_n)
+            h, x, v = layer(h, x, v, graph)
         return self.embedding_out(h).squeeze(-1) * mask
 
 

@@ -46,7 +46,8 @@ def reference_state_dict(Z, perturbed: bool) -> dict:
         for theirs, ours in LAYER_KEYS.items():
             dense(f"{p}/{theirs}", f"backbone.layers.{layer}.{ours}", sd)
         for name in ("means", "betas"):
-            sd[f"backbone.layers.{layer}.rbf.{name}"] = torch.from_numpy(get(f"{p}/edge_model/kernel/{name}").astype(np.float64))
+            rbf = get(f"{p}/edge_model/kernel/{name}").astype(np.float64)
+            sd[f"backbone.layers.{layer}.rbf.{name}"] = torch.from_numpy(rbf)
     return sd
 
 
@@ -97,14 +98,14 @@ def test_parity_layer_by_layer(parity_npz):
     species = torch.from_numpy(Z["ethanol/h0"].argmax(-1))[None]
     x = torch.from_numpy(Z["ethanol/x"])[None]
     mask = torch.ones_like(species, dtype=torch.bool)
-    from sake_md.geometry import neighbour_mask
+    from sake_md.layer import Graph
 
     h = torch.nn.functional.embedding(species, model.embedding_in.weight.t()) + model.embedding_in.bias
     np.testing.assert_allclose(h[0].detach().numpy(), Z["ethanol/f64/embed_h"], atol=1e-12)
-    v, nb, inv_n = None, neighbour_mask(mask), torch.ones(1, 1, 1, 1, dtype=torch.float64) / 9
+    v, graph = None, Graph.from_mask(mask, torch.float64)
     with torch.no_grad():
         for i, layer in enumerate(model.layers, start=1):
-            h, x, v = layer(h, x, v, nb, inv_n)
+            h, x, v = layer(h, x, v, graph)
             for name, t in (("h", h), ("x", x), ("v", v)):
                 np.testing.assert_allclose(t[0].numpy(), Z[f"ethanol/f64/layer{i}/{name}"], rtol=0, atol=1e-10)
     np.testing.assert_allclose(x[0].numpy(), Z["ethanol/f64/x_final"], atol=1e-10)
