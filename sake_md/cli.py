@@ -48,5 +48,87 @@ def format_summary(summary: dict, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
+@main.command("run")
+@click.option("--potential", type=click.Path(dir_okay=False),
+              help="Checkpoint [default: the shipped potentials/sake_ethanol.pt].")
+@click.option("--structure", help="A file ASE reads (last frame) or an ase.build.molecule name [CH3CH2OH].")
+@click.option("--ensemble", type=click.Choice(["nve", "langevin", "nose-hoover", "bussi"]), default="langevin",
+              show_default=True, help="ASE integrator: VelocityVerlet, Langevin, NoseHooverChainNVT, Bussi.")
+@click.option("--temperature-K", "temperature_k", type=float, default=300.0, show_default=True,
+              help="Thermostat and initial Maxwell–Boltzmann temperature.")
+@click.option("--timestep-fs", type=float, default=0.5, show_default=True)
+@click.option("--steps", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--traj", type=click.Path(dir_okay=False), default="md.extxyz", show_default=True,
+              help="Trajectory, .extxyz/.xyz or ASE .traj by suffix; '' for none.")
+@click.option("--log", type=click.Path(dir_okay=False), default="md.log", show_default=True,
+              help="Energy log, one line per frame; '' for none.")
+@click.option("--interval", type=int, default=10, show_default=True, help="Steps between frames.")
+@click.option("--reference", type=click.Path(dir_okay=False),
+              help="Dataset (rMD17 npz, extxyz, ...) whose mean bond lengths are the collapse references "
+                   "[default: the first frame].")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), help="[default: the checkpoint's]")
+@click.option("--threads", type=int, help="torch.set_num_threads (1 is often fastest for one small molecule).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.pass_context
+def run_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs, steps, seed, traj, log, interval,
+                reference, device, dtype, threads, no_progress):
+    """Molecular dynamics of one molecule with ASE's integrators.
+
+    Stops when a bond deviates more than 0.5 Å from its reference (exit status 3); Ctrl-C or SIGTERM
+    stop it with the frames so far written (exit status 130 or 143).
+    """
+    from .md.run import MDSettings, run_from_files
+
+    _set_threads(threads)
+    settings = MDSettings(ensemble, temperature_k, timestep_fs, steps, interval, seed)
+    summary = run_from_files(potential, structure, reference, settings, traj or None, log or None, device, dtype,
+                             progress=not no_progress)
+    for line in summary.lines(timestep_fs):
+        click.echo(line)
+    ctx.exit(summary.exit_status)
+
+
+@main.command()
+@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--preset", type=click.Choice(["mdsim-md17"]), default="mdsim-md17", show_default=True,
+              help="Nosé–Hoover 500 K, 0.5 fs, 300 ps, a frame every 100 steps (spec/protocols.md).")
+@click.option("--runs", type=int, help="Runs per model, from different start frames [preset: 5].")
+@click.option("--reference", required=True, type=click.Path(dir_okay=False),
+              help="Reference dataset (rMD17 npz, extxyz, ...): bond lengths and h(r).")
+@click.option("--test", type=click.Path(dir_okay=False),
+              help="Test set: start frames and the force error [default: start from --reference].")
+@click.option("--time", "time_text", help="Run length, e.g. 10ps [preset: 300ps].")
+@click.option("--out", type=click.Path(file_okay=False), default="md_compare", show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), help="[default: each checkpoint's]")
+@click.option("--threads", type=int, help="torch.set_num_threads.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def compare(checkpoints, preset, runs, reference, test, time_text, out, seed, device, dtype, threads, no_progress):
+    """MD stability of CHECKPOINTS (after Fu et al. 2023): stability time, h(r) error, force error, speed."""
+    from .md.compare import compare as run_compare
+    from .md.compare import format_table, write_outputs
+    from .md.stability import PRESETS, parse_time_ps
+
+    _set_threads(threads)
+    time_ps = parse_time_ps(time_text) if time_text else PRESETS[preset].time_ps
+    results, h_ref = run_compare(list(checkpoints), reference, test, preset, runs, time_ps, seed, device, dtype,
+                                 progress=not no_progress)
+    click.echo(format_table(results, time_ps))
+    settings = {"preset": preset, "time_ps": time_ps, "runs": runs or PRESETS[preset].runs, "seed": seed,
+                "reference": reference, "test": test, "checkpoints": list(checkpoints)}
+    for path in write_outputs(results, h_ref, out, settings):
+        click.echo(f"wrote {path}")
+
+
+def _set_threads(threads):
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 if __name__ == "__main__":
     main()

@@ -17,8 +17,9 @@ TOLERANCE = 0.5  # Å
 
 
 def find_bonds(atoms: Atoms) -> np.ndarray:
-    """Pairs (i, j), i < j, closer than the sum of their natural covalent radii. Shape: (M, 2)."""
-    nl = NeighborList(natural_cutoffs(atoms), self_interaction=False, bothways=False, skin=0.0)
+    """Pairs (i, j), i < j, within the sum of their natural covalent radii plus ASE's default skin (0.3 Å),
+    as MDsim does (without the skin, C–H bonds of 1.09 Å fall outside 0.76 + 0.31 Å). Shape: (M, 2)."""
+    nl = NeighborList(natural_cutoffs(atoms), self_interaction=False, bothways=False)
     nl.update(atoms)
     pairs = [(i, j) for i in range(len(atoms)) for j in nl.get_neighbors(i)[0] if i < j]
     return np.array(sorted(pairs), dtype=np.int64).reshape(-1, 2)

@@ -148,7 +148,8 @@ def make_dynamics(atoms: Atoms, s: MDSettings, rng: np.random.Generator):
     if s.ensemble == "nve":
         return VelocityVerlet(atoms, dt)
     if s.ensemble == "langevin":
-        return Langevin(atoms, dt, temperature_K=s.temperature_K, friction=s.friction_per_fs / units.fs, rng=rng)
+        return Langevin(atoms, dt, temperature_K=s.temperature_K, friction=s.friction_per_fs / units.fs, fixcm=False,
+                        rng=rng)
     if s.ensemble == "nose-hoover":
         return NoseHooverChainNVT(atoms, dt, temperature_K=s.temperature_K, tdamp=s.tdamp_fs * units.fs)
     return Bussi(atoms, dt, temperature_K=s.temperature_K, taut=s.tdamp_fs * units.fs, rng=rng)
