@@ -41,6 +41,24 @@ def time_call(potential, atoms_list, dtype, min_run=1.0):
     return t.median * 1e3
 
 
+def matmul_floor(n_atoms, batch, dtype, layers=6, c=256, min_run=1.0):
+    """ms for the dominant arithmetic alone: the C×C coefficient map, forward and backward, per layer.
+
+    This is the floor a perfect implementation approaches; measuring it in the same run makes the
+    ratio meaningful on a noisy machine.
+    """
+    a = torch.randn(batch * n_atoms * n_atoms, c, dtype=dtype)
+    w = torch.randn(c, c, dtype=dtype)
+
+    def call():
+        for _ in range(layers):
+            a @ w
+            a @ w.t()
+
+    t = tb.Timer(stmt="call()", globals={"call": call}).blocked_autorange(min_run_time=min_run)
+    return t.median * 1e3
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--variants", default="sake")
@@ -49,7 +67,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads")
-    print(f"{'variant':16s} {'params':>8s} {'molecule':8s} {'dtype':8s} {'ms/call B=1':>12s} {'ms/mol B=32':>12s}")
+    print(f"{'variant':16s} {'params':>8s} {'molecule':8s} {'dtype':8s} {'ms/call B=1':>12s} {'ms/mol B=32':>12s}"
+          f" {'floor B=1':>10s} {'floor/mol B=32':>15s}")
     for variant in args.variants.split(","):
         assert variant in SPATIAL_BLOCKS, variant
         potential = SAKEPotential([1, 6, 7, 8], ModelConfig(variant=variant)).eval()
@@ -61,7 +80,10 @@ def main():
             for dtype in (torch.float32, torch.float64):
                 t1 = time_call(potential, [atoms], dtype, args.min_run)
                 t32 = time_call(potential, [atoms] * 32, dtype, args.min_run) / 32
-                print(f"{variant:16s} {n:8d} {mol:8s} {str(dtype)[6:]:8s} {t1:12.2f} {t32:12.2f}", flush=True)
+                f1 = matmul_floor(len(atoms), 1, dtype, min_run=args.min_run)
+                f32 = matmul_floor(len(atoms), 32, dtype, min_run=args.min_run) / 32
+                row = f"{variant:16s} {n:8d} {mol:8s} {str(dtype)[6:]:8s} {t1:12.2f} {t32:12.2f}"
+                print(f"{row} {f1:10.2f} {f32:15.2f}", flush=True)
 
 
 if __name__ == "__main__":
