@@ -103,8 +103,9 @@ class SAKEPotential(nn.Module):
         ``training=True`` keeps the graph so that a loss on forces can be differentiated.
         """
         if forces and not positions.requires_grad:
-            positions = positions.requires_grad_(True)
-        atomic = self(species, positions, mask)
+            positions = positions.detach().requires_grad_(True)  # leave the caller's tensor as it is
+        with torch.set_grad_enabled(forces or training):
+            atomic = self(species, positions, mask)
         energy = atomic.sum(-1)
         out = {}
         if forces:
