@@ -5,6 +5,7 @@ import json
 import click
 
 from .errors import SakeMDError
+from .spatial import SPATIAL_BLOCKS
 
 
 class Group(click.Group):
@@ -46,6 +47,83 @@ def format_summary(summary: dict, indent: int = 0) -> str:
         else:
             lines.append(" " * indent + f"{key + ':':22s} {value}")
     return "\n".join(lines)
+
+
+@main.command()
+@click.option("--model", "variant", type=click.Choice(list(SPATIAL_BLOCKS)), default="sake", show_default=True,
+              help="Model variant (registry sake_md.spatial.SPATIAL_BLOCKS).")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Training file (npz, extxyz, ASE db).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--recipe", type=click.Choice(["paper", "budget"]), default=None,
+              help="paper: batch 4, 5000 epochs; budget: schedule over --time-budget. Default: budget if "
+                   "--time-budget is given, else paper.")
+@click.option("--time-budget", help="Wall-clock budget, e.g. 30m, 1h30m.")
+@click.option("--epochs", type=int, help="Number of epochs (instead of a time budget).")
+@click.option("--test", type=click.Path(dir_okay=False), help="Test file evaluated with best.pt at the end.")
+@click.option("--valid", "n_valid", type=int, default=50, show_default=True, help="Frames held out for validation.")
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float, help="Peak learning rate [1e-3].")
+@click.option("--lr-start", type=float, help="Learning rate at the start of the warm-up [1e-6].")
+@click.option("--warmup-fraction", type=float, help="Fraction of the run spent warming up [0.1].")
+@click.option("--decay-end", type=float, help="Fraction of the run where the cosine reaches 0 [0.9].")
+@click.option("--weight-decay", type=float, help="Coupled L2 added to the gradient [1e-5].")
+@click.option("--clip", type=float, help="Elementwise gradient clip [1.0].")
+@click.option("--energy-weight", type=float, help="Weight of MAE(E) in the loss, kcal/mol units [0.001].")
+@click.option("--force-weight", type=float, help="Weight of MAE(F) in the loss [1.0].")
+@click.option("--hidden", type=int, default=64, show_default=True)
+@click.option("--heads", type=int, default=4, show_default=True)
+@click.option("--layers", type=int, default=6, show_default=True)
+@click.option("--radial", type=int, default=50, show_default=True, help="Radial basis functions.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--threads", type=int, help="torch.set_num_threads for each process.")
+@click.option("--energy-key", default="energy", show_default=True, help="extxyz/db energy key.")
+@click.option("--forces-key", default="forces", show_default=True, help="extxyz/db forces key.")
+@click.option("--energy-unit", help="Energy unit of the file (default: kcal/mol for npz, eV otherwise).")
+@click.option("--length-unit", help="Length unit of the file (default: Å).")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt (its config.json wins).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(**options):
+    """Train a potential; writes config.json, metrics.jsonl, last.pt and best.pt to --out.
+
+    Under torchrun, each process trains on its share of every batch (DistributedDataParallel).
+    """
+    from .train import config_from_options
+    from .train import train as run_training
+
+    if options["time_budget"] and options["epochs"]:
+        raise click.UsageError("give --time-budget or --epochs, not both")
+    resume = options.pop("resume")
+    cfg = config_from_options(options)
+    best = run_training(cfg, resume=resume)
+    click.echo(f"best checkpoint: {best}")
+
+
+@main.command("eval")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Labelled file (npz, extxyz, ASE db).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--extxyz", "extxyz_out", type=click.Path(dir_okay=False), help="Write predictions beside references.")
+@click.option("--plot", type=click.Path(dir_okay=False), help="Parity plot PNG (needs matplotlib).")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--energy-key", default="energy", show_default=True)
+@click.option("--forces-key", default="forces", show_default=True)
+@click.option("--energy-unit", help="Energy unit of the file (default: kcal/mol for npz, eV otherwise).")
+@click.option("--length-unit", help="Length unit of the file (default: Å).")
+@click.option("--device", default="cpu", show_default=True)
+def eval_command(checkpoint, data, as_json, extxyz_out, plot, batch_size, energy_key, forces_key, energy_unit,
+                 length_unit, device):
+    """Energy and force errors of CHECKPOINT on --data, with bootstrap 95% intervals."""
+    from .evaluate import evaluate, format_report, parity_plot, write_extxyz
+
+    report, dataset, energy, forces = evaluate(checkpoint, data, batch_size, energy_key, forces_key, energy_unit,
+                                               length_unit, device, return_predictions=True)
+    if extxyz_out:
+        write_extxyz(extxyz_out, dataset, energy, forces)
+    if plot and parity_plot(plot, dataset, energy, forces, report) is None:
+        click.echo("matplotlib is not installed: no parity plot (pip install 'sake-md[plot]')", err=True)
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
 @main.command("run")

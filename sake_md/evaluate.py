@@ -1,0 +1,134 @@
+"""Errors of a potential on a labelled data file, with bootstrap 95% intervals over frames.
+
+Energy MAE/RMSE in meV and meV/atom (per frame: |ΔE| / N), force MAE/RMSE in meV/Å over all
+force components. Predictions come from ``SAKECalculator.predict``.
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .data import Dataset, read_dataset
+
+N_BOOTSTRAP = 2000
+
+
+def predict_dataset(calculator, data: Dataset, batch_size: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Predicted energies (M,) in eV and forces [(N_m, 3)] in eV/Å."""
+    return calculator.predict_arrays(data.to_atoms(), batch_size=batch_size)
+
+
+def per_frame_terms(data: Dataset, energy: np.ndarray, forces: list[np.ndarray]) -> dict:
+    """Per-frame sums from which every statistic (and its bootstrap) is a ratio of totals. Shapes (M,)."""
+    de = energy - data.energy
+    df = [f - ref for f, ref in zip(forces, data.forces, strict=True)]
+    n = data.n_atoms.astype(np.float64)
+    return {"abs_e": np.abs(de), "sq_e": de ** 2, "abs_e_atom": np.abs(de) / n, "sq_e_atom": (de / n) ** 2,
+            "abs_f": np.array([np.abs(d).sum() for d in df]), "sq_f": np.array([(d ** 2).sum() for d in df]),
+            "n_f": 3.0 * n, "one": np.ones_like(n)}
+
+
+STATISTICS = {  # name: (numerator, denominator, root)
+    "energy_mae_meV": ("abs_e", "one", False),
+    "energy_rmse_meV": ("sq_e", "one", True),
+    "energy_mae_meV_per_atom": ("abs_e_atom", "one", False),
+    "energy_rmse_meV_per_atom": ("sq_e_atom", "one", True),
+    "force_mae_meV_A": ("abs_f", "n_f", False),
+    "force_rmse_meV_A": ("sq_f", "n_f", True),
+}
+
+
+def statistics(terms: dict, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """Each statistic in meV (or meV/Å) with a percentile bootstrap 95% interval over frames."""
+    m = len(terms["one"])
+    resample = np.random.default_rng(seed).integers(0, m, size=(n_bootstrap, m))
+    result = {}
+    for name, (num, den, root) in STATISTICS.items():
+        value = terms[num].sum() / terms[den].sum()
+        boot = terms[num][resample].sum(1) / terms[den][resample].sum(1)
+        if root:
+            value, boot = np.sqrt(value), np.sqrt(boot)
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        result[name] = {"value": 1e3 * float(value), "ci95": [1e3 * float(lo), 1e3 * float(hi)]}
+    return result
+
+
+def evaluate(checkpoint, data_path, batch_size: int = 64, energy_key: str = "energy", forces_key: str = "forces",
+             energy_unit: str | None = None, length_unit: str | None = None, device: str = "cpu",
+             n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, return_predictions: bool = False):
+    """The error report of ``checkpoint`` on ``data_path`` (and, optionally, the predictions)."""
+    from .calculator import SAKECalculator
+    from .checkpoint import load_checkpoint
+    from .model import count_parameters
+
+    potential, meta = load_checkpoint(checkpoint, with_metadata=True)
+    data = read_dataset(data_path, energy_key, forces_key, energy_unit, length_unit)
+    calculator = SAKECalculator(potential, device=device)
+    energy, forces = predict_dataset(calculator, data, batch_size)
+    report = {"checkpoint": str(checkpoint), "data": str(data_path), "frames": len(data),
+              "atoms": int(data.n_atoms.sum()), "variant": meta.get("variant", meta["config"]["variant"]),
+              "parameters": count_parameters(potential), "dtype": meta.get("dtype"),
+              "bootstrap": {"resamples": n_bootstrap, "seed": seed, "interval": "percentile 95% over frames"},
+              **statistics(per_frame_terms(data, energy, forces), n_bootstrap, seed)}
+    return (report, data, energy, forces) if return_predictions else report
+
+
+def format_report(report: dict) -> str:
+    """A readable table."""
+    lines = [f"checkpoint  {report['checkpoint']}", f"data        {report['data']}",
+             f"frames      {report['frames']}   variant {report['variant']}   parameters {report['parameters']}",
+             "", f"{'quantity':26s} {'value':>10s}   95% interval"]
+    for name in STATISTICS:
+        s = report[name]
+        lines.append(f"{name:26s} {s['value']:10.3f}   [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]")
+    return "\n".join(lines)
+
+
+def write_extxyz(path, data: Dataset, energy: np.ndarray, forces: list[np.ndarray]) -> Path:
+    """Frames with ref_energy/pred_energy (eV) in info and ref_forces/pred_forces (eV/Å) in arrays."""
+    import ase.io
+    from ase import Atoms
+
+    frames = []
+    for z, x, e_ref, f_ref, e, f in zip(data.numbers, data.positions, data.energy, data.forces, energy, forces,
+                                        strict=True):
+        atoms = Atoms(numbers=z, positions=x)
+        atoms.info.update(ref_energy=float(e_ref), pred_energy=float(e))
+        atoms.arrays["ref_forces"], atoms.arrays["pred_forces"] = np.asarray(f_ref), np.asarray(f)
+        frames.append(atoms)
+    ase.io.write(path, frames, format="extxyz")
+    return Path(path)
+
+
+def parity_plot(path, data: Dataset, energy: np.ndarray, forces: list[np.ndarray], report: dict) -> Path | None:
+    """Energy (relative to the reference mean) and force-component parity; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    fig, (ax_e, ax_f) = plt.subplots(1, 2, figsize=(9, 4.2))
+    shift = data.energy.mean()
+    _parity(ax_e, data.energy - shift, energy - shift, "energy − mean (eV)",
+            f"MAE {report['energy_mae_meV']['value']:.2f} meV")
+    _parity(ax_f, np.concatenate([f.ravel() for f in data.forces]), np.concatenate([f.ravel() for f in forces]),
+            "force component (eV/Å)", f"MAE {report['force_mae_meV_A']['value']:.2f} meV/Å")
+    fig.suptitle(f"{report['variant']} on {Path(report['data']).name} ({report['frames']} frames)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def _parity(ax, ref, pred, label, title):
+    lo, hi = float(min(ref.min(), pred.min())), float(max(ref.max(), pred.max()))
+    ax.plot([lo, hi], [lo, hi], color="0.6", lw=1)
+    ax.scatter(ref, pred, s=3, alpha=0.5)
+    ax.set(xlabel=f"reference {label}", ylabel=f"predicted {label}", title=title)
+
+
+def report_json(report: dict) -> str:
+    return json.dumps(report, indent=2)

@@ -1,0 +1,164 @@
+"""Training on a generated EMT fixture: loss goes down, checkpoints load, resume is exact, DDP = 1 process."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from sake_md.checkpoint import load_checkpoint, read_checkpoint
+from sake_md.errors import DataError, SakeMDError
+from sake_md.model import ModelConfig
+from sake_md.train import PaperAdam, TrainConfig, learning_rate, parse_duration, train
+
+from .test_data import emt_frames, write_npz
+
+SMALL = ModelConfig(hidden=16, heads=2, layers=2, radial=16).to_dict()
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    return write_npz(tmp_path_factory.mktemp("data") / "emt.npz", emt_frames(12, seed=3))
+
+
+def small_config(data, out, **overrides):
+    settings = dict(model=SMALL, n_valid=4, epochs=4, batch_size=4, lr=3e-3, warmup_fraction=0.0, decay_end=1.0,
+                    dtype="float64", progress=False, energy_weight=0.1)
+    settings.update(overrides)
+    return TrainConfig(data=str(data), out=str(out), **settings)
+
+
+def log_rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_short_run_reduces_the_loss_and_writes_loadable_checkpoints(npz, tmp_path):
+    out = tmp_path / "run"
+    train(small_config(npz, out, epochs=6, batch_size=2, lr=1e-2, dtype="float32"))
+    rows = log_rows(out)
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[-1]["train_force_mae_meV_A"] < 0.6 * rows[0]["train_force_mae_meV_A"]
+    assert min(r["val_force_mae_meV_A"] for r in rows) < 0.8 * rows[0]["val_force_mae_meV_A"]
+    for key in ("lr", "seconds", "val_energy_rmse_meV", "train_force_rmse_meV_A"):
+        assert key in rows[0]
+    potential, data = load_checkpoint(out / "best.pt", with_metadata=True)
+    assert data["dtype"] == "float32" and potential.dtype == torch.float32
+    assert data["training"]["split"] == {"seed": 0, "train_frames": 8, "valid_frames": 4}
+    assert data["training"]["epochs"] == data["metrics"]["epoch"] == data["training"]["best_epoch"]
+    assert data["metrics"]["validation"]["force_mae_meV_A"] == min(r["val_force_mae_meV_A"] for r in rows)
+    energies = np.load(npz)["energies"] * 0.0433641043  # kcal/mol -> eV
+    train_energies = energies[np.sort(np.random.default_rng(0).permutation(12)[4:])]
+    assert potential.energy_shift == pytest.approx(train_energies.mean(), abs=1e-5)
+    assert potential.energy_scale == pytest.approx(train_energies.std(), rel=1e-5)
+    last = read_checkpoint(out / "last.pt")
+    assert last["training"]["epochs"] == 6 and "optimizer" in last["extra"]
+    assert json.loads((out / "config.json").read_text())["model"] == SMALL
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(npz, tmp_path):
+    straight = tmp_path / "straight"
+    train(small_config(npz, straight))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(trainer, row):
+        if row["epoch"] == 2:
+            raise Killed
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Killed):
+        train(small_config(npz, resumed), on_epoch_end=kill_after_two)
+    assert read_checkpoint(resumed / "last.pt")["extra"]["state"]["epoch"] == 2
+    with pytest.raises(SakeMDError, match="--resume"):
+        train(small_config(npz, resumed))
+    train(small_config(npz, resumed), resume=True)
+    a, b = read_checkpoint(straight / "last.pt"), read_checkpoint(resumed / "last.pt")
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0)
+    for i, state in a["extra"]["optimizer"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            torch.testing.assert_close(b["extra"]["optimizer"]["state"][i][name], state[name], rtol=0, atol=0)
+    assert [r["epoch"] for r in log_rows(resumed)] == [1, 2, 3, 4]
+    assert log_rows(resumed)[3]["val_force_mae_meV_A"] == log_rows(straight)[3]["val_force_mae_meV_A"]
+
+
+def test_time_budget_plans_the_schedule_and_stops(npz, tmp_path):
+    out = tmp_path / "budget"
+    cfg = TrainConfig.preset("budget", str(npz), str(out), time_budget=3.0, model=SMALL, n_valid=4, batch_size=4,
+                             progress=False)
+    assert cfg.epochs is None and cfg.batch_size == 4 and cfg.energy_weight == 0.001
+    train(cfg)
+    data = read_checkpoint(out / "last.pt")
+    epochs = data["training"]["epochs"]
+    assert epochs >= 1 and data["training"]["seconds"] < 3.0 + 2 * data["training"]["seconds"] / epochs
+    assert data["extra"]["state"]["planned_epochs"] == epochs
+
+
+def test_bad_data_fails_before_training(tmp_path):
+    bad = tmp_path / "bad.npz"
+    np.savez(bad, R=np.zeros((3, 2, 3)))
+    with pytest.raises(DataError, match="missing keys"):
+        train(small_config(bad, tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_paper_preset_and_durations():
+    cfg = TrainConfig.preset("paper", "d.npz", "out")
+    assert (cfg.batch_size, cfg.epochs, cfg.energy_weight, cfg.weight_decay, cfg.clip) == (4, 5000, 0.001, 1e-5, 1.0)
+    assert parse_duration("30m") == 1800 and parse_duration("1h30m") == 5400 and parse_duration("90") == 90
+    with pytest.raises(SakeMDError, match="duration"):
+        parse_duration("soon")
+
+
+def test_learning_rate_schedule_is_the_papers():
+    cfg = TrainConfig.preset("paper", "d.npz", "out")
+    assert learning_rate(0.0, cfg) == 1e-6
+    assert learning_rate(0.05, cfg) == pytest.approx(1e-6 + 0.5 * (1e-3 - 1e-6))
+    assert learning_rate(0.1, cfg) == pytest.approx(1e-3)
+    assert learning_rate(0.5, cfg) == pytest.approx(0.5e-3)
+    assert learning_rate(0.9, cfg) == 0.0 and learning_rate(0.95, cfg) == 0.0
+
+
+def test_optimiser_adds_coupled_l2_then_clips_then_adam():
+    theta = torch.tensor([2.0, -3.0, 0.5], requires_grad=True)
+    grads = [torch.tensor([10.0, 0.2, -0.3]), torch.tensor([-0.5, 5.0, 0.1])]
+    opt = PaperAdam([theta], lr=0.1, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01, clip=1.0)
+    x, m, v = theta.detach().numpy().copy(), np.zeros(3), np.zeros(3)
+    for t, g in enumerate(grads, start=1):
+        theta.grad = g.clone()
+        opt.step()
+        gt = np.clip(g.numpy() + 0.01 * x, -1, 1)
+        m, v = 0.9 * m + 0.1 * gt, 0.999 * v + 0.001 * gt ** 2
+        x = x - 0.1 * (m / (1 - 0.9 ** t)) / (np.sqrt(v / (1 - 0.999 ** t)) + 1e-8)
+        np.testing.assert_allclose(theta.detach().numpy(), x, rtol=1e-6)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_the_same_global_batch(npz, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(small_config(npz, one, epochs=2))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
+           f"--master_port={free_port()}", "-m", "sake_md.cli", "train", "--data", str(npz), "--out", str(two),
+           "--epochs", "2", "--batch-size", "4", "--valid", "4", "--hidden", "16", "--heads", "2", "--layers", "2",
+           "--radial", "16", "--lr", "3e-3", "--warmup-fraction", "0", "--decay-end", "1", "--dtype", "float64",
+           "--threads", "1", "--energy-weight", "0.1", "--no-progress"]
+    result = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    a, b = read_checkpoint(one / "last.pt"), read_checkpoint(two / "last.pt")
+    assert b["training"]["processes"] == 2 and a["training"]["processes"] == 1
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=1e-9, atol=1e-11)
+    for ra, rb in zip(log_rows(one), log_rows(two), strict=True):
+        for key in ("train_force_mae_meV_A", "val_force_mae_meV_A", "val_energy_mae_meV"):
+            assert rb[key] == pytest.approx(ra[key], rel=1e-9)
