@@ -443,7 +443,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
         trainer.fit(on_epoch_end)
         distributed.barrier(ctx)
         if cfg.test and ctx.main:
-            attach_test_metrics(out / "best.pt", cfg)
+            attach_test_metrics(out / "best.pt", cfg.test, energy_key=cfg.energy_key, forces_key=cfg.forces_key,
+                                energy_unit=cfg.energy_unit, length_unit=cfg.length_unit)
     finally:
         distributed.teardown(ctx)
     return out / "best.pt"
@@ -456,13 +457,12 @@ def read_config(out: Path) -> TrainConfig:
     return TrainConfig.from_dict(json.loads(path.read_text()))
 
 
-def attach_test_metrics(checkpoint: Path, cfg: TrainConfig) -> dict:
-    """Evaluate ``checkpoint`` on the test file and store the errors in its ``metrics``."""
+def attach_test_metrics(checkpoint, test, **read_options) -> dict:
+    """Evaluate ``checkpoint`` on the file ``test`` and store the report under ``metrics["test"]``."""
     from .checkpoint import load_checkpoint
     from .evaluate import evaluate
 
-    report = evaluate(checkpoint, cfg.test, energy_key=cfg.energy_key, forces_key=cfg.forces_key,
-                      energy_unit=cfg.energy_unit, length_unit=cfg.length_unit)
+    report = evaluate(checkpoint, test, **read_options)
     potential, data = load_checkpoint(checkpoint, with_metadata=True)
     metrics = dict(data.get("metrics") or {})
     metrics["test"] = report
