@@ -1,0 +1,100 @@
+"""MD throughput: the batched replica engine (BAOAB Langevin) for 1, 8, 32, 128 ethanol replicas against
+ASE's single-replica Langevin driving ``SAKECalculator``, on the same potential.
+
+    python benchmarks/bench_md.py [--replicas 1,8,32,128] [--threads 2] [--dtype float32] [--min-time 3]
+                                  [--checkpoint CKPT] [--json out.json]
+
+Without --checkpoint the potential is a random one of the MD17 configuration (the cost of a dense model
+does not depend on its weights). Aggregate steps/s = replicas × steps / wall time. ASE is measured
+before and after the engine, and the ratio uses the mean, so that a change in the machine's load shows.
+On a machine shared with other jobs, run with OMP_WAIT_POLICY=PASSIVE: spinning OpenMP threads of a
+niced process otherwise make 2 threads 10-40× slower than 1.
+"""
+
+import argparse
+import json
+import time
+
+import ase.build
+import numpy as np
+import torch
+from ase import units
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+
+from sake_md import SAKECalculator, load_checkpoint
+from sake_md.md.replicas import LangevinBAOAB, ReplicaState, SAKEForces, maxwell_boltzmann, simulate
+from sake_md.model import SAKEPotential
+
+DT = 0.5 * units.fs
+FRICTION = 0.01 / units.fs
+
+
+def timed(run, steps: int, min_time: float) -> float:
+    """Seconds per step: one warm-up call of ``run(steps)``, then repeated calls until ``min_time`` has passed."""
+    run(max(2, steps // 10))
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < min_time:
+        run(steps)
+        done += steps
+    return (time.perf_counter() - start) / done
+
+
+def ase_steps_per_s(potential, min_time: float) -> float:
+    atoms = ase.build.molecule("CH3CH2OH")
+    MaxwellBoltzmannDistribution(atoms, temperature_K=300.0, rng=np.random.default_rng(0))
+    atoms.calc = SAKECalculator(potential)
+    dyn = Langevin(atoms, DT, temperature_K=300.0, friction=FRICTION, fixcm=False, rng=np.random.default_rng(0))
+    return 1.0 / timed(dyn.run, 20, min_time)
+
+
+def engine_steps_per_s(potential, replicas: int, min_time: float) -> float:
+    """Aggregate replica-steps per second."""
+    atoms_list = [ase.build.molecule("CH3CH2OH") for _ in range(replicas)]
+    state = ReplicaState.from_atoms(atoms_list, torch.float64)
+    generator = torch.Generator().manual_seed(0)
+    maxwell_boltzmann(state, 300.0, generator)
+    model = SAKEForces.for_atoms(potential, atoms_list)
+    integrator = LangevinBAOAB(DT, 300.0, FRICTION, generator)
+    steps = max(2, 64 // replicas)
+    return replicas / timed(lambda n: simulate(state, integrator, model, n), steps, min_time)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--replicas", default="1,8,32,128")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    ap.add_argument("--min-time", type=float, default=3.0, help="seconds per measurement")
+    ap.add_argument("--checkpoint", help="a checkpoint instead of a random MD17-configuration potential")
+    ap.add_argument("--json", help="write the numbers here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    potential = load_checkpoint(args.checkpoint) if args.checkpoint else SAKEPotential([1, 6, 8])
+    potential = potential.to(getattr(torch, args.dtype)).eval()
+    print(f"torch {torch.__version__}, {args.threads} threads, {args.dtype}, ethanol (9 atoms), "
+          f"{'checkpoint ' + args.checkpoint if args.checkpoint else 'MD17 configuration, random weights'}")
+    before = ase_steps_per_s(potential, args.min_time)
+    print(f"{'ASE Langevin, 1 replica':32s} {before:10.1f} steps/s", flush=True)
+    rows = {"engine": {}}
+    for n in (int(x) for x in args.replicas.split(",")):
+        rows["engine"][n] = engine_steps_per_s(potential, n, args.min_time)
+        print(f"{'engine BAOAB, ' + str(n) + ' replicas':32s} {rows['engine'][n]:10.1f} replica-steps/s", flush=True)
+    after = ase_steps_per_s(potential, args.min_time)
+    print(f"{'ASE Langevin, 1 replica (again)':32s} {after:10.1f} steps/s")
+    ase_rate = rows["ase_langevin"] = 0.5 * (before + after)
+    rows["ase_langevin_before_after"] = [before, after]
+    for n, rate in rows["engine"].items():
+        print(f"  {n:4d} replicas: {rate:8.1f} replica-steps/s = {rate / ase_rate:5.1f}× ASE "
+              f"({rate / n:.1f} steps/s per replica)")
+    if 32 in rows["engine"]:
+        print(f"ratio at 32 replicas: {rows['engine'][32] / ase_rate:.1f}× (target ≥ 8×)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"threads": args.threads, "dtype": args.dtype, "checkpoint": args.checkpoint, **rows}, f,
+                      indent=1)
+
+
+if __name__ == "__main__":
+    main()
