@@ -69,6 +69,7 @@ class TrainConfig:
     forces_key: str = "forces"
     energy_unit: str | None = None
     length_unit: str | None = None
+    refit_shift: bool = True  # at the end, re-centre best.pt's energy shift on the training split
     progress: bool = True
 
     def __post_init__(self):
@@ -442,6 +443,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
                   f"{ctx.world} process(es), {device}, {cfg.dtype}", flush=True)
         trainer.fit(on_epoch_end)
         distributed.barrier(ctx)
+        if cfg.refit_shift and ctx.main:
+            refit_energy_shift(out / "best.pt", trainer.train_set)
         if cfg.test and ctx.main:
             attach_test_metrics(out / "best.pt", cfg.test, energy_key=cfg.energy_key, forces_key=cfg.forces_key,
                                 energy_unit=cfg.energy_unit, length_unit=cfg.length_unit)
@@ -455,6 +458,34 @@ def read_config(out: Path) -> TrainConfig:
     if not path.exists():
         raise SakeMDError(f"cannot resume: {path} not found (was the run started with this --out?)")
     return TrainConfig.from_dict(json.loads(path.read_text()))
+
+
+def energy_offset(potential: SAKEPotential, data: Dataset, batch_size: int = 64) -> float:
+    """Mean of E_ref − E_pred over ``data`` in eV (float64), energies only."""
+    device = next(potential.parameters()).device
+    total = 0.0
+    for lb in batches(data, batch_size, potential.species_index, potential.dtype, device):
+        with torch.no_grad():
+            out = potential.predict(lb.batch.species, lb.batch.positions, lb.batch.mask, forces=False)
+        total += float((lb.energy - out["energy"]).sum())
+    return total / len(data)
+
+
+def refit_energy_shift(checkpoint, train_set: Dataset) -> float:
+    """Add the mean training-set energy residual to the checkpoint's energy shift; returns it (eV).
+
+    An MAE force loss leaves the constant energy offset to the small energy term, so it wanders
+    during training; this least-squares constant (training frames only) removes that offset.
+    """
+    from .checkpoint import load_checkpoint
+
+    potential, data = load_checkpoint(checkpoint, with_metadata=True)
+    offset = energy_offset(potential, train_set)
+    potential.energy_shift += offset
+    training = dict(data.get("training") or {})
+    training["energy_shift_refit_eV"] = training.get("energy_shift_refit_eV", 0.0) + offset
+    save_checkpoint(checkpoint, potential, training, data.get("metrics"), data.get("extra"))
+    return offset
 
 
 def attach_test_metrics(checkpoint, test, **read_options) -> dict:

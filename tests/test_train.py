@@ -13,7 +13,7 @@ import torch
 from sake_md.checkpoint import load_checkpoint, read_checkpoint
 from sake_md.errors import DataError, SakeMDError
 from sake_md.model import ModelConfig
-from sake_md.train import PaperAdam, TrainConfig, learning_rate, parse_duration, train
+from sake_md.train import PaperAdam, TrainConfig, energy_offset, learning_rate, load_split, parse_duration, train
 
 from .test_data import emt_frames, write_npz
 
@@ -52,8 +52,11 @@ def test_short_run_reduces_the_loss_and_writes_loadable_checkpoints(npz, tmp_pat
     assert data["metrics"]["validation"]["force_mae_meV_A"] == min(r["val_force_mae_meV_A"] for r in rows)
     energies = np.load(npz)["energies"] * 0.0433641043  # kcal/mol -> eV
     train_energies = energies[np.sort(np.random.default_rng(0).permutation(12)[4:])]
-    assert potential.energy_shift == pytest.approx(train_energies.mean(), abs=1e-5)
+    refit = data["training"]["energy_shift_refit_eV"]
+    assert potential.energy_shift == pytest.approx(train_energies.mean() + refit, abs=1e-6)
     assert potential.energy_scale == pytest.approx(train_energies.std(), rel=1e-5)
+    train_set, _ = load_split(small_config(npz, out))
+    assert abs(energy_offset(potential, train_set)) < 1e-5  # the constant offset is re-centred
     last = read_checkpoint(out / "last.pt")
     assert last["training"]["epochs"] == 6 and "optimizer" in last["extra"]
     assert json.loads((out / "config.json").read_text())["model"] == SMALL
