@@ -60,8 +60,10 @@ class DotProductScalarization(nn.Module):
     def scalars(self, h_tilde: torch.Tensor, u: torch.Tensor, inv_n: torch.Tensor) -> torch.Tensor:
         """(1/N²) Σ_jk s_ijk. Shape: (B, N, N, C), (B, N, N, 3), (B, 1, 1, 1) -> (B, N, C')."""
         a, b = self.left(h_tilde), self.right(h_tilde)                  # (B, N, N, C')
-        basis = chebyshev(pair_cosines(u), self.n_basis, dim=2)          # (B, N, n_basis, N, N)
-        g = torch.matmul(basis, b.unsqueeze(2))                          # Σ_k: (B, N, n_basis, N, C')
+        n = u.shape[1]
+        basis = chebyshev(pair_cosines(u), self.n_basis, dim=2)          # (B, N, n_basis, N_j, N_k)
+        # Σ_k as ONE product per atom i: (n_basis·N_j, N_k) @ (N_k, C'), not n_basis broadcast ones
+        g = torch.matmul(basis.flatten(2, 3), b).unflatten(2, (self.n_basis, n))  # (B, N, n_basis, N, C')
         t = (a.unsqueeze(2) * g).sum(3)                                  # Σ_j: (B, N, n_basis, C')
         return torch.einsum("bnkc,ck->bnc", t, self.angular.weight) * inv_n.view(-1, 1, 1) ** 2
 
