@@ -1,6 +1,10 @@
 """The cost table of the ablation family, in one run: parameters, ms per energy+forces call (ethanol and
 aspirin, batch 1 and 32, float32 and float64) and training samples/s (ethanol, batch 32, float32).
 
+A training step is the trainer's own (``ForceModel``, ``residuals``, ``loss_from``, ``PaperAdam``: forces
+with the graph kept, MAE(F) + w·MAE(E), double backward, coupled L2 + clip + Adam) on the data of
+``bench_train.py`` (rMD17 ethanol when present).
+
 On a shared machine wall-clock time measures the neighbours' load, so the default clock is this
 process's CPU time with one thread (``--clock wall --threads 2`` for a quiet machine). Measurements
 are also interleaved over variants in rounds and the fastest round is kept, so that what load remains
@@ -15,11 +19,13 @@ import time
 import numpy as np
 import torch
 from bench_model import structures
-from bench_train_step import ethanol_batch, step_fn
+from bench_train import ethanol_data
 
 from sake_md.batch import atoms_to_batch
+from sake_md.data import labelled_batch
 from sake_md.model import ModelConfig, SAKEPotential, count_parameters
 from sake_md.spatial import SPATIAL_BLOCKS
+from sake_md.train import ForceModel, PaperAdam, TrainConfig, loss_from, residuals
 
 CASES = [(mol, batch, dtype) for mol in ("ethanol", "aspirin") for batch in (1, 32)
          for dtype in (torch.float32, torch.float64)]
@@ -38,6 +44,27 @@ def energy_forces_call(potential: SAKEPotential, mol: str, batch_size: int, dtyp
 CLOCKS = {"cpu": time.process_time, "wall": time.perf_counter}
 
 
+def training_step(variant: str, batch_size: int = 32, dtype=torch.float32):
+    """One optimiser step of the trainer on ``batch_size`` ethanol frames (the same frames every call)."""
+    data, source = ethanol_data()
+    cfg = TrainConfig(data=source, out="-", epochs=1, batch_size=batch_size)
+    torch.manual_seed(0)
+    potential = SAKEPotential(data.species, ModelConfig(variant=variant), float(data.energy.std()),
+                              float(data.energy.mean())).to(dtype)
+    model = ForceModel(potential)
+    opt = PaperAdam(potential.parameters(), 1e-4, cfg.betas, cfg.eps, cfg.weight_decay, cfg.clip)
+    lb = labelled_batch(data, np.arange(batch_size), potential.species_index, dtype)
+
+    def step():
+        energy_model, forces = model(lb.batch.species, lb.batch.positions.detach(), lb.batch.mask)
+        de, df = residuals(energy_model, forces, lb, potential)
+        opt.zero_grad(set_to_none=True)
+        loss_from(de, df, lb.batch.mask, cfg).backward()
+        opt.step()
+
+    return step
+
+
 def seconds_per_call(call, min_time: float, clock=time.process_time) -> float:
     """Mean over as many calls as fill ``min_time`` on ``clock`` (at least one)."""
     calls, t0 = 0, clock()
@@ -47,12 +74,10 @@ def seconds_per_call(call, min_time: float, clock=time.process_time) -> float:
     return (clock() - t0) / calls
 
 
-def build(variant: str, dtype=torch.float32, train: bool = False) -> SAKEPotential:
+def build(variant: str, dtype=torch.float32) -> SAKEPotential:
+    """An evaluation-mode potential (no parameter gradients), 4 elements."""
     torch.manual_seed(0)
-    p = SAKEPotential([1, 6, 7, 8], ModelConfig(variant=variant)).to(dtype)
-    if not train:
-        p.eval().requires_grad_(False)
-    return p
+    return SAKEPotential([1, 6, 7, 8], ModelConfig(variant=variant)).to(dtype).eval().requires_grad_(False)
 
 
 def measure(variants, rounds: int, min_time: float, clock) -> dict:
@@ -61,8 +86,7 @@ def measure(variants, rounds: int, min_time: float, clock) -> dict:
     for v in variants:
         for mol, b, dtype in CASES:
             calls[v, (mol, b, dtype)] = energy_forces_call(build(v, dtype), mol, b, dtype)
-        p = build(v, train=True)
-        calls[v, "train"] = step_fn(p, *ethanol_batch(p, 32, torch.float32))
+        calls[v, "train"] = training_step(v)
     for call in calls.values():
         call()  # warm-up: allocator, first-call dispatch
     best = {}
