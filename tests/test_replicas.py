@@ -136,10 +136,20 @@ def test_langevin_samples_the_temperature_harmonic(target):
                          torch.full((B, N, 1), 12.0, dtype=torch.float64), torch.ones(B, N, dtype=torch.bool))
     model = HarmonicTrap(centres, k=20.0)
     integrator = LangevinBAOAB(0.5 * units.fs, target, 0.05 / units.fs, gen)
-    temps = kinetic_temperatures(state, integrator, model, 1500, burn_in=300)
+    temps, potential = [], []
+
+    def observe(step, s):
+        if step > 300:
+            temps.append(s.temperature().clone())
+            potential.append(s.energy.clone())
+
+    simulate(state, integrator, model, 1500, 1, observe)
+    temps, potential = torch.stack(temps), torch.stack(potential)
     # ~60 independent samples per replica (correlation time ≈ 1/(2γ) = 20 steps) → σ(mean) ≈ 0.4 %
     assert temps.mean().item() == pytest.approx(target, rel=0.02)
     assert (temps.std() / temps.mean()).item() == pytest.approx(np.sqrt(2 / (3 * N)), rel=0.1)
+    # BAOAB samples the positions of a harmonic system exactly: ⟨E_pot⟩ = 3N/2 kT
+    assert potential.mean().item() == pytest.approx(1.5 * N * units.kB * target, rel=0.03)
 
 
 def test_langevin_samples_the_temperature_sake():
