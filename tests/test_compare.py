@@ -160,3 +160,20 @@ def test_compare_refuses_a_different_molecule(tmp_path):
                                        str(tmp_path / "w.npz"), "--runs", "1", "--time", "1fs", "--no-progress",
                                        "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "different molecule" in result.output
+
+
+def test_compare_checks_every_model_before_the_first_run(tmp_path, monkeypatch):
+    import sake_md.md.compare as compare_module
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("a model ran before all models were checked")
+
+    monkeypatch.setattr(compare_module, "run_stability", no_run)
+    ref = write_rmd17(tmp_path / "ref.npz")
+    good = save_checkpoint(tmp_path / "good.pt", potential())
+    torch.manual_seed(0)
+    no_oxygen = save_checkpoint(tmp_path / "ch.pt", SAKEPotential([1, 6], SMALL))
+    result = CliRunner().invoke(main, ["compare", str(good), str(no_oxygen), "--reference", str(ref), "--runs", "1",
+                                       "--time", "1ps", "--no-progress", "--out", str(tmp_path / "o")])
+    assert result.exit_code == 1 and "O (Z=8)" in result.output and "ch.pt" in result.output
+    assert not (tmp_path / "o").exists()

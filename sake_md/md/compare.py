@@ -5,6 +5,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..batch import check_structure
 from ..calculator import resolve_device, resolve_dtype
 from ..checkpoint import load_checkpoint
 from .rdf import BINS, h_of_r
@@ -26,7 +27,10 @@ def compare(checkpoints, reference, test=None, preset="mdsim-md17", runs=None, t
     test_data = read_reference(test) if test else None
     start = test_data or ref
     device = resolve_device(device)
-    potentials = [load_checkpoint(c) for c in checkpoints]  # all load before the first long run
+    potentials = [load_checkpoint(c) for c in checkpoints]  # all load and check before the first long run
+    for path, potential in zip(checkpoints, potentials, strict=True):
+        check_structure(start.numbers, start.positions[0], potential.atomic_numbers,
+                        label=f"the molecule of {start.source} (for {path})")
     results = []
     for name, potential in zip(model_names(checkpoints), potentials, strict=True):
         if dtype is not None:
