@@ -205,9 +205,6 @@ def chain_half_step(state: ReplicaState, dt: float, kT: float, q: torch.Tensor):
         v_xi[:, i] = scale * (scale * v_xi[:, i] + d4 * _chain_force(v_xi, q, i, kinetic2, dof, kT))
 
 
-INTEGRATORS = {"nve": VelocityVerlet, "langevin": LangevinBAOAB, "nose-hoover": NoseHooverChain}
-
-
 # --- force models ------------------------------------------------------------------------------------
 
 class SAKEForces:
