@@ -46,6 +46,16 @@ def test_checkpoint_and_calculator_rebuild_every_variant(variant, tmp_path):
     assert np.array_equal(atoms.get_forces(), F0)
 
 
+@pytest.mark.parametrize("variant", ["sake-sh", "sake-dot"])
+def test_float32_close_to_float64(variant):
+    p = perturbed_potential(variant)
+    z, x = molecule("CH3CH2OH")
+    E64, F64 = energy_forces(p, z, x, torch.float64)
+    E32, F32 = energy_forces(p.float(), z, x, torch.float32)
+    assert abs(E32 - E64) < 1e-4
+    np.testing.assert_allclose(F32, F64, atol=1e-5)
+
+
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="lmax >= 1"):
         SAKEPotential([1, 6], ModelConfig(variant="sake-sh", options={"lmax": 0}))
