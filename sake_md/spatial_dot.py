@@ -11,9 +11,9 @@ of degree < n_basis, learned per channel (Villar et al., "Scalars are universal"
 is SAKE's (λ = tanh(W_x h̃), V̄ = (1/N) λᵀu, Δv = Σ_c w_c V̄_c).
 
 Cost and defaults: the pair sum is O(N²·C'·n_basis) per atom. It is contracted over k by one batched
-matrix product per basis function, G_ibjc = Σ_k T_b(cos_ijk) b_ikc, then over j elementwise, so the
-largest tensor is (B, N, n_basis, N, C'), never (N, N, N, C'). C' = 64 channels and 8 basis functions
-(degree ≤ 7) keep the pair sum below the C×C coefficient map that dominates SAKE's cost while
+matrix product per atom for all basis functions, G_ibjc = Σ_k T_b(cos_ijk) b_ikc, then over j
+elementwise, so the largest tensor is (B, N, n_basis, N, C'), never (N, N, N, C'). C' = 64 channels
+and 8 basis functions (degree ≤ 7) keep the pair sum below the C×C coefficient map that dominates SAKE's cost while
 N < C²/(n_basis·C') = 128 atoms (aspirin: 21³·8·64 ≈ 4.7 M vs 21²·256² ≈ 29 M multiply-adds per
 layer); A and B add 2·C·C' (half a C×C map) per edge. A and B have no bias, so the zero h̃ of the
 diagonal and of padded pairs contributes exactly nothing.

@@ -18,7 +18,7 @@ Choices, and why:
 - One coefficient map λ = tanh(W_x h̃) is shared by all orders (default). A separate C×C map per
   order (``lambda_per_order=True``) adds (L − 1)·C² parameters per layer (131,072 for C = 256,
   L = 3) and multiplies the dominant per-edge cost by L; sharing lets the post MLP's first layer
-  combine orders into a learned angular function Σ_l w_lc P_l(cos θ) per channel at the cost of SAKE.
+  combine orders into a learned angular function Σ_l w_lc P_l(cos θ) per channel for one C×C map.
   Either way the post MLP reads L·C invariants, (L − 1)·C·H more weights than SAKE's (32,768 per
   layer for the MD17 configuration).
 """
