@@ -1,9 +1,12 @@
 """Checkpoints are data, not pickles: one ``.pt`` file that ``torch.load(weights_only=True)`` reads,
 holding the format version, the configuration, the species, the normalisation and the state dict.
 
-Format version 1 keys: format, format_version, sake_md_version, variant, config, atomic_numbers,
+Keys: format, format_version, sake_md_version, variant, config, atomic_numbers,
 normalization {energy_scale, energy_shift, atomic_energies}, units, dtype, training, metrics,
 state_dict, and optionally extra (e.g. optimiser state of a training run).
+
+Versions: 1 stored the maps that read h̃ with the reference's input order f·K + k; 2 stores them
+head-major (k·H + f), the order the layer computes in. Older files are migrated on reading.
 """
 
 import os
@@ -18,7 +21,7 @@ from .errors import CheckpointError
 from .model import ModelConfig, SAKEPotential
 
 FORMAT = "sake_md.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å"}
 
 
@@ -85,7 +88,29 @@ def read_checkpoint(path) -> dict:
     missing = [k for k in ("config", "atomic_numbers", "normalization", "state_dict") if k not in data]
     if missing:
         raise CheckpointError(f"{path} is an incomplete sake_md checkpoint: missing {', '.join(missing)}")
+    if version == 1:
+        data = migrate_v1(data)
     return data
+
+
+def head_major(weight: torch.Tensor, hidden: int, heads: int) -> torch.Tensor:
+    """Permute the input columns of a map that reads h̃ from order f·K + k to k·H + f.
+
+    Shape: (out, H·K) -> (out, K·H).
+    """
+    return weight.reshape(-1, hidden, heads).transpose(1, 2).reshape(weight.shape)
+
+
+def migrate_v1(data: dict) -> dict:
+    """Format 1 -> 2: re-order the inputs of every map that reads h̃ (see ``head_major``)."""
+    from .spatial import SPATIAL_BLOCKS
+
+    config = data["config"]
+    maps = SPATIAL_BLOCKS[config.get("variant", "sake")].h_tilde_maps
+    suffixes = tuple(f".spatial.{name}.weight" for name in maps)
+    state = {k: head_major(v, config["hidden"], config["heads"]) if k.endswith(suffixes) else v
+             for k, v in data["state_dict"].items()}
+    return {**data, "state_dict": state, "format_version": 2}
 
 
 def _looks_like_torch(path: Path) -> bool:

@@ -12,6 +12,7 @@ h              (B, N, F)     node features
 r, u           (B, N, N, 3)  r_ij = x_j - x_i (row i receives, column j sends)
 d              (B, N, N)     regularised distance sqrt(|r_ij|² + 1e-5)
 neighbours     (B, N, N)     True where i and j are real and i != j
+h̃ (h_tilde)    (B, N, N, C)  attention-weighted edge features, C = K·H, head-major (k·H + f)
 =============  ============  =====================================================
 """
 

@@ -12,6 +12,9 @@ update. Every block has the same call signature::
     h_spa   (B, N, out_features) or None
     dv      (B, N, 3) or None (None: this block never moves atoms)
 
+h̃ is head-major: channel k·H + f holds a_ij^k h_ij[f]. ``h_tilde_maps`` names a block's linear maps
+that read h̃, so that a checkpoint written with the reference's f·K + k order can be migrated.
+
 ``SPATIAL_BLOCKS`` maps a variant name to its block class; it is the single list of variants.
 """
 
@@ -31,6 +34,7 @@ class SpatialAttention(nn.Module):
     """
 
     moves_atoms = True
+    h_tilde_maps = ("x_mixing",)
 
     def __init__(self, hidden: int, coefficients: int):
         super().__init__()
@@ -59,6 +63,7 @@ class NoSpatial(nn.Module):
     """Spatial attention removed: no angular invariants and no coordinate update."""
 
     moves_atoms = False
+    h_tilde_maps = ()
 
     def __init__(self, hidden: int, coefficients: int):
         super().__init__()

@@ -46,6 +46,7 @@ class DotProductScalarization(nn.Module):
     """h^spa_i = MLP((1/N²) Σ_jk (A h̃_ij) ⊙ (B h̃_ik) ⊙ ψ(u_ij·u_ik)); Δv as in SAKE."""
 
     moves_atoms = True
+    h_tilde_maps = ("left", "right", "x_mixing")
 
     def __init__(self, hidden: int, coefficients: int, channels: int = 64, n_basis: int = 8):
         super().__init__()

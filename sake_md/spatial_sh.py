@@ -42,6 +42,7 @@ class SphericalHarmonicAttention(nn.Module):
     """
 
     moves_atoms = True
+    h_tilde_maps = ("x_mixing",)
 
     def __init__(self, hidden: int, coefficients: int, lmax: int = 3, lambda_per_order: bool = False):
         super().__init__()

@@ -79,3 +79,26 @@ def test_info_cli(potential, tmp_path):
         assert text in result.output
     result = CliRunner().invoke(main, ["info", str(tmp_path / "missing.pt")])
     assert result.exit_code != 0 and "checkpoint not found" in result.output and "Traceback" not in result.output
+
+
+def v1_dict(potential) -> dict:
+    """What format 1 stored: maps that read h̃ with the reference's input order f·K + k."""
+    d = checkpoint_dict(potential)
+    c, maps = potential.config, type(potential.backbone.layers[0].spatial).h_tilde_maps
+    suffixes = tuple(f".spatial.{name}.weight" for name in maps)
+    d["state_dict"] = {k: v.reshape(-1, c.heads, c.hidden).transpose(1, 2).reshape(v.shape) if k.endswith(suffixes)
+                       else v for k, v in d["state_dict"].items()}
+    d["format_version"] = 1
+    return d
+
+
+@pytest.mark.parametrize("variant", ["sake", "sake-dot"])
+def test_format_1_is_migrated(variant, tmp_path):
+    potential = perturbed_potential(variant)
+    torch.save(v1_dict(potential), tmp_path / "v1.pt")
+    loaded = load_checkpoint(tmp_path / "v1.pt")
+    z, x = molecule("CH3CH2OH")
+    E0, F0 = energy_forces(potential, z, x)
+    E1, F1 = energy_forces(loaded, z, x)
+    assert E1 == pytest.approx(E0, abs=1e-12)
+    np.testing.assert_allclose(F1, F0, atol=1e-12)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from sake_md.checkpoint import head_major
 from sake_md.model import ModelConfig, SAKEPotential
 
 LAYER_KEYS = {
@@ -39,6 +40,8 @@ def reference_state_dict(Z, perturbed: bool) -> dict:
 
     sd = {}
     dense("params/embedding_in", "backbone.embedding_in", sd)
+    # the reference flattens h̃ as f·K + k; sake_md computes it head-major (k·H + f)
+    x_mixing = [f"backbone.layers.{layer}.spatial.x_mixing.weight" for layer in range(6)]
     dense("params/embedding_out/layers_0", "backbone.embedding_out.0", sd)
     dense("params/embedding_out/layers_2", "backbone.embedding_out.2", sd)
     for layer in range(6):
@@ -48,6 +51,8 @@ def reference_state_dict(Z, perturbed: bool) -> dict:
         for name in ("means", "betas"):
             rbf = get(f"{p}/edge_model/kernel/{name}").astype(np.float64)
             sd[f"backbone.layers.{layer}.rbf.{name}"] = torch.from_numpy(rbf)
+    for key in x_mixing:
+        sd[key] = head_major(sd[key], 64, 4)
     return sd
 
 
