@@ -102,15 +102,25 @@ def head_major(weight: torch.Tensor, hidden: int, heads: int) -> torch.Tensor:
 
 
 def migrate_v1(data: dict) -> dict:
-    """Format 1 -> 2: re-order the inputs of every map that reads h̃ (see ``head_major``)."""
+    """Format 1 -> 2: re-order the inputs of every map that reads h̃ (see ``head_major``), in the
+    weights and in a training run's optimiser state (so that ``--resume`` stays exact)."""
     from .spatial import SPATIAL_BLOCKS
 
     config = data["config"]
     maps = SPATIAL_BLOCKS[config.get("variant", "sake")].h_tilde_maps
     suffixes = tuple(f".spatial.{name}.weight" for name in maps)
-    state = {k: head_major(v, config["hidden"], config["heads"]) if k.endswith(suffixes) else v
-             for k, v in data["state_dict"].items()}
-    return {**data, "state_dict": state, "format_version": 2}
+    permute = lambda t: head_major(t, config["hidden"], config["heads"])  # noqa: E731
+    state = {k: permute(v) if k.endswith(suffixes) else v for k, v in data["state_dict"].items()}
+    migrated = {**data, "state_dict": state, "format_version": 2}
+    optimizer = (data.get("extra") or {}).get("optimizer")
+    if optimizer and suffixes:
+        # torch optimisers index parameters by their position in ``named_parameters()``
+        names = [n for n, _ in SAKEPotential(data["atomic_numbers"], ModelConfig(**config)).named_parameters()]
+        moved = {i for i, n in enumerate(names) if n.endswith(suffixes)}
+        opt_state = {i: {k: permute(v) if i in moved and torch.is_tensor(v) and v.dim() == 2 else v
+                         for k, v in st.items()} for i, st in optimizer["state"].items()}
+        migrated["extra"] = {**data["extra"], "optimizer": {**optimizer, "state": opt_state}}
+    return migrated
 
 
 def _looks_like_torch(path: Path) -> bool:

@@ -102,3 +102,31 @@ def test_format_1_is_migrated(variant, tmp_path):
     E1, F1 = energy_forces(loaded, z, x)
     assert E1 == pytest.approx(E0, abs=1e-12)
     np.testing.assert_allclose(F1, F0, atol=1e-12)
+
+
+def test_format_1_optimiser_state_is_migrated(tmp_path):
+    """A run resumed from a format-1 last.pt continues with the same Adam moments per weight."""
+    from sake_md.checkpoint import read_checkpoint
+
+    potential = perturbed_potential("sake")
+    opt = torch.optim.Adam(potential.parameters())
+    z, x = molecule("CH3CH2OH")
+    energy_forces(potential, z, x)  # warm-up, no grads
+    from sake_md.batch import collate
+
+    b = collate([z], [x], potential.species_index, torch.float64)
+    potential.predict(b.species, b.positions, b.mask, training=True)["forces"].square().sum().backward()
+    opt.step()
+    d = v1_dict(potential)
+    names = [n for n, _ in potential.named_parameters()]
+    state = opt.state_dict()
+    c = potential.config
+    d["extra"] = {"optimizer": {**state, "state": {
+        i: {k: (v.reshape(-1, c.heads, c.hidden).transpose(1, 2).reshape(v.shape)
+                if names[i].endswith(".spatial.x_mixing.weight") and v.dim() == 2 else v) for k, v in st.items()}
+        for i, st in state["state"].items()}}}
+    torch.save(d, tmp_path / "v1.pt")
+    migrated = read_checkpoint(tmp_path / "v1.pt")["extra"]["optimizer"]["state"]
+    for i, st in state["state"].items():
+        for k, v in st.items():
+            assert torch.equal(migrated[i][k], v), (names[i], k)
