@@ -74,6 +74,8 @@ def format_summary(summary: dict, indent: int = 0) -> str:
 @click.option("--heads", type=int, default=4, show_default=True)
 @click.option("--layers", type=int, default=6, show_default=True)
 @click.option("--radial", type=int, default=50, show_default=True, help="Radial basis functions.")
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+              help="Variant option, repeatable, e.g. --model-option lmax=2 for sake-sh.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
@@ -95,9 +97,24 @@ def train(**options):
     if options["time_budget"] and options["epochs"]:
         raise click.UsageError("give --time-budget or --epochs, not both")
     resume = options.pop("resume")
+    options["model_options"] = parse_model_options(options["model_options"])
     cfg = config_from_options(options)
     best = run_training(cfg, resume=resume)
     click.echo(f"best checkpoint: {best}")
+
+
+def parse_model_options(items) -> dict:
+    """("lmax=2", "lambda_per_order=true") -> {"lmax": 2, "lambda_per_order": True}."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--model-option")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 @main.command("eval")

@@ -15,3 +15,7 @@ class InputError(SakeMDError, ValueError):
 
 class DataError(SakeMDError, ValueError):
     """A data file that cannot be used for training or evaluation."""
+
+
+class ConfigError(SakeMDError, ValueError):
+    """Hyperparameters that do not describe a model (unknown variant or option)."""

@@ -1,12 +1,14 @@
 """The SAKE energy model: species embedding, a stack of SAKE layers, a per-atom readout, and
 the energy normalisation. Forces come from ``compute_forces``, the one place that calls autograd."""
 
+import inspect
 from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ConfigError
 from .layer import Graph, SAKELayer
 from .modules import linear, mlp
 from .spatial import SPATIAL_BLOCKS
@@ -26,7 +28,13 @@ class ModelConfig:
 
     def __post_init__(self):
         if self.variant not in SPATIAL_BLOCKS:
-            raise ValueError(f"unknown variant {self.variant!r}; known: {', '.join(SPATIAL_BLOCKS)}")
+            raise ConfigError(f"unknown variant {self.variant!r}; known: {', '.join(SPATIAL_BLOCKS)}")
+        known = [n for n in inspect.signature(SPATIAL_BLOCKS[self.variant]).parameters
+                 if n not in ("hidden", "coefficients")]
+        unknown = sorted(set(self.options) - set(known))
+        if unknown:
+            raise ConfigError(f"variant {self.variant!r} has no option(s) {', '.join(unknown)}; "
+                              f"its options: {', '.join(known) or 'none'}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -115,7 +115,7 @@ def config_from_options(options: dict) -> TrainConfig:
     """Command-line options (``sake-md train``) -> TrainConfig; None means "the recipe's default"."""
     o = dict(options)
     model = ModelConfig(**{k: o.pop(k) for k in ("hidden", "heads", "layers", "radial")},
-                        variant=o.pop("variant")).to_dict()
+                        variant=o.pop("variant"), options=o.pop("model_options", None) or {}).to_dict()
     budget = o.pop("time_budget")
     recipe = o.pop("recipe") or ("budget" if budget else "paper")
     o["progress"] = not o.pop("no_progress")

@@ -86,3 +86,10 @@ def test_float32_close_to_float64():
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         ModelConfig(variant="nope")
+
+
+def test_unknown_variant_option_is_refused():
+    with pytest.raises(ValueError, match=r"'sake-sh' has no option\(s\) lmaxx; its options: lmax, lambda_per_order"):
+        ModelConfig(variant="sake-sh", options={"lmaxx": 2})
+    with pytest.raises(ValueError, match="'sake' has no option"):
+        ModelConfig(variant="sake", options={"lmax": 2})
