@@ -113,7 +113,6 @@ def load_structure(spec: str | None) -> Atoms:
     """A file anything ASE reads (its last frame), or a molecule name of ``ase.build.molecule``."""
     import ase.build
     import ase.io
-    from ase.collections import g2
 
     if spec is None:
         return ase.build.molecule(DEFAULT_MOLECULE)
@@ -122,10 +121,21 @@ def load_structure(spec: str | None) -> Atoms:
             return ase.io.read(spec)
         except Exception as e:  # ASE raises many kinds for unreadable files
             raise InputError(f"cannot read structure {spec} with ASE: {type(e).__name__}: {e}") from e
-    if spec in g2.names:
+    names = molecule_names()
+    if spec in names:
         return ase.build.molecule(spec)
     raise InputError(f"--structure {spec!r} is neither a file nor a molecule name of ase.build.molecule "
-                     f"(e.g. CH3CH2OH, H2O, C6H6; {len(g2.names)} names in ase.collections.g2)")
+                     f"(e.g. CH3CH2OH, H2O, C6H6; {len(names)} names: ase.collections.g2 and a few extra)")
+
+
+def molecule_names() -> set[str]:
+    """The names ``ase.build.molecule`` knows: the G2 set and the module's ``extra`` structures."""
+    import sys
+
+    import ase.build  # noqa: F401  (loads ase.build.molecule, the module)
+    from ase.collections import g2
+
+    return set(g2.names) | set(getattr(sys.modules["ase.build.molecule"], "extra", {}))
 
 
 def initial_velocities(atoms: Atoms, temperature_K: float, rng: np.random.Generator):
