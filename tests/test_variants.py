@@ -61,7 +61,7 @@ def test_bad_options_are_refused():
         SAKEPotential([1, 6], ModelConfig(variant="sake-sh", options={"lmax": 0}))
     with pytest.raises(ValueError, match="positive integer n_basis"):
         SAKEPotential([1, 6], ModelConfig(variant="sake-dot", options={"n_basis": 0}))
-    with pytest.raises(TypeError, match="lamx"):
+    with pytest.raises(ValueError, match=r"has no option\(s\) lamx; its options: lmax, lambda_per_order"):
         SAKEPotential([1, 6], ModelConfig(variant="sake-sh", options={"lamx": 2}))
 
 
