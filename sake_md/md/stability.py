@@ -91,6 +91,7 @@ class StabilityResult:
 
     @property
     def hr_error(self) -> float:
+        """The mean over runs of each run's h(r) error (its intact frames against the reference)."""
         errors = [r.hr_error for r in self.runs if np.isfinite(r.hr_error)]
         return float(np.mean(errors)) if errors else float("nan")
 
@@ -182,8 +183,8 @@ def _result(name, monitor: _Monitor, frames, reference: ReferenceData, preset, s
     for b, k in enumerate(frames):
         h = density(monitor.counts[b])
         collapse = monitor.collapse[b]
-        records.append(RunRecord(k, monitor.last_good[b] * dt_ps, collapse[1] if collapse else None,
-                                 collapse[0] * dt_ps if collapse else None, monitor.frames[b],
+        records.append(RunRecord(k, round(monitor.last_good[b] * dt_ps, 9), collapse[1] if collapse else None,
+                                 round(collapse[0] * dt_ps, 9) if collapse else None, monitor.frames[b],
                                  hr_error(h, h_ref) if monitor.frames[b] else math.nan))
     return StabilityResult(name, records, density(monitor.counts.sum(0)), steps, wall, str(device),
                            str(dtype).removeprefix("torch."))
