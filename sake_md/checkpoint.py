@@ -56,6 +56,9 @@ def save_checkpoint(path, potential: SAKEPotential, training=None, metrics=None,
     os.close(fd)
     try:
         torch.save(checkpoint_dict(potential, training, metrics, extra), tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -130,3 +130,15 @@ def test_format_1_optimiser_state_is_migrated(tmp_path):
     for i, st in state["state"].items():
         for k, v in st.items():
             assert torch.equal(migrated[i][k], v), (names[i], k)
+
+
+def test_saved_file_has_ordinary_permissions(potential, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        path = save_checkpoint(tmp_path / "m.pt", potential)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
