@@ -164,7 +164,9 @@ def eval_command(checkpoint, data, as_json, extxyz_out, plot, batch_size, energy
                    "[default: the first frame].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), help="[default: the checkpoint's]")
-@click.option("--threads", type=int, help="torch.set_num_threads (1 is often fastest for one small molecule).")
+@click.option("--threads", type=int, default=1, show_default=True,
+              help="torch.set_num_threads. One molecule is dispatch-bound: a second thread gains nothing "
+                   "idle and can be many times slower on a loaded machine.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
 def run_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs, steps, seed, traj, log, interval,
