@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from ase import units
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 
 from sake_md import SAKECalculator, load_checkpoint
 from sake_md.md.replicas import LangevinBAOAB, ReplicaState, SAKEForces, maxwell_boltzmann, simulate
+from sake_md.md.run import thermalize
 from sake_md.model import SAKEPotential
 
 DT = 0.5 * units.fs
@@ -42,7 +42,7 @@ def timed(run, steps: int, min_time: float) -> float:
 
 def ase_steps_per_s(potential, min_time: float) -> float:
     atoms = ase.build.molecule("CH3CH2OH")
-    MaxwellBoltzmannDistribution(atoms, temperature_K=300.0, rng=np.random.default_rng(0))
+    thermalize(atoms, 300.0, np.random.default_rng(0))
     atoms.calc = SAKECalculator(potential)
     dyn = Langevin(atoms, DT, temperature_K=300.0, friction=FRICTION, fixcm=False, rng=np.random.default_rng(0))
     return 1.0 / timed(dyn.run, 20, min_time)

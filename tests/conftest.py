@@ -11,7 +11,9 @@ SHARED = Path(os.environ.get("SAKE_MD_SHARED", ROOT.parent / "shared"))
 PARITY = SHARED / "parity" / "sake_reference_parity.npz"
 RMD17 = Path(os.environ.get("SAKE_MD_RMD17", SHARED / "data" / "rmd17"))
 
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# The suite's models are small: a second thread only adds synchronisation, and on a shared machine
+# spinning OpenMP threads make it many times slower.
+torch.set_num_threads(1)
 
 
 def rmd17_file(name: str) -> Path:

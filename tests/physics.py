@@ -59,3 +59,14 @@ def assert_batch_equals_single(potential, molecules, atol=1e-10):
         np.testing.assert_allclose(out["energy"][b].item(), E, rtol=0, atol=atol)
         np.testing.assert_allclose(out["forces"][b, : len(z)].detach().numpy(), F, rtol=0, atol=atol)
         assert torch.all(out["forces"][b, len(z):] == 0)
+
+
+SMALL_CONFIG = dict(hidden=16, heads=2, layers=2, radial=16)
+
+
+def small_potential(seed=0, energy_scale=1.0, dtype=torch.float32, numbers=(1, 6, 8)) -> SAKEPotential:
+    """A real but cheap SAKE potential (hidden 16, 2 layers) with seeded random weights."""
+    from sake_md.model import ModelConfig
+
+    torch.manual_seed(seed)
+    return SAKEPotential(list(numbers), ModelConfig(**SMALL_CONFIG), energy_scale=energy_scale).to(dtype)

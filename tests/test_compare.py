@@ -5,7 +5,6 @@ import json
 import ase.build
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from sake_md import SAKECalculator
@@ -15,23 +14,13 @@ from sake_md.errors import DataError, InputError
 from sake_md.md.rdf import BINS, h_of_r, hr_error
 from sake_md.md.reference import read_reference
 from sake_md.md.stability import PRESETS, StabilityPreset, force_errors, parse_time_ps, run_stability
-from sake_md.model import ModelConfig, SAKEPotential
 from sake_md.units import KCAL_PER_MOL
 
-SMALL = ModelConfig(hidden=16, heads=2, layers=2, radial=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from .physics import small_potential
 
 
 def potential(energy_scale=1.0, seed=0):
-    torch.manual_seed(seed)
-    return SAKEPotential([1, 6, 8], SMALL, energy_scale=energy_scale)
+    return small_potential(seed, energy_scale)
 
 
 def write_rmd17(path, frames=12, seed=0, forces=None):
@@ -171,8 +160,7 @@ def test_compare_checks_every_model_before_the_first_run(tmp_path, monkeypatch):
     monkeypatch.setattr(compare_module, "run_stability", no_run)
     ref = write_rmd17(tmp_path / "ref.npz")
     good = save_checkpoint(tmp_path / "good.pt", potential())
-    torch.manual_seed(0)
-    no_oxygen = save_checkpoint(tmp_path / "ch.pt", SAKEPotential([1, 6], SMALL))
+    no_oxygen = save_checkpoint(tmp_path / "ch.pt", small_potential(numbers=(1, 6)))
     result = CliRunner().invoke(main, ["compare", str(good), str(no_oxygen), "--reference", str(ref), "--runs", "1",
                                        "--time", "1ps", "--no-progress", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "O (Z=8)" in result.output and "ch.pt" in result.output

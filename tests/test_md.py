@@ -20,23 +20,8 @@ from sake_md.cli import main
 from sake_md.md.bonds import BondCriterion, find_bonds
 from sake_md.md.replicas import ReplicaState, SAKEForces, VelocityVerlet, maxwell_boltzmann, simulate
 from sake_md.md.run import EXIT_COLLAPSED, MDSettings, energy_drift, run_md
-from sake_md.model import ModelConfig, SAKEPotential
 
-SMALL = ModelConfig(hidden=16, heads=2, layers=2, radial=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second thread only adds synchronisation, and on a shared machine it costs 10×."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def small_potential(seed=0, energy_scale=1.0):
-    torch.manual_seed(seed)
-    return SAKEPotential([1, 6, 8], SMALL, energy_scale=energy_scale)
+from .physics import small_potential
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 from ase import units
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
 from ase.md.verlet import VelocityVerlet as AseVelocityVerlet
 
 from sake_md import SAKECalculator
@@ -22,28 +21,18 @@ from sake_md.md.replicas import (
     maxwell_boltzmann,
     simulate,
 )
-from sake_md.model import ModelConfig, SAKEPotential
+from sake_md.md.run import thermalize
 
-SMALL = ModelConfig(hidden=16, heads=2, layers=2, radial=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: a second thread only adds synchronisation, and on a shared machine it costs 10×."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+from . import physics
 
 
 def small_potential(seed=0, dtype=torch.float64):
-    torch.manual_seed(seed)
-    return SAKEPotential([1, 6, 8], SMALL).to(dtype)
+    return physics.small_potential(seed, dtype=dtype)
 
 
 def ethanol(temperature_K=300.0, seed=0):
     atoms = ase.build.molecule("CH3CH2OH")
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=np.random.default_rng(seed))
+    thermalize(atoms, temperature_K, np.random.default_rng(seed))
     return atoms
 
 

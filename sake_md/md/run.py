@@ -138,11 +138,21 @@ def molecule_names() -> set[str]:
     return set(g2.names) | set(getattr(sys.modules["ase.build.molecule"], "extra", {}))
 
 
+def thermalize(atoms: Atoms, temperature_K: float, rng: np.random.Generator):
+    """Maxwell–Boltzmann momenta at ``temperature_K`` (ASE ≥ 3.29 renamed the function)."""
+    import ase.md.velocitydistribution as vd
+
+    if hasattr(vd, "thermalize_momenta"):
+        vd.thermalize_momenta(atoms, temperature_K, rng=rng)
+    else:
+        vd.MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+
+
 def initial_velocities(atoms: Atoms, temperature_K: float, rng: np.random.Generator):
     """Maxwell–Boltzmann momenta at ``temperature_K``, without centre-of-mass motion or rotation."""
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+    from ase.md.velocitydistribution import Stationary, ZeroRotation
 
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    thermalize(atoms, temperature_K, rng)
     Stationary(atoms)
     ZeroRotation(atoms)
 
