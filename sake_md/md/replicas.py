@@ -228,9 +228,8 @@ class SAKEForces:
 
     def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Shape: (B, N, 3) -> energy (B,) float64, forces (B, N, 3)."""
-        x = positions.detach().to(self.potential.dtype).clone().requires_grad_(True)
-        with torch.enable_grad():
-            out = self.potential.predict(self.species, x, self.mask)
+        with torch.enable_grad():  # predict() detaches the positions and asks for their gradient itself
+            out = self.potential.predict(self.species, positions.detach().to(self.potential.dtype), self.mask)
         return out["energy"], out["forces"]
 
 
