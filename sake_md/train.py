@@ -1,10 +1,16 @@
 """Training: the paper's MD17 recipe as a preset, and a time-budgeted recipe for CPUs.
 
-Loss per batch, in kcal/mol units on de-standardised predictions:
-    force_weight · MAE(F) + energy_weight · MAE(E)
+Loss per batch, in kcal/mol units on de-standardised predictions (``loss``):
+    mae:   force_weight · MAE(F) + energy_weight · MAE(E)          (the paper's)
+    mse:   force_weight · MSE(F) + energy_weight · MSE(E)
+    huber: the same with Huber(δ = huber_delta) in place of the squares
+E is the total energy, or the energy per atom with ``energy_per_atom``. In the final ``stage_fraction``
+of the run the energy weight becomes ``stage_energy_weight`` (a short energy stage, as MACE's).
 Optimiser chain (the paper's): g += weight_decay · θ (coupled L2); g = clip(g, -clip, clip) elementwise;
-Adam(β1, β2, ε). Learning rate per step, as a function of the progress p ∈ [0, 1] of the planned run:
-linear warm-up lr_start → lr over p < warmup_fraction, cosine decay to 0 at p = decay_end, then 0.
+Adam(β1, β2, ε), or AMSGrad with ``amsgrad``. Learning rate per step, as a function of the progress
+p ∈ [0, 1] of the planned run: linear warm-up lr_start → lr over p < warmup_fraction, cosine decay to 0 at
+p = decay_end, then 0. With ``ema_decay`` an exponential moving average of the weights is validated,
+saved as best.pt and kept in last.pt, so that a resumed run continues it exactly.
 
 With a time budget the number of epochs is estimated after the first few steps and re-measured after
 every epoch (epochs that fit = done + remaining time / recent epoch time); the schedule is laid over it.
@@ -14,6 +20,8 @@ Output folder: config.json (the exact settings), metrics.jsonl (one line per epo
 last.pt with the same optimiser state, schedule and frame order: a killed run loses at most one epoch.
 """
 
+import contextlib
+import dataclasses
 import json
 import math
 import re
@@ -23,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
@@ -36,6 +45,7 @@ RECIPES = {
     "paper": {"batch_size": 4, "epochs": 5000, "time_budget": None},
     "budget": {"batch_size": 16, "epochs": None, "time_budget": 1800.0},
 }
+LOSSES = ("mae", "mse", "huber")
 
 
 @dataclass
@@ -62,6 +72,13 @@ class TrainConfig:
     eps: float = 1e-8
     energy_weight: float = 0.001
     force_weight: float = 1.0
+    loss: str = "mae"
+    huber_delta: float = 0.5  # kcal/mol(/Å)
+    energy_per_atom: bool = False
+    stage_fraction: float = 0.0
+    stage_energy_weight: float | None = None
+    amsgrad: bool = False
+    ema_decay: float | None = None
     dtype: str = "float32"
     device: str = "cpu"
     threads: int | None = None
@@ -81,6 +98,12 @@ class TrainConfig:
             raise SakeMDError("batch_size and epochs must be positive")
         if not 0 <= self.warmup_fraction <= self.decay_end <= 1:
             raise SakeMDError("need 0 <= warmup_fraction <= decay_end <= 1")
+        if self.loss not in LOSSES:
+            raise SakeMDError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
+        if not 0 <= self.stage_fraction < 1:
+            raise SakeMDError("stage_fraction must be in [0, 1)")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise SakeMDError("ema_decay must be in (0, 1)")
         if self.dtype not in ("float32", "float64"):
             raise SakeMDError(f"dtype must be float32 or float64, got {self.dtype!r}")
         ModelConfig(**self.model)  # validates the variant
@@ -146,10 +169,11 @@ def learning_rate(progress: float, cfg: TrainConfig) -> float:
 
 
 class PaperAdam(torch.optim.Adam):
-    """Adam after the paper's gradient transforms: g += λθ (coupled L2), then elementwise clip."""
+    """Adam (or AMSGrad) after the paper's gradient transforms: g += λθ (coupled L2), then elementwise clip."""
 
-    def __init__(self, params, lr: float, betas, eps: float, weight_decay: float, clip: float):
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps)
+    def __init__(self, params, lr: float, betas, eps: float, weight_decay: float, clip: float,
+                 amsgrad: bool = False):
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, amsgrad=amsgrad)
         self.coupled_decay, self.clip = weight_decay, clip
 
     @torch.no_grad()
@@ -207,9 +231,59 @@ def residuals(energy_model, forces, lb: LabelledBatch, potential: SAKEPotential)
 
 
 def loss_from(de, df, mask, cfg: TrainConfig) -> torch.Tensor:
-    """force_weight · MAE(F) + energy_weight · MAE(E), in kcal/mol and kcal/mol/Å."""
-    force_mae = df.abs().sum() / (3.0 * mask.sum())
-    return (cfg.force_weight * force_mae + cfg.energy_weight * de.abs().mean()) / KCAL_PER_MOL
+    """force_weight · L(F) + energy_weight · L(E) in kcal/mol and kcal/mol/Å, L = MAE, MSE or Huber.
+
+    Shape: de (B,), df (B, N, 3) zero at padding, mask (B, N) -> scalar.
+    """
+    if cfg.energy_per_atom:
+        de = de / mask.sum(-1).to(de.dtype)
+    de, df = de / KCAL_PER_MOL, df / KCAL_PER_MOL
+    n_components = 3.0 * mask.sum()
+    if cfg.loss == "mae":
+        f_term, e_term = df.abs().sum() / n_components, de.abs().mean()
+    elif cfg.loss == "mse":
+        f_term, e_term = (df * df).sum() / n_components, (de * de).mean()
+    else:  # huber; padding components are exact zeros and add nothing
+        f_term = F.huber_loss(df, torch.zeros_like(df), reduction="sum", delta=cfg.huber_delta) / n_components
+        e_term = F.huber_loss(de, torch.zeros_like(de), delta=cfg.huber_delta)
+    return cfg.force_weight * f_term + cfg.energy_weight * e_term
+
+
+class WeightAverage:
+    """Exponential moving average of the parameters: θ̄ ← d·θ̄ + (1 − d)·θ after every optimiser step.
+
+    ``swapped()`` puts θ̄ into the model for validation and saving, then restores θ.
+    """
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.module, self.decay = module, decay
+        self.shadow = [p.detach().clone() for p in module.parameters()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        for avg, p in zip(self.shadow, self.module.parameters(), strict=True):
+            avg.lerp_(p, 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        params = list(self.module.parameters())
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in params]
+            for p, avg in zip(params, self.shadow, strict=True):
+                p.copy_(avg)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, saved, strict=True):
+                    p.copy_(s)
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return [t.clone() for t in self.shadow]
+
+    def load_state_dict(self, tensors) -> None:
+        for avg, t in zip(self.shadow, tensors, strict=True):
+            avg.copy_(t)
 
 
 class Trainer:
@@ -228,7 +302,8 @@ class Trainer:
             ids = [device.index] if device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
         self.optimizer = PaperAdam(self.potential.parameters(), cfg.lr_start, cfg.betas, cfg.eps, cfg.weight_decay,
-                                   cfg.clip)
+                                   cfg.clip, cfg.amsgrad)
+        self.average = WeightAverage(self.potential, cfg.ema_decay) if cfg.ema_decay else None
 
     def build_potential(self) -> SAKEPotential:
         torch.manual_seed(self.cfg.seed)
@@ -248,6 +323,17 @@ class Trainer:
         if planned <= 0:
             return 0.0
         return self.state["step"] / (planned * self.steps_per_epoch())
+
+    def loss_settings(self) -> TrainConfig:
+        """The settings the loss reads now: the energy stage raises the energy weight at the end."""
+        cfg = self.cfg
+        if cfg.stage_fraction and cfg.stage_energy_weight is not None and self.progress() >= 1 - cfg.stage_fraction:
+            return dataclasses.replace(cfg, energy_weight=cfg.stage_energy_weight)
+        return cfg
+
+    def evaluated_weights(self):
+        """Context in which the model holds the weights that are validated and saved (the average, if any)."""
+        return self.average.swapped() if self.average is not None else contextlib.nullcontext()
 
     def replan(self, step_seconds: float | None = None) -> None:
         """Budget mode: epochs that fit = epochs done + remaining time / recent epoch time."""
@@ -282,10 +368,12 @@ class Trainer:
                 group["lr"] = learning_rate(self.progress(), self.cfg)
             energy_model, forces = self.model(lb.batch.species, lb.batch.positions, lb.batch.mask)
             de, df = residuals(energy_model, forces, lb, self.potential)
-            loss = loss_from(de, df, lb.batch.mask, self.cfg)
+            loss = loss_from(de, df, lb.batch.mask, self.loss_settings())
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.average is not None:
+                self.average.update()
             self.state["step"] += 1
             errors.add(de, df, lb.batch.mask)
             if k == 2 and self.state["epoch"] == 0 and self.cfg.time_budget is not None:
@@ -318,7 +406,9 @@ class Trainer:
                 self.state["epoch"] == 0 and self.cfg.time_budget is not None):
             start = time.perf_counter()
             lr = learning_rate(self.progress(), self.cfg)
-            row = {"epoch": self.state["epoch"] + 1, "lr": lr, **self.train_epoch(bar), **self.validate()}
+            row = {"epoch": self.state["epoch"] + 1, "lr": lr, **self.train_epoch(bar)}
+            with self.evaluated_weights():
+                row.update(self.validate())
             seconds = distributed.all_max(self.ctx, time.perf_counter() - start)
             self.state["epoch"] += 1
             self.state["seconds"] += seconds
@@ -361,9 +451,12 @@ class Trainer:
                    "epoch": self.state["epoch"]}
         extra = {"optimizer": self.optimizer.state_dict(), "state": dict(self.state),
                  "torch_rng_state": torch.get_rng_state(), "config": self.cfg.to_dict()}
+        if self.average is not None:
+            extra["weight_average"] = self.average.state_dict()
         save_checkpoint(self.out / "last.pt", self.potential, self.training_metadata(), metrics, extra)
         if is_best:
-            save_checkpoint(self.out / "best.pt", self.potential, self.training_metadata(), metrics)
+            with self.evaluated_weights():
+                save_checkpoint(self.out / "best.pt", self.potential, self.training_metadata(), metrics)
 
     def training_metadata(self) -> dict:
         s, cfg = self.state, self.cfg
@@ -386,6 +479,10 @@ class Trainer:
         self.potential.load_state_dict(restored.state_dict())
         self.potential.energy_scale, self.potential.energy_shift = restored.energy_scale, restored.energy_shift
         self.optimizer.load_state_dict(extra["optimizer"])
+        if self.average is not None:
+            if "weight_average" not in extra:
+                raise SakeMDError(f"{self.out / 'last.pt'} has no weight average to resume the EMA from")
+            self.average.load_state_dict(extra["weight_average"])
         self.state.update(extra["state"])
         torch.set_rng_state(extra["torch_rng_state"])
         if self.ctx.main:

@@ -165,3 +165,91 @@ def test_two_processes_match_one_process_with_the_same_global_batch(npz, tmp_pat
     for ra, rb in zip(log_rows(one), log_rows(two), strict=True):
         for key in ("train_force_mae_meV_A", "val_force_mae_meV_A", "val_energy_mae_meV"):
             assert rb[key] == pytest.approx(ra[key], rel=1e-9)
+
+
+NEW_RECIPE = dict(loss="mse", energy_per_atom=True, amsgrad=True, ema_decay=0.9, stage_fraction=0.25,
+                  stage_energy_weight=10.0)
+
+
+def test_resume_with_ema_amsgrad_and_energy_stage_is_exact(npz, tmp_path):
+    """Every recipe setting round-trips through config.json and --resume; the EMA continues exactly."""
+    straight = tmp_path / "straight"
+    train(small_config(npz, straight, **NEW_RECIPE))
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_two(trainer, row):
+        if row["epoch"] == 2:
+            raise Killed
+
+    resumed = tmp_path / "resumed"
+    with pytest.raises(Killed):
+        train(small_config(npz, resumed, **NEW_RECIPE), on_epoch_end=kill_after_two)
+    saved = json.loads((resumed / "config.json").read_text())
+    assert {k: saved[k] for k in NEW_RECIPE} == NEW_RECIPE
+    train(TrainConfig.from_dict(saved), resume=True)
+    a, b = read_checkpoint(straight / "last.pt"), read_checkpoint(resumed / "last.pt")
+    for key, value in a["state_dict"].items():
+        torch.testing.assert_close(b["state_dict"][key], value, rtol=0, atol=0)
+    for x, y in zip(a["extra"]["weight_average"], b["extra"]["weight_average"], strict=True):
+        torch.testing.assert_close(y, x, rtol=0, atol=0)
+    assert "max_exp_avg_sq" in a["extra"]["optimizer"]["state"][0]  # AMSGrad's state
+    assert log_rows(resumed)[3]["val_force_mae_meV_A"] == log_rows(straight)[3]["val_force_mae_meV_A"]
+
+
+def test_weight_average_is_the_exponential_moving_average():
+    from sake_md.train import WeightAverage
+
+    module = torch.nn.Linear(3, 2).double()
+    avg = WeightAverage(module, decay=0.8)
+    start = [p.detach().clone() for p in module.parameters()]
+    expected = [s.clone() for s in start]
+    for k in range(3):
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.1 * (k + 1))
+        avg.update()
+        expected = [0.8 * e + 0.2 * p.detach() for e, p in zip(expected, module.parameters(), strict=True)]
+    raw = [p.detach().clone() for p in module.parameters()]
+    with avg.swapped():
+        for p, e in zip(module.parameters(), expected, strict=True):
+            torch.testing.assert_close(p.detach(), e, rtol=0, atol=1e-15)
+    for p, r in zip(module.parameters(), raw, strict=True):
+        assert torch.equal(p.detach(), r)
+
+
+@pytest.mark.parametrize("loss", ["mae", "mse", "huber"])
+def test_loss_forms_equal_a_direct_computation(loss):
+    from sake_md.train import loss_from
+    from sake_md.units import KCAL_PER_MOL
+
+    rng = np.random.default_rng(0)
+    mask = torch.tensor([[True, True, True], [True, True, False]])
+    df = torch.tensor(rng.normal(size=(2, 3, 3)) * 0.05) * mask[..., None]
+    de = torch.tensor(rng.normal(size=2) * 0.1)
+    cfg = TrainConfig(data="x", out="y", loss=loss, energy_weight=0.3, force_weight=2.0, energy_per_atom=True,
+                      huber_delta=0.5)
+    f = df.numpy()[mask.numpy()].ravel() / KCAL_PER_MOL
+    e = de.numpy() / np.array([3, 2]) / KCAL_PER_MOL
+    fn = {"mae": np.abs, "mse": np.square,
+          "huber": lambda x: np.where(np.abs(x) < 0.5, 0.5 * x * x, 0.5 * (np.abs(x) - 0.25))}[loss]
+    expected = 2.0 * fn(f).mean() + 0.3 * fn(e).mean()
+    assert float(loss_from(de, df, mask, cfg)) == pytest.approx(expected, rel=1e-12)
+
+
+def test_unknown_loss_is_refused():
+    with pytest.raises(SakeMDError, match="unknown loss"):
+        TrainConfig(data="x", out="y", loss="l3")
+
+
+def test_best_checkpoint_holds_the_averaged_weights(npz, tmp_path):
+    out = tmp_path / "one"
+    train(small_config(npz, out, epochs=1, ema_decay=0.5, refit_shift=False))
+    best, last = read_checkpoint(out / "best.pt"), read_checkpoint(out / "last.pt")
+    names = list(last["state_dict"])
+    differs = False
+    for name, avg in zip(names, last["extra"]["weight_average"], strict=True):
+        torch.testing.assert_close(best["state_dict"][name], avg, rtol=0, atol=0)
+        differs |= not torch.equal(last["state_dict"][name], avg)
+    assert differs  # the raw weights are not what was saved as best
