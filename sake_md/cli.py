@@ -151,6 +151,19 @@ def eval_command(checkpoint, data, as_json, extxyz_out, plot, batch_size, energy
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
+@main.command()
+@click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
+@click.option("--plot", type=click.Path(dir_okay=False), help="PNG of validation errors against time.")
+def curves(runs, plot):
+    """Learning curves of training RUNS (folders of `sake-md train`): validation errors against seconds."""
+    from .curves import plot_curves, read_curve, summary_table
+
+    loaded = [read_curve(r) for r in runs]
+    click.echo(summary_table(loaded))
+    if plot and plot_curves(loaded, plot) is None:
+        click.echo("matplotlib is not installed: no plot (pip install 'sake-md[plot]')", err=True)
+
+
 @main.command("run")
 @click.option("--potential", type=click.Path(dir_okay=False),
               help="Checkpoint [default: the shipped potentials/sake_ethanol.pt].")
