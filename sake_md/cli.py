@@ -144,8 +144,9 @@ def eval_command(checkpoint, data, as_json, extxyz_out, plot, batch_size, energy
 
 
 @main.command("run")
-@click.option("--potential", type=click.Path(dir_okay=False),
-              help="Checkpoint [default: the shipped potentials/sake_ethanol.pt].")
+@click.option("--potential", type=click.Path(dir_okay=False), multiple=True,
+              help="Checkpoint [default: the shipped potentials/sake_ethanol.pt]; repeat it for a committee "
+                   "(mean forces, deviation logged).")
 @click.option("--structure", help="A file ASE reads (last frame) or an ase.build.molecule name [CH3CH2OH].")
 @click.option("--ensemble", type=click.Choice(["nve", "langevin", "nose-hoover", "bussi"]), default="langevin",
               show_default=True, help="ASE integrator: VelocityVerlet, Langevin, NoseHooverChainNVT, Bussi.")
@@ -167,19 +168,25 @@ def eval_command(checkpoint, data, as_json, extxyz_out, plot, batch_size, energy
 @click.option("--threads", type=int, default=1, show_default=True,
               help="torch.set_num_threads. One molecule is dispatch-bound: a second thread gains nothing "
                    "idle and can be many times slower on a loaded machine.")
+@click.option("--max-force-std", type=float, metavar="EV_PER_A",
+              help="Committee only: stop (exit status 4) when the largest per-atom force deviation passes this.")
+@click.option("--warn-force-std", type=float, metavar="EV_PER_A",
+              help="Committee only: warn once when the largest per-atom force deviation passes this.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
 def run_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs, steps, seed, traj, log, interval,
-                reference, device, dtype, threads, no_progress):
+                reference, device, dtype, threads, max_force_std, warn_force_std, no_progress):
     """Molecular dynamics of one molecule with ASE's integrators.
 
-    Stops when a bond deviates more than 0.5 Å from its reference (exit status 3); Ctrl-C or SIGTERM
-    stop it with the frames so far written (exit status 130 or 143).
+    Stops when a bond deviates more than 0.5 Å from its reference (exit status 3), or, for a committee,
+    when its force deviation passes --max-force-std (exit status 4); Ctrl-C or SIGTERM stop it with the
+    frames so far written (exit status 130 or 143).
     """
     from .md.run import MDSettings, run_from_files
 
     _set_threads(threads)
-    settings = MDSettings(ensemble, temperature_k, timestep_fs, steps, interval, seed)
+    settings = MDSettings(ensemble, temperature_k, timestep_fs, steps, interval, seed,
+                          max_force_std=max_force_std, warn_force_std=warn_force_std)
     summary = run_from_files(potential, structure, reference, settings, traj or None, log or None, device, dtype,
                              progress=not no_progress)
     for line in summary.lines(timestep_fs):
