@@ -118,29 +118,55 @@ def parse_model_options(items) -> dict:
 
 
 @main.command("eval")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoints", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--potential", "potentials", multiple=True, type=click.Path(dir_okay=False),
+              help="A further checkpoint (repeatable); several make a committee.")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Labelled file (npz, extxyz, ASE db).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--extxyz", "extxyz_out", type=click.Path(dir_okay=False), help="Write predictions beside references.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Parity plot PNG (needs matplotlib).")
+@click.option("--calibration-plot", type=click.Path(dir_okay=False),
+              help="Committee only: deviation against error PNG (needs matplotlib).")
+@click.option("--bins", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Committee only: quantile bins of the calibration table.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--energy-key", default="energy", show_default=True)
 @click.option("--forces-key", default="forces", show_default=True)
 @click.option("--energy-unit", help="Energy unit of the file (default: kcal/mol for npz, eV otherwise).")
 @click.option("--length-unit", help="Length unit of the file (default: Å).")
 @click.option("--device", default="cpu", show_default=True)
-def eval_command(checkpoint, data, as_json, extxyz_out, plot, batch_size, energy_key, forces_key, energy_unit,
-                 length_unit, device):
-    """Energy and force errors of CHECKPOINT on --data, with bootstrap 95% intervals."""
+def eval_command(checkpoints, potentials, data, as_json, extxyz_out, plot, calibration_plot, bins, batch_size,
+                 energy_key, forces_key, energy_unit, length_unit, device):
+    """Energy and force errors of CHECKPOINTS on --data, with bootstrap 95% intervals.
+
+    Several checkpoints form a committee: errors of its mean, each member's, and the calibration of
+    its deviation (per-atom force std in quantile bins against the RMSE of the actual error).
+    """
     from .evaluate import evaluate, format_report, parity_plot, write_extxyz
 
-    report, dataset, energy, forces = evaluate(checkpoint, data, batch_size, energy_key, forces_key, energy_unit,
-                                               length_unit, device, return_predictions=True)
+    checkpoints = [*checkpoints, *potentials]
+    if not checkpoints:
+        raise click.UsageError("give a CHECKPOINT (or several, for a committee)")
+    keys = (batch_size, energy_key, forces_key, energy_unit, length_unit, device)
+    if len(checkpoints) == 1:
+        if calibration_plot:
+            raise click.UsageError("--calibration-plot needs a committee: give several checkpoints")
+        report, dataset, energy, forces = evaluate(checkpoints[0], data, *keys, return_predictions=True)
+        text = format_report(report)
+    else:
+        from .calibration import calibration_plot as plot_calibration
+        from .calibration import evaluate_committee, format_committee_report
+
+        report, dataset, energy, forces, arrays = evaluate_committee(checkpoints, data, *keys, bins=bins,
+                                                                     return_predictions=True)
+        text = format_committee_report(report)
+        if calibration_plot and plot_calibration(calibration_plot, report, arrays) is None:
+            click.echo("matplotlib is not installed: no calibration plot (pip install 'sake-md[plot]')", err=True)
     if extxyz_out:
         write_extxyz(extxyz_out, dataset, energy, forces)
     if plot and parity_plot(plot, dataset, energy, forces, report) is None:
         click.echo("matplotlib is not installed: no parity plot (pip install 'sake-md[plot]')", err=True)
-    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    click.echo(json.dumps(report, indent=2) if as_json else text)
 
 
 @main.command("run")
