@@ -419,7 +419,7 @@ def run_from_files(potential=None, structure: str | None = None, reference=None,
     from ..committee import make_calculator
     from .reference import read_reference
 
-    potentials = [potential] if isinstance(potential, (str, Path)) else list(potential or [])
+    potentials = list(potential) if isinstance(potential, (list, tuple)) else [potential] if potential else []
     calc = make_calculator(potentials or [default_potential()], device=device, dtype=dtype)
     atoms = load_structure(structure)
     criterion = None
