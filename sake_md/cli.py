@@ -126,29 +126,55 @@ def parse_model_options(items) -> dict:
 
 
 @main.command("eval")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoints", nargs=-1, type=click.Path(dir_okay=False))
+@click.option("--potential", "potentials", multiple=True, type=click.Path(dir_okay=False),
+              help="A further checkpoint (repeatable); several make a committee.")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Labelled file (npz, extxyz, ASE db).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--extxyz", "extxyz_out", type=click.Path(dir_okay=False), help="Write predictions beside references.")
 @click.option("--plot", type=click.Path(dir_okay=False), help="Parity plot PNG (needs matplotlib).")
+@click.option("--calibration-plot", type=click.Path(dir_okay=False),
+              help="Committee only: deviation against error PNG (needs matplotlib).")
+@click.option("--bins", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Committee only: quantile bins of the calibration table.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--energy-key", default="energy", show_default=True)
 @click.option("--forces-key", default="forces", show_default=True)
 @click.option("--energy-unit", help="Energy unit of the file (default: kcal/mol for npz, eV otherwise).")
 @click.option("--length-unit", help="Length unit of the file (default: Å).")
 @click.option("--device", default="cpu", show_default=True)
-def eval_command(checkpoint, data, as_json, extxyz_out, plot, batch_size, energy_key, forces_key, energy_unit,
-                 length_unit, device):
-    """Energy and force errors of CHECKPOINT on --data, with bootstrap 95% intervals."""
+def eval_command(checkpoints, potentials, data, as_json, extxyz_out, plot, calibration_plot, bins, batch_size,
+                 energy_key, forces_key, energy_unit, length_unit, device):
+    """Energy and force errors of CHECKPOINTS on --data, with bootstrap 95% intervals.
+
+    Several checkpoints form a committee: errors of its mean, each member's, and the calibration of
+    its deviation (per-atom force std in quantile bins against the RMSE of the actual error).
+    """
     from .evaluate import evaluate, format_report, parity_plot, write_extxyz
 
-    report, dataset, energy, forces = evaluate(checkpoint, data, batch_size, energy_key, forces_key, energy_unit,
-                                               length_unit, device, return_predictions=True)
+    checkpoints = [*checkpoints, *potentials]
+    if not checkpoints:
+        raise click.UsageError("give a CHECKPOINT (or several, for a committee)")
+    keys = (batch_size, energy_key, forces_key, energy_unit, length_unit, device)
+    if len(checkpoints) == 1:
+        if calibration_plot:
+            raise click.UsageError("--calibration-plot needs a committee: give several checkpoints")
+        report, dataset, energy, forces = evaluate(checkpoints[0], data, *keys, return_predictions=True)
+        text = format_report(report)
+    else:
+        from .calibration import calibration_plot as plot_calibration
+        from .calibration import evaluate_committee, format_committee_report
+
+        report, dataset, energy, forces, arrays = evaluate_committee(checkpoints, data, *keys, bins=bins,
+                                                                     return_predictions=True)
+        text = format_committee_report(report)
+        if calibration_plot and plot_calibration(calibration_plot, report, arrays) is None:
+            click.echo("matplotlib is not installed: no calibration plot (pip install 'sake-md[plot]')", err=True)
     if extxyz_out:
         write_extxyz(extxyz_out, dataset, energy, forces)
     if plot and parity_plot(plot, dataset, energy, forces, report) is None:
         click.echo("matplotlib is not installed: no parity plot (pip install 'sake-md[plot]')", err=True)
-    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+    click.echo(json.dumps(report, indent=2) if as_json else text)
 
 
 @main.command()
@@ -165,8 +191,9 @@ def curves(runs, plot):
 
 
 @main.command("run")
-@click.option("--potential", type=click.Path(dir_okay=False),
-              help="Checkpoint [default: the shipped potentials/sake_ethanol.pt].")
+@click.option("--potential", type=click.Path(dir_okay=False), multiple=True,
+              help="Checkpoint [default: the shipped potentials/sake_ethanol.pt]; repeat it for a committee "
+                   "(mean forces, deviation logged).")
 @click.option("--structure", help="A file ASE reads (last frame) or an ase.build.molecule name [CH3CH2OH].")
 @click.option("--ensemble", type=click.Choice(["nve", "langevin", "nose-hoover", "bussi"]), default="langevin",
               show_default=True, help="ASE integrator: VelocityVerlet, Langevin, NoseHooverChainNVT, Bussi.")
@@ -188,19 +215,25 @@ def curves(runs, plot):
 @click.option("--threads", type=int, default=1, show_default=True,
               help="torch.set_num_threads. One molecule is dispatch-bound: a second thread gains nothing "
                    "idle and can be many times slower on a loaded machine.")
+@click.option("--max-force-std", type=float, metavar="EV_PER_A",
+              help="Committee only: stop (exit status 4) when the largest per-atom force deviation passes this.")
+@click.option("--warn-force-std", type=float, metavar="EV_PER_A",
+              help="Committee only: warn once when the largest per-atom force deviation passes this.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
 def run_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs, steps, seed, traj, log, interval,
-                reference, device, dtype, threads, no_progress):
+                reference, device, dtype, threads, max_force_std, warn_force_std, no_progress):
     """Molecular dynamics of one molecule with ASE's integrators.
 
-    Stops when a bond deviates more than 0.5 Å from its reference (exit status 3); Ctrl-C or SIGTERM
-    stop it with the frames so far written (exit status 130 or 143).
+    Stops when a bond deviates more than 0.5 Å from its reference (exit status 3), or, for a committee,
+    when its force deviation passes --max-force-std (exit status 4); Ctrl-C or SIGTERM stop it with the
+    frames so far written (exit status 130 or 143).
     """
     from .md.run import MDSettings, run_from_files
 
     _set_threads(threads)
-    settings = MDSettings(ensemble, temperature_k, timestep_fs, steps, interval, seed)
+    settings = MDSettings(ensemble, temperature_k, timestep_fs, steps, interval, seed,
+                          max_force_std=max_force_std, warn_force_std=warn_force_std)
     summary = run_from_files(potential, structure, reference, settings, traj or None, log or None, device, dtype,
                              progress=not no_progress)
     for line in summary.lines(timestep_fs):

@@ -19,3 +19,7 @@ class DataError(SakeMDError, ValueError):
 
 class ConfigError(SakeMDError, ValueError):
     """Hyperparameters that do not describe a model (unknown variant or option)."""
+
+
+class CommitteeError(SakeMDError, ValueError):
+    """Potentials that cannot form a committee (different species, units or dtypes)."""

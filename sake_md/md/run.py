@@ -2,11 +2,13 @@
 
 Every frame is flushed to the trajectory and the log as it is written, so a run stopped by Ctrl-C,
 SIGTERM or a collapse leaves readable files. Exit statuses (``RunSummary.exit_status``):
-0 finished, 3 collapsed (a bond deviated > 0.5 Å from its reference), 128 + signal when interrupted
-(130 for Ctrl-C, 143 for SIGTERM). Units: ASE's; fs and K only in the settings' names.
+0 finished, 3 collapsed (a bond deviated > 0.5 Å from its reference), 4 stopped because a committee's
+largest per-atom force deviation passed ``max_force_std``, 128 + signal when interrupted (130 for Ctrl-C,
+143 for SIGTERM). Units: ASE's; fs and K only in the settings' names.
 """
 
 import signal
+import sys
 import threading
 import time
 from contextlib import contextmanager
@@ -21,6 +23,7 @@ from .bonds import BondCriterion, BrokenBond
 
 EXIT_OK = 0
 EXIT_COLLAPSED = 3
+EXIT_UNCERTAIN = 4
 ENSEMBLES = ("nve", "langevin", "nose-hoover", "bussi")
 DEFAULT_MOLECULE = "CH3CH2OH"
 DEFAULT_POTENTIAL = Path("potentials") / "sake_ethanol.pt"
@@ -38,12 +41,16 @@ class MDSettings:
     seed: int = 0
     friction_per_fs: float = 0.01
     tdamp_fs: float = 50.0
+    max_force_std: float | None = None  # eV/Å: stop when a committee's max per-atom force std passes it
+    warn_force_std: float | None = None  # eV/Å: warn once when it passes this
 
     def __post_init__(self):
         if self.ensemble not in ENSEMBLES:
             raise InputError(f"unknown ensemble {self.ensemble!r}; known: {', '.join(ENSEMBLES)}")
         if self.timestep_fs <= 0 or self.steps < 0 or self.interval < 1 or self.temperature_K < 0:
             raise InputError("timestep must be > 0 fs, steps ≥ 0, interval ≥ 1 and temperature ≥ 0 K")
+        if any(x is not None and not x > 0 for x in (self.max_force_std, self.warn_force_std)):
+            raise InputError("force deviation thresholds must be > 0 eV/Å")
 
 
 @dataclass
@@ -63,6 +70,10 @@ class RunSummary:
     fluctuation_ratio: float | None = None
     frames_written: int = 0
     energies: list = field(default_factory=list, repr=False)
+    force_std_max: float | None = None  # eV/Å, the largest committee deviation of the run (committees only)
+    force_std_max_step: int | None = None
+    force_std_warn_step: int | None = None
+    uncertain_step: int | None = None  # where the deviation passed max_force_std and the run stopped
 
     @property
     def steps_per_s(self) -> float:
@@ -76,7 +87,9 @@ class RunSummary:
     def exit_status(self) -> int:
         if self.interrupted_by is not None:
             return 128 + getattr(signal, self.interrupted_by, signal.SIGINT).value
-        return EXIT_OK if self.stable else EXIT_COLLAPSED
+        if not self.stable:
+            return EXIT_COLLAPSED
+        return EXIT_OK if self.uncertain_step is None else EXIT_UNCERTAIN
 
     def lines(self, dt_fs: float) -> list[str]:
         out = [f"simulated {self.time_ps:.4f} ps ({self.steps} steps of {dt_fs:g} fs, {self.ensemble}, "
@@ -92,6 +105,12 @@ class RunSummary:
                        f"{self.collapse}; the trajectory keeps the frames up to step {self.last_good_frame_step}")
         elif self.interrupted_by is None:
             out.append("stable: no bond deviated more than 0.5 Å from its reference")
+        if self.force_std_max is not None:
+            out.append(f"committee: largest per-atom force deviation {self.force_std_max:.4g} eV/Å at step "
+                       f"{self.force_std_max_step}")
+        if self.uncertain_step is not None:
+            out.append(f"STOPPED at step {self.uncertain_step} ({self.uncertain_step * dt_fs / 1000:.4f} ps): the "
+                       f"committee's force deviation passed --max-force-std; the trajectory ends with that frame")
         return out
 
 
@@ -207,17 +226,20 @@ class FrameWriter:
 
 
 class EnergyLog:
-    """A whitespace-separated table, one line per frame, flushed per line."""
+    """A whitespace-separated table, one line per frame, flushed per line; for a committee, a last column
+    with its largest per-atom force deviation."""
 
-    HEADER = "# step time[ps] Etot[eV] Epot[eV] Ekin[eV] T[K]\n"
+    HEADER = "# step time[ps] Etot[eV] Epot[eV] Ekin[eV] T[K]"
 
-    def __init__(self, path):
+    def __init__(self, path, committee: bool = False):
         self._file = open(path, "w")
-        self._file.write(self.HEADER)
+        self._file.write(self.HEADER + (" maxFstd[eV/Å]\n" if committee else "\n"))
         self._file.flush()
 
-    def write(self, step: int, time_ps: float, epot: float, ekin: float, temperature: float):
-        self._file.write(f"{step} {time_ps:.5f} {epot + ekin:.6f} {epot:.6f} {ekin:.6f} {temperature:.2f}\n")
+    def write(self, step: int, time_ps: float, epot: float, ekin: float, temperature: float,
+              force_std: float | None = None):
+        extra = "" if force_std is None else f" {force_std:.6f}"
+        self._file.write(f"{step} {time_ps:.5f} {epot + ekin:.6f} {epot:.6f} {ekin:.6f} {temperature:.2f}{extra}\n")
         self._file.flush()
 
     def close(self):
@@ -236,6 +258,11 @@ def energy_drift(times_ps: np.ndarray, total: np.ndarray, n_atoms: int) -> float
 class _Collapsed(Exception):
     def __init__(self, step: int, bond: BrokenBond):
         self.step, self.bond = step, bond
+
+
+class _Uncertain(Exception):
+    def __init__(self, step: int):
+        self.step = step
 
 
 class _Interrupted(Exception):
@@ -271,18 +298,23 @@ def run_md(atoms: Atoms, calculator, settings: MDSettings, traj=None, log=None,
     """Integrate ``atoms`` with ``calculator``; check the bonds every step, write a frame every ``interval``.
 
     ``criterion`` defaults to the bonds of the first frame with their lengths there as references.
+    With a ``CommitteeCalculator``, its largest per-atom force deviation is logged and checked against
+    ``settings.max_force_std`` and ``settings.warn_force_std``.
     """
     s = settings
     rng = np.random.default_rng(s.seed)
     atoms.calc = calculator
     atoms.get_forces()  # refuses unknown elements and bad structures before anything is written
+    committee = "forces_std_max" in calculator.results
+    if not committee and (s.max_force_std or s.warn_force_std):
+        raise InputError("force deviation thresholds need a committee: give several potentials")
     if initialise_velocities:
         initial_velocities(atoms, s.temperature_K, rng)
     criterion = criterion or BondCriterion.from_atoms(atoms)
     dyn = make_dynamics(atoms, s, rng)
     writer = FrameWriter(traj) if traj else None
-    logger = EnergyLog(log) if log else None
-    record = _Recorder(atoms, dyn, s, criterion, writer, logger, progress)
+    logger = EnergyLog(log, committee) if log else None
+    record = _Recorder(atoms, dyn, s, criterion, writer, logger, progress, committee)
     summary = RunSummary(0, 0.0, 0.0, len(atoms), s.ensemble)
     dyn.attach(record, interval=1)
     start = time.perf_counter()
@@ -291,6 +323,8 @@ def run_md(atoms: Atoms, calculator, settings: MDSettings, traj=None, log=None,
             dyn.run(s.steps)
     except _Collapsed as c:
         summary.collapse, summary.collapse_step = c.bond, c.step
+    except _Uncertain as u:
+        summary.uncertain_step = u.step
     except (_Interrupted, KeyboardInterrupt) as e:
         summary.interrupted_by = getattr(e, "signame", "SIGINT")
     finally:
@@ -301,6 +335,9 @@ def run_md(atoms: Atoms, calculator, settings: MDSettings, traj=None, log=None,
     summary.last_good_frame_step = record.last_frame_step
     summary.frames_written = writer.count if writer else record.frames
     summary.energies = record.totals
+    if committee:
+        summary.force_std_max, summary.force_std_max_step = record.deviation_max, record.deviation_max_step
+        summary.force_std_warn_step = record.warned_step
     if s.ensemble == "nve" and record.times:
         summary.drift_meV_per_atom_ps = energy_drift(np.array(record.times), np.array(record.totals), len(atoms))
         summary.fluctuation_ratio = float(np.std(record.totals) / max(np.std(record.kinetic), 1e-300))
@@ -308,9 +345,10 @@ def run_md(atoms: Atoms, calculator, settings: MDSettings, traj=None, log=None,
 
 
 class _Recorder:
-    """The per-step observer: bond check, energies for the drift fit, frames, log and progress bar."""
+    """The per-step observer: bond check, energies for the drift fit, committee deviation, frames, log
+    and progress bar."""
 
-    def __init__(self, atoms, dyn, s: MDSettings, criterion, writer, logger, progress):
+    def __init__(self, atoms, dyn, s: MDSettings, criterion, writer, logger, progress, committee=False):
         from tqdm.auto import tqdm
 
         self.atoms, self.dyn, self.s, self.criterion = atoms, dyn, s, criterion
@@ -319,6 +357,8 @@ class _Recorder:
         self.times, self.totals, self.kinetic = [], [], []
         self.last_step, self.last_frame_step, self.frames = 0, None, 0
         self.stop_requested: str | None = None
+        self.committee, self.deviation = committee, None
+        self.deviation_max, self.deviation_max_step, self.warned_step = -1.0, None, None
 
     def __call__(self):
         if self.stop_requested:
@@ -333,20 +373,36 @@ class _Recorder:
         self.totals.append(epot + ekin)
         self.kinetic.append(ekin)
         self.last_step = step
-        if step % self.s.interval == 0:
+        stop = self.committee and self._check_deviation(step)
+        if step % self.s.interval == 0 or stop:
             self._frame(step, t_ps, epot, ekin)
+        if stop:
+            raise _Uncertain(step)
         if step > 0:
             self.bar.update(1)
+
+    def _check_deviation(self, step: int) -> bool:
+        """Track the committee's largest per-atom force deviation; warn once; True: stop here."""
+        self.deviation = float(self.atoms.calc.results["forces_std_max"])
+        if self.deviation > self.deviation_max:
+            self.deviation_max, self.deviation_max_step = self.deviation, step
+        warn = self.s.warn_force_std
+        if warn is not None and self.warned_step is None and self.deviation > warn:
+            self.warned_step = step
+            self.bar.write(f"warning: at step {step} the committee's force deviation {self.deviation:.4g} eV/Å "
+                           f"passed {warn:g} eV/Å", file=sys.stderr)
+        return self.s.max_force_std is not None and self.deviation > self.s.max_force_std
 
     def _frame(self, step, t_ps, epot, ekin):
         temperature = self.atoms.get_temperature()
         if self.writer:
             self.writer.write(self.atoms)
         if self.logger:
-            self.logger.write(step, t_ps, epot, ekin, temperature)
+            self.logger.write(step, t_ps, epot, ekin, temperature, self.deviation)
         self.last_frame_step = step
         self.frames += 1
-        self.bar.set_postfix(T=f"{temperature:.0f}K", Etot=f"{epot + ekin:.4f}eV", refresh=False)
+        extra = {} if self.deviation is None else {"maxFstd": f"{self.deviation:.3f}eV/Å"}
+        self.bar.set_postfix(T=f"{temperature:.0f}K", Etot=f"{epot + ekin:.4f}eV", **extra, refresh=False)
 
     def close(self):
         self.bar.close()
@@ -358,12 +414,13 @@ class _Recorder:
 def run_from_files(potential=None, structure: str | None = None, reference=None,
                    settings: MDSettings | None = None, traj=None, log=None, device="cpu", dtype=None,
                    progress: bool = True) -> RunSummary:
-    """What ``sake-md run`` does: resolve the potential (default: the shipped one) and the structure
-    (default: ethanol), optionally reference bond lengths from a dataset, then ``run_md``."""
-    from ..calculator import SAKECalculator
+    """What ``sake-md run`` does: resolve the potential (default: the shipped one; several: a committee)
+    and the structure (default: ethanol), optionally reference bond lengths from a dataset, then ``run_md``."""
+    from ..committee import make_calculator
     from .reference import read_reference
 
-    calc = SAKECalculator(potential or default_potential(), device=device, dtype=dtype)
+    potentials = list(potential) if isinstance(potential, (list, tuple)) else [potential] if potential else []
+    calc = make_calculator(potentials or [default_potential()], device=device, dtype=dtype)
     atoms = load_structure(structure)
     criterion = None
     if reference is not None:

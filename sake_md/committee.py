@@ -1,0 +1,220 @@
+"""A committee of SAKE potentials: the members' mean is the prediction, their spread its uncertainty.
+
+Definitions: population statistics over the M members (ddof = 0, as DeePMD-kit's model deviation).
+
+==============  ========  =====================================================  =====
+key             shape     definition                                             unit
+==============  ========  =====================================================  =====
+energy          ()        Ē = mean_m E_m                                         eV
+forces          (N, 3)    F̄_i = mean_m F_m,i                                     eV/Å
+energy_std      ()        σ_E = sqrt(mean_m (E_m − Ē)²)                          eV
+forces_std      (N,)      σ_F,i = sqrt(mean_m |F_m,i − F̄_i|²), |·| over x, y, z  eV/Å
+forces_std_max  ()        max_i σ_F,i                                            eV/Å
+==============  ========  =====================================================  =====
+
+σ_F,i is the norm form: √3 times the per-component standard deviation when x, y and z are equally
+uncertain, and directly comparable with the norm of the force error |F̄_i − F_i^ref|.
+
+Members that share a variant and configuration are evaluated in ONE call: their backbones' weights
+are stacked (``torch.func.stack_module_state``) and the backbone is ``vmap``-ed over them. Members of
+another configuration form their own stacked group.
+"""
+
+import copy
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
+from torch.func import functional_call, stack_module_state, vmap
+
+from .batch import atoms_to_batch
+from .calculator import SAKECalculator, resolve_device, resolve_dtype
+from .checkpoint import UNITS, load_checkpoint
+from .errors import CommitteeError
+from .model import SAKEPotential, compute_forces
+
+
+@dataclass
+class Member:
+    """One potential of a committee with where it came from (``label``: its file) and its stored units."""
+
+    potential: SAKEPotential
+    label: str
+    units: dict
+
+    @classmethod
+    def load(cls, model: str | Path | SAKEPotential, index: int) -> "Member":
+        if isinstance(model, SAKEPotential):
+            return cls(model, f"member {index}", dict(UNITS))
+        potential, data = load_checkpoint(model, with_metadata=True)
+        return cls(potential, str(model), data.get("units", dict(UNITS)))
+
+
+def check_members(members: Sequence[Member], dtype_given: bool = False):
+    """Refuse a committee whose members know different elements, use other units or (unless the caller
+    chose one dtype for all) were stored in different dtypes. Each message names the files."""
+    if len(members) < 2:
+        raise CommitteeError(f"a committee needs at least two potentials, got {len(members)}")
+    first = members[0]
+    checks = [("species", lambda m: " ".join(chemical_symbols[z] for z in m.potential.atomic_numbers), ""),
+              ("units", lambda m: ", ".join(f"{k} {v}" for k, v in sorted(m.units.items())), "")]
+    if not dtype_given:
+        checks.append(("dtypes", lambda m: str(m.potential.dtype).removeprefix("torch."),
+                       "; pass one dtype (dtype=..., --dtype) to evaluate all members in it"))
+    for what, describe, hint in checks:
+        odd = [m for m in members if describe(m) != describe(first)]
+        if odd:
+            listing = "; ".join(f"{m.label}: {describe(m)}" for m in [first, *odd])
+            raise CommitteeError(f"committee members have different {what}: {listing}{hint}")
+
+
+class StackedMembers:
+    """Members with one variant and configuration, evaluated by one ``vmap``-ed backbone call.
+
+    The members' weights are stacked along a leading axis M; the backbone's own tensors live on the
+    meta device (a template only). Energy scales differ per member and are applied after the call.
+    """
+
+    def __init__(self, potentials: Sequence[SAKEPotential]):
+        params, buffers = stack_module_state([p.backbone for p in potentials])
+        self.params = {k: v.detach() for k, v in params.items()}
+        self.buffers = buffers
+        self.template = copy.deepcopy(potentials[0].backbone).to("meta")
+        first = next(iter(self.params.values()))
+        self.scale = torch.tensor([p.energy_scale for p in potentials], dtype=first.dtype, device=first.device)
+
+    def __len__(self) -> int:
+        return len(self.scale)
+
+    def atomic(self, species: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scaled per-atom model energies of every member, each at its own copy of the positions.
+
+        Shape: species (B, N), positions (M, B, N, 3), mask (B, N) -> (M, B, N).
+        """
+        def backbone(params, buffers, x):
+            return functional_call(self.template, (params, buffers), (species, x, mask))
+
+        return vmap(backbone)(self.params, self.buffers, positions) * self.scale.view(-1, 1, 1)
+
+
+def group_key(potential: SAKEPotential) -> str:
+    return json.dumps(potential.config.to_dict(), sort_keys=True)
+
+
+class Committee:
+    """Potentials that know the same elements, grouped by configuration; one stacked call per group."""
+
+    def __init__(self, potentials: Sequence[SAKEPotential]):
+        self.potentials = list(potentials)
+        groups: dict[str, list[int]] = {}
+        for m, potential in enumerate(self.potentials):
+            groups.setdefault(group_key(potential), []).append(m)
+        self.groups = [(idx, StackedMembers([self.potentials[m] for m in idx])) for idx in groups.values()]
+        self.order = torch.tensor([m for idx, _ in self.groups for m in idx]).argsort()
+
+    def predict(self, species: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> dict:
+        """Every member's energies (M, B) and per-atom energies (M, B, N) in float64, forces (M, B, N, 3)
+        in the model dtype, in the members' order. Shape: species (B, N), positions (B, N, 3), mask (B, N)."""
+        energies, forces = [], []
+        for idx, stacked in self.groups:
+            x = positions.detach().expand(len(stacked), *positions.shape).clone().requires_grad_(True)
+            with torch.enable_grad():
+                atomic = stacked.atomic(species, x, mask)
+                forces.append(compute_forces(atomic.sum(-1), x))
+            refs = torch.stack([self.potentials[m].reference_energy(species, mask) for m in idx])
+            energies.append(atomic.detach().to(torch.float64) + refs)
+        energies = torch.cat(energies)[self.order]
+        return {"energy": energies.sum(-1), "energies": energies, "forces": torch.cat(forces)[self.order]}
+
+
+def committee_statistics(energy: torch.Tensor, forces: torch.Tensor) -> dict:
+    """Mean and spread over the members (axis 0), as defined in the module docstring.
+
+    Shape: energy (M, B), forces (M, B, N, 3) -> energy, energy_std (B,), forces (B, N, 3),
+    forces_std (B, N), forces_std_max (B,). Padding atoms (zero forces) have zero spread.
+    """
+    forces = forces.to(torch.float64)
+    mean_f = forces.mean(0)
+    forces_std = (forces - mean_f).square().sum(-1).mean(0).sqrt()
+    return {"energy": energy.mean(0), "energy_std": energy.std(0, correction=0), "forces": mean_f,
+            "forces_std": forces_std, "forces_std_max": forces_std.amax(-1)}
+
+
+class CommitteeCalculator(Calculator):
+    """ASE calculator for a committee of SAKE potentials: mean energy and forces, and their spread.
+
+    ``models`` are checkpoint paths or ``SAKEPotential``s (at least two) that know the same elements
+    in the same units. ``dtype`` defaults to the members' (which must then agree). Besides the mean
+    (``energy``, ``forces``, ``energies``), ``results`` holds ``energy_std``, ``forces_std``,
+    ``forces_std_max`` (module docstring) and each member's ``committee_energy`` (M,) and
+    ``committee_forces`` (M, N, 3).
+    """
+
+    implemented_properties = ["energy", "free_energy", "forces", "energies", "energy_std", "forces_std",
+                              "forces_std_max", "committee_energy", "committee_forces"]
+
+    def __init__(self, models: Sequence[str | Path | SAKEPotential], device: str = "cpu", dtype=None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(models, (str, Path, SAKEPotential)):
+            raise CommitteeError("CommitteeCalculator takes a list of potentials; for one, use SAKECalculator")
+        members = [Member.load(model, k) for k, model in enumerate(models)]
+        check_members(members, dtype_given=dtype is not None)
+        self.labels = [m.label for m in members]
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype) if dtype is not None else members[0].potential.dtype
+        self.potentials = [m.potential.to(device=self.device, dtype=self.dtype).eval() for m in members]
+        for potential in self.potentials:
+            for p in potential.parameters():
+                p.requires_grad_(False)
+        self.potential = self.potentials[0]  # the elements, for validating structures
+        self.committee = Committee(self.potentials)
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        out = self.predict([self.atoms])[0]
+        self.results = {**out, "free_energy": out["energy"]}
+
+    def predict(self, atoms_list, batch_size: int = 32) -> list[dict]:
+        """Evaluate many structures (any sizes) in padded batches, all members in one call per batch.
+
+        Returns one dict per structure with the keys of ``results`` (floats and float64 arrays).
+        """
+        results = []
+        for start in range(0, len(atoms_list), batch_size):
+            chunk = atoms_list[start:start + batch_size]
+            batch = atoms_to_batch(chunk, self.potential, self.dtype, self.device)
+            members = self.committee.predict(batch.species, batch.positions, batch.mask)
+            stats = committee_statistics(members["energy"], members["forces"])
+            stats["energies"] = members["energies"].mean(0)
+            stats, members = ({k: as_numpy(v) for k, v in d.items()} for d in (stats, members))
+            for b, atoms in enumerate(chunk):
+                n = len(atoms)
+                results.append({
+                    **{k: float(stats[k][b]) for k in ("energy", "energy_std", "forces_std_max")},
+                    **{k: stats[k][b, :n].copy() for k in ("energies", "forces", "forces_std")},
+                    "committee_energy": members["energy"][:, b].copy(),
+                    "committee_forces": members["forces"][:, b, :n].copy(),
+                })
+        return results
+
+    def predict_arrays(self, atoms_list, batch_size: int = 32) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Mean energies (M,) and a list of mean force arrays, for evaluation code."""
+        out = self.predict(atoms_list, batch_size)
+        return np.array([o["energy"] for o in out]), [o["forces"] for o in out]
+
+
+def as_numpy(t: torch.Tensor) -> np.ndarray:
+    return t.detach().to(torch.float64).cpu().numpy()
+
+
+def make_calculator(models: Sequence[str | Path | SAKEPotential], device: str = "cpu", dtype=None):
+    """``SAKECalculator`` for one potential, ``CommitteeCalculator`` for several."""
+    models = list(models)
+    if len(models) == 1:
+        return SAKECalculator(models[0], device=device, dtype=dtype)
+    return CommitteeCalculator(models, device=device, dtype=dtype)
