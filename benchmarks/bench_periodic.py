@@ -12,7 +12,8 @@ torch.cuda.max_memory_allocated). The structures are rattled fcc Cu supercells (
 0.05 Å, seed 0); the model has random weights (cost does not depend on the weights). Times are the
 median of ``--repeats`` calls after one warm-up call; "neighbour list" is matscipy's search plus the
 padded table, timed separately on the same structure, and its share is of the whole call, which
-includes it.
+includes it. Both wall-clock and process CPU time are reported (CPU time is the steadier measure on
+a shared machine; on CUDA only the wall-clock time means anything).
 """
 
 import argparse
@@ -72,23 +73,25 @@ def measure(args) -> dict:
         return out
 
     def timed(fn):
-        times = []
+        """Median wall-clock and process CPU seconds (on a shared machine the CPU time is the steadier)."""
+        wall, cpu = [], []
         for _ in range(args.repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
-            times.append(time.perf_counter() - start)
-        return float(np.median(times))
+            wall.append(time.perf_counter() - start)
+            cpu.append(time.process_time() - start_cpu)
+        return float(np.median(wall)), float(np.median(cpu))
 
     table = neighbour_list()
     out = call()  # warm-up
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    t_call, t_list = timed(call), timed(neighbour_list)
+    (t_call, cpu_call), (t_list, _) = timed(call), timed(neighbour_list)
     peak_mb = (torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda"
                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     pairs = int(table.valid.sum())
     row = {"atoms": len(atoms), "pairs_per_atom": pairs / len(atoms), "slots_per_atom": table.valid.shape[-1],
-           "ms_per_call": 1e3 * t_call, "us_per_atom": 1e6 * t_call / len(atoms),
+           "ms_per_call": 1e3 * t_call, "us_per_atom": 1e6 * t_call / len(atoms), "cpu_ms_per_call": 1e3 * cpu_call,
            "neighbour_list_ms": 1e3 * t_list, "neighbour_list_share": t_list / t_call,
            "peak_memory_MB": peak_mb, "baseline_MB": baseline_mb if device.type == "cpu" else 0.0,
            "parameters": count_parameters(potential), "energy_eV": float(out["energy"][0]),
@@ -132,15 +135,15 @@ def run_size(args, n: int) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def growth_exponent(rows: list[dict]) -> tuple[float, int] | None:
+def growth_exponent(rows: list[dict], key: str = "ms_per_call") -> tuple[float, int] | None:
     """Slope of log(time) against log(N) (1 = linear) over the sizes from 500 atoms on (all sizes when
     fewer than two are that large), and the smallest size used."""
-    ok = [r for r in rows if "ms_per_call" in r and r["atoms"] >= 500]
+    ok = [r for r in rows if key in r and r["atoms"] >= 500]
     if len(ok) < 2:
-        ok = [r for r in rows if "ms_per_call" in r]
+        ok = [r for r in rows if key in r]
     if len(ok) < 2:
         return None
-    slope = np.polyfit(np.log([r["atoms"] for r in ok]), np.log([r["ms_per_call"] for r in ok]), 1)[0]
+    slope = np.polyfit(np.log([r["atoms"] for r in ok]), np.log([r[key] for r in ok]), 1)[0]
     return float(slope), min(r["atoms"] for r in ok)
 
 
@@ -165,7 +168,8 @@ def main():
         return
     print(f"sparse SAKE ({args.variant}, H={args.hidden}, K={args.heads}, {args.layers} layers), r_c = "
           f"{args.cutoff} Å, {args.dtype}, {args.device}, {args.threads} threads; energy + forces + stress")
-    print(f"{'atoms':>6s} {'pairs/atom':>10s} {'ms/call':>10s} {'µs/atom':>8s} {'nlist ms':>9s} {'nlist %':>8s} "
+    print(f"{'atoms':>6s} {'pairs/atom':>10s} {'ms/call':>10s} {'µs/atom':>8s} {'CPU ms':>10s} {'nlist ms':>9s} "
+          f"{'nlist %':>8s} "
           f"{'peak MB':>9s} {'(baseline)':>10s}" + ("  MACE ms/call" if args.mace_model else ""))
     rows = []
     for n in (int(s) for s in args.sizes.split(",")):
@@ -177,14 +181,16 @@ def main():
         mace = f"  {row['mace_ms_per_call']:12.1f}" if "mace_ms_per_call" in row else (
             f"  {row['mace']}" if "mace" in row else "")
         print(f"{row['atoms']:6d} {row['pairs_per_atom']:10.1f} {row['ms_per_call']:10.1f} {row['us_per_atom']:8.1f} "
-              f"{row['neighbour_list_ms']:9.2f} {100 * row['neighbour_list_share']:7.2f}% "
+              f"{row['cpu_ms_per_call']:10.1f} {row['neighbour_list_ms']:9.2f} "
+              f"{100 * row['neighbour_list_share']:7.2f}% "
               f"{row['peak_memory_MB']:9.0f} {row['baseline_MB']:10.0f}{mace}", flush=True)
-    fit = growth_exponent(rows)
-    if fit is not None:
-        print(f"time ∝ N^{fit[0]:.2f} (log-log fit from {fit[1]} atoms on; 1 is linear)")
+    fits = {key: growth_exponent(rows, key) for key in ("ms_per_call", "cpu_ms_per_call")}
+    for key, label in (("ms_per_call", "wall-clock time"), ("cpu_ms_per_call", "process CPU time")):
+        if fits[key] is not None:
+            print(f"{label} ∝ N^{fits[key][0]:.2f} (log-log fit from {fits[key][1]} atoms on; 1 is linear)")
     if args.json:
-        Path(args.json).write_text(json.dumps({"settings": vars(args), "rows": rows,
-                                               "exponent": None if fit is None else fit[0]}, indent=2))
+        Path(args.json).write_text(json.dumps({"settings": vars(args), "rows": rows, "exponents": {
+            k: None if f is None else f[0] for k, f in fits.items()}}, indent=2))
 
 
 if __name__ == "__main__":
