@@ -35,10 +35,12 @@ class Pairs:
     j: np.ndarray
     shifts: np.ndarray
 
-    def within(self, positions: np.ndarray, cutoff: float) -> "Pairs":
-        """The pairs closer than ``cutoff`` at ``positions`` (N, 3)."""
+    def distances(self, positions: np.ndarray) -> np.ndarray:
+        """|x_j − x_i + shift| at ``positions`` (N, 3). Shape: (E,)."""
         r = positions[self.j] - positions[self.i] + self.shifts
-        keep = np.einsum("ex,ex->e", r, r) < cutoff * cutoff
+        return np.sqrt(np.einsum("ex,ex->e", r, r))
+
+    def select(self, keep: np.ndarray) -> "Pairs":
         return Pairs(self.i[keep], self.j[keep], self.shifts[keep])
 
 
@@ -151,12 +153,12 @@ class VerletNeighbours:
             self._pairs = neighbour_pairs(positions, self.cutoff + self.skin, cell, pbc)
             self._key, self._reference = key, positions.copy()
             self.builds += 1
-        pairs = self._pairs.within(positions, self.cutoff) if self.skin > 0 else self._pairs
-        if len(pairs.i) and self.skin > 0:
-            r = positions[pairs.j] - positions[pairs.i] + pairs.shifts
-            d = np.sqrt(np.einsum("ex,ex->e", r, r))
-            if d.min() < MIN_DISTANCE:  # the search checked the positions of the last build only
+        pairs = self._pairs
+        if self.skin > 0:
+            d = pairs.distances(positions)
+            if len(d) and d.min() < MIN_DISTANCE:  # the search checked the positions of its build only
                 neighbour_pairs(positions, self.cutoff, cell, pbc)  # raises the clear error
+            pairs = pairs.select(d < self.cutoff)
         return neighbour_table([pairs], len(positions), device)
 
     def _needs_search(self, key, positions: np.ndarray) -> bool:
