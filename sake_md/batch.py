@@ -12,26 +12,32 @@ from .errors import InputError
 
 @dataclass
 class Batch:
-    """Padded molecules. Shapes: species (B, N), positions (B, N, 3), mask (B, N)."""
+    """Padded structures. Shapes: species (B, N), positions (B, N, 3), mask (B, N); for a batch with a
+    periodic structure also cell (B, 3, 3) Å (rows are lattice vectors) and pbc (B, 3), else None."""
 
     species: torch.Tensor
     positions: torch.Tensor
     mask: torch.Tensor
+    cell: torch.Tensor | None = None
+    pbc: torch.Tensor | None = None
 
     @property
     def n_atoms(self) -> torch.Tensor:
         return self.mask.sum(-1)
 
 
-def check_structure(numbers: np.ndarray, positions: np.ndarray, known: Sequence[int], pbc=None, label="structure"):
-    """Raise ``InputError`` for anything the dense molecular model would get wrong."""
+def check_structure(numbers: np.ndarray, positions: np.ndarray, known: Sequence[int], pbc=None, label="structure",
+                    periodic_ok: bool = False):
+    """Raise ``InputError`` for anything the model would get wrong; ``periodic_ok`` for sparse-mode models
+    (their neighbour lists check the cell and atoms on top of each other)."""
     if len(numbers) == 0:
         raise InputError(f"{label} has no atoms")
-    if pbc is not None and np.any(pbc):
+    if pbc is not None and np.any(pbc) and not periodic_ok:
         raise InputError(
-            f"{label} is periodic (pbc={list(map(bool, pbc))}); this SAKE model is molecular (dense, all "
-            "pairs, no minimum image) and would compute the wrong energy. Periodic systems need the "
-            "neighbour-list mode, which sake_md does not provide yet; set atoms.pbc = False for a molecule."
+            f"{label} is periodic (pbc={list(map(bool, pbc))}); this SAKE model is dense (all pairs of a "
+            "molecule, no minimum image) and would compute the wrong energy. Periodic systems need the "
+            "neighbour-list mode: a model trained with a cutoff (sake-md train --cutoff 5.0). For a molecule, "
+            "set atoms.pbc = False."
         )
     bad = ~np.isfinite(positions).all(-1)
     if bad.any():
@@ -44,8 +50,12 @@ def check_structure(numbers: np.ndarray, positions: np.ndarray, known: Sequence[
 
 
 def collate(numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], species_index: torch.Tensor,
-            dtype: torch.dtype = torch.float32, device="cpu") -> Batch:
-    """Pad a list of molecules into one ``Batch``. ``species_index`` maps Z to the model's species index."""
+            dtype: torch.dtype = torch.float32, device="cpu", cells: Sequence | None = None,
+            pbc: Sequence | None = None) -> Batch:
+    """Pad a list of structures into one ``Batch``. ``species_index`` maps Z to the model's species index.
+
+    ``cells`` (3, 3) and ``pbc`` (3,) per structure are kept when some structure is periodic.
+    """
     n_max = max(len(z) for z in numbers)
     B = len(numbers)
     species = np.zeros((B, n_max), dtype=np.int64)
@@ -57,14 +67,20 @@ def collate(numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], spec
         species[b, :n] = index[np.asarray(z)]
         pos[b, :n] = x
         mask[b, :n] = True
-    return Batch(torch.from_numpy(species).to(device), torch.from_numpy(pos).to(device=device, dtype=dtype),
-                 torch.from_numpy(mask).to(device))
+    batch = Batch(torch.from_numpy(species).to(device), torch.from_numpy(pos).to(device=device, dtype=dtype),
+                  torch.from_numpy(mask).to(device))
+    if pbc is not None and np.any([np.any(p) for p in pbc]):
+        batch.cell = torch.from_numpy(np.array([np.asarray(c, dtype=np.float64).reshape(3, 3) for c in cells])
+                                      ).to(device=device, dtype=dtype)
+        batch.pbc = torch.from_numpy(np.array([np.asarray(p, dtype=bool).reshape(3) for p in pbc])).to(device)
+    return batch
 
 
 def atoms_to_batch(atoms_list, potential, dtype, device) -> Batch:
     """Validate ASE Atoms against ``potential`` and pad them into a batch."""
     for k, atoms in enumerate(atoms_list):
         label = "structure" if len(atoms_list) == 1 else f"structure {k}"
-        check_structure(atoms.numbers, atoms.positions, potential.atomic_numbers, atoms.pbc, label)
+        check_structure(atoms.numbers, atoms.positions, potential.atomic_numbers, atoms.pbc, label,
+                        periodic_ok=potential.cutoff is not None)
     return collate([a.numbers for a in atoms_list], [a.positions for a in atoms_list], potential.species_index,
-                   dtype, device)
+                   dtype, device, [a.cell.array for a in atoms_list], [a.pbc for a in atoms_list])

@@ -1,14 +1,17 @@
-"""``SAKECalculator``: an ASE calculator for any sake_md potential (energy, forces, per-atom energies)."""
+"""``SAKECalculator``: an ASE calculator for any sake_md potential (energy, forces, per-atom energies, and
+stress for periodic structures in sparse mode)."""
 
 from pathlib import Path
 
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
 
 from .batch import atoms_to_batch
 from .checkpoint import load_checkpoint
 from .model import SAKEPotential
+from .neighbours import VerletNeighbours
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64, torch.float32: torch.float32,
           torch.float64: torch.float64}
@@ -36,13 +39,21 @@ class SAKECalculator(Calculator):
 
     ``model`` is a checkpoint path or a ``SAKEPotential``. ``dtype`` defaults to the checkpoint's.
     Energies are in eV, forces in eV/Å. ``energies`` are per-atom energies that sum to ``energy``.
+    A model in sparse mode (trained with a cutoff, or a dense one given ``cutoff`` in Å) takes periodic
+    structures and gives ``stress`` (eV/Å³) when all three directions are periodic; its neighbour list
+    is reused between calls with a ``skin`` in Å (see ``sake_md.neighbours.VerletNeighbours``).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "energies"]
 
-    def __init__(self, model: str | Path | SAKEPotential, device: str = "cpu", dtype=None, **kwargs):
+    def __init__(self, model: str | Path | SAKEPotential, device: str = "cpu", dtype=None, cutoff: float | None = None,
+                 skin: float = 0.5, **kwargs):
         super().__init__(**kwargs)
         potential = model if isinstance(model, SAKEPotential) else load_checkpoint(model)
+        potential = potential.with_cutoff(cutoff)
+        self.neighbours = None if potential.cutoff is None else VerletNeighbours(potential.cutoff, skin)
+        if self.neighbours is not None:
+            self.implemented_properties = [*self.implemented_properties, "stress"]
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype) if dtype is not None else potential.dtype
         self.potential = potential.to(device=self.device, dtype=self.dtype).eval()
@@ -51,21 +62,32 @@ class SAKECalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        out = self.predict([self.atoms], forces=True)[0]
+        out = self.predict([self.atoms], forces=True, neighbours=self.neighbours)[0]
         self.results = {"energy": out["energy"], "free_energy": out["energy"], "forces": out["forces"],
                         "energies": out["energies"]}
+        if "stress" in out:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out["stress"])
 
-    def predict(self, atoms_list, batch_size: int = 32, forces: bool = True) -> list[dict]:
+    def predict(self, atoms_list, batch_size: int = 32, forces: bool = True,
+                neighbours: VerletNeighbours | None = None) -> list[dict]:
         """Evaluate many structures (any sizes) in padded batches.
 
-        Returns one dict per structure: energy (float, eV), energies (N,), forces (N, 3) as float64 arrays.
+        Returns one dict per structure: energy (float, eV), energies (N,), forces (N, 3) as float64 arrays,
+        and stress (3, 3) eV/Å³ for batches of structures periodic in all directions (sparse mode, forces on).
+        ``neighbours`` (one structure) reuses that neighbour list; by default each call builds its own.
         """
         results = []
         for start in range(0, len(atoms_list), batch_size):
             chunk = atoms_list[start:start + batch_size]
             batch = atoms_to_batch(chunk, self.potential, self.dtype, self.device)
+            stress = forces and batch.pbc is not None and bool(batch.pbc.all())
+            table = None
+            if neighbours is not None and len(chunk) == 1:
+                a = chunk[0]
+                table = neighbours.table(a.numbers, a.positions, a.cell.array, a.pbc, self.device)
             with torch.enable_grad():
-                out = self.potential.predict(batch.species, batch.positions, batch.mask, forces=forces)
+                out = self.potential.predict(batch.species, batch.positions, batch.mask, forces=forces,
+                                             cell=batch.cell, pbc=batch.pbc, stress=stress, neighbours=table)
             energy = out["energy"].cpu().numpy()
             energies = out["energies"].cpu().numpy()
             f = out["forces"].detach().to(torch.float64).cpu().numpy() if forces else None
@@ -74,6 +96,8 @@ class SAKECalculator(Calculator):
                 res = {"energy": float(energy[b]), "energies": energies[b, :n].copy()}
                 if forces:
                     res["forces"] = f[b, :n].copy()
+                if stress:
+                    res["stress"] = out["stress"][b].detach().to(torch.float64).cpu().numpy()
                 results.append(res)
         return results
 

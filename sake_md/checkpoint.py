@@ -7,6 +7,8 @@ state_dict, and optionally extra (e.g. optimiser state of a training run).
 
 Versions: 1 stored the maps that read h̃ with the reference's input order f·K + k; 2 stores them
 head-major (k·H + f), the order the layer computes in. Older files are migrated on reading.
+The sparse mode adds ``cutoff`` and ``cutoff_width`` to ``config`` (absent: dense), which needed no new
+version: the parameters are the same, and dense checkpoints are written exactly as before.
 """
 
 import os
@@ -167,6 +169,9 @@ def describe_checkpoint(path) -> dict:
         "format_version": data["format_version"],
         "written_by": f"sake_md {data.get('sake_md_version', '?')}",
         "variant": data.get("variant", data["config"].get("variant")),
+        "mode": ("dense: all pairs of each molecule" if potential.cutoff is None else
+                 f"sparse: neighbours within {potential.cutoff:g} Å (envelope from "
+                 f"{potential.cutoff - potential.config.cutoff_width:g} Å), periodic cells, stress"),
         "parameters": count_parameters(potential),
         "config": data["config"],
         "species": " ".join(f"{chemical_symbols[z]}({z})" for z in data["atomic_numbers"]),

@@ -82,6 +82,9 @@ def format_summary(summary: dict, indent: int = 0) -> str:
 @click.option("--heads", type=int, default=4, show_default=True)
 @click.option("--layers", type=int, default=6, show_default=True)
 @click.option("--radial", type=int, default=50, show_default=True, help="Radial basis functions.")
+@click.option("--cutoff", type=float, help="Neighbour-list (sparse) mode with this cutoff in Å, e.g. 5.0: needed "
+              "for periodic data (extxyz with a lattice, ASE db with pbc) and for large systems [default: dense, "
+              "all pairs of each molecule].")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
               help="Variant option, repeatable, e.g. --model-option lmax=2 for sake-sh.")
 @click.option("--seed", type=int, default=0, show_default=True)

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from .batch import Batch, collate
-from .errors import DataError
+from .errors import DataError, InputError
+from .neighbours import check_cell
 from .units import energy_factor, length_factor
 
 NPZ_KEYS = {
@@ -36,7 +37,8 @@ class Dataset:
     """Frames of one molecule or of mixed sizes, in eV, Å and eV/Å.
 
     Per frame m with N_m atoms: numbers[m] (N_m,) int, positions[m] (N_m, 3), forces[m] (N_m, 3);
-    energy (M,) float64 total energies.
+    energy (M,) float64 total energies. Periodic data (extxyz with a lattice, ASE db rows with pbc) also
+    have cells[m] (3, 3) Å, rows the lattice vectors, and pbc[m] (3,) bool; both are None otherwise.
     """
 
     numbers: list[np.ndarray]
@@ -44,6 +46,8 @@ class Dataset:
     energy: np.ndarray
     forces: list[np.ndarray]
     source: str = ""
+    cells: list[np.ndarray] | None = None
+    pbc: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.energy)
@@ -60,8 +64,10 @@ class Dataset:
 
     def subset(self, indices: Sequence[int], source: str | None = None) -> "Dataset":
         idx = [int(i) for i in indices]
+        pick = lambda frames: None if frames is None else [frames[i] for i in idx]  # noqa: E731
         return Dataset([self.numbers[i] for i in idx], [self.positions[i] for i in idx], self.energy[idx],
-                       [self.forces[i] for i in idx], self.source if source is None else source)
+                       [self.forces[i] for i in idx], self.source if source is None else source,
+                       pick(self.cells), pick(self.pbc))
 
     def to_atoms(self) -> list:
         """ASE Atoms with the reference energy and forces in a SinglePointCalculator."""
@@ -69,8 +75,11 @@ class Dataset:
         from ase.calculators.singlepoint import SinglePointCalculator
 
         frames = []
-        for z, x, e, f in zip(self.numbers, self.positions, self.energy, self.forces, strict=True):
+        for m, (z, x, e, f) in enumerate(zip(self.numbers, self.positions, self.energy, self.forces, strict=True)):
             atoms = Atoms(numbers=z, positions=x)
+            if self.cells is not None:
+                atoms.set_cell(self.cells[m])
+                atoms.set_pbc(self.pbc[m])
             atoms.calc = SinglePointCalculator(atoms, energy=float(e), forces=f)
             frames.append(atoms)
         return frames
@@ -85,7 +94,8 @@ def convert_units(dataset: Dataset, energy_unit: str, length_unit: str) -> Datas
     if e == 1.0 and l == 1.0:
         return dataset
     return Dataset(dataset.numbers, [x * l for x in dataset.positions], dataset.energy * e,
-                   [f * (e / l) for f in dataset.forces], dataset.source)
+                   [f * (e / l) for f in dataset.forces], dataset.source,
+                   None if dataset.cells is None else [c * l for c in dataset.cells], dataset.pbc)
 
 
 def read_dataset(path, energy_key: str = "energy", forces_key: str = "forces", energy_unit: str | None = None,
@@ -200,9 +210,12 @@ def frames_to_dataset(frames, energy_key: str, forces_key: str, source: str) -> 
                                 f" (set the energy/forces key to one of them)")
         energies.append(_scalar(energy, source, m, energy_key))
         forces.append(np.asarray(force, dtype=np.float64))
+    periodic = any(a.pbc.any() for a in frames)
     return Dataset([np.asarray(a.numbers, dtype=np.int64) for a in frames],
                    [np.asarray(a.positions, dtype=np.float64) for a in frames],
-                   np.array(energies, dtype=np.float64), forces, source)
+                   np.array(energies, dtype=np.float64), forces, source,
+                   [a.cell.array.astype(np.float64) for a in frames] if periodic else None,
+                   [a.pbc.copy() for a in frames] if periodic else None)
 
 
 def _scalar(value, source: str, m: int, key: str) -> float:
@@ -229,6 +242,11 @@ def validate(data: Dataset) -> None:
             raise DataError(f"{data.source}: frame {m} has non-finite positions")
         if not np.isfinite(f).all():
             raise DataError(f"{data.source}: frame {m} has non-finite force labels")
+        if data.pbc is not None and data.pbc[m].any():
+            try:
+                check_cell(data.cells[m], data.pbc[m], f"frame {m}")
+            except InputError as e:
+                raise DataError(f"{data.source}: {e}") from None
     bad = np.flatnonzero(~np.isfinite(data.energy))
     if bad.size:
         raise DataError(f"{data.source}: frame {bad[0]} has a non-finite energy label "
@@ -265,7 +283,9 @@ def batches(data: Dataset, batch_size: int, species_index: torch.Tensor, dtype=t
 def labelled_batch(data: Dataset, indices: np.ndarray, species_index: torch.Tensor, dtype=torch.float32,
                    device="cpu") -> LabelledBatch:
     numbers = [data.numbers[i] for i in indices]
-    batch = collate(numbers, [data.positions[i] for i in indices], species_index, dtype, device)
+    pick = lambda frames: None if frames is None else [frames[i] for i in indices]  # noqa: E731
+    batch = collate(numbers, [data.positions[i] for i in indices], species_index, dtype, device, pick(data.cells),
+                    pick(data.pbc))
     forces = np.zeros(tuple(batch.positions.shape), dtype=np.float64)
     for b, i in enumerate(indices):
         forces[b, :len(data.numbers[i])] = data.forces[i]

@@ -91,9 +91,10 @@ def write_extxyz(path, data: Dataset, energy: np.ndarray, forces: list[np.ndarra
     from ase import Atoms
 
     frames = []
-    for z, x, e_ref, f_ref, e, f in zip(data.numbers, data.positions, data.energy, data.forces, energy, forces,
-                                        strict=True):
-        atoms = Atoms(numbers=z, positions=x)
+    for m, (z, x, e_ref, f_ref, e, f) in enumerate(zip(data.numbers, data.positions, data.energy, data.forces,
+                                                       energy, forces, strict=True)):
+        atoms = Atoms(numbers=z, positions=x, cell=None if data.cells is None else data.cells[m],
+                      pbc=None if data.pbc is None else data.pbc[m])
         atoms.info.update(ref_energy=float(e_ref), pred_energy=float(e))
         atoms.arrays["ref_forces"], atoms.arrays["pred_forces"] = np.asarray(f_ref), np.asarray(f)
         frames.append(atoms)

@@ -1,35 +1,16 @@
 """One SAKE layer (spec §1-§7): edge embedding, semantic attention, a swappable spatial block,
-the residual node update and the velocity/position update."""
+the residual node update and the velocity/position update.
 
-from typing import NamedTuple
+The layer runs on a ``Graph`` (all pairs: pair axis = N atoms) or a ``NeighbourGraph`` (sparse mode:
+pair axis = K neighbour slots); see ``sake_md.graph``."""
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .geometry import distances, edge_vectors, neighbour_mask, unit_vectors
+from .geometry import distances, unit_vectors
+from .graph import MASKED_LOGIT, Graph, NeighbourGraph  # noqa: F401  (Graph, MASKED_LOGIT: re-exported)
 from .modules import ExpNormalRBF, linear, mlp
-
-MASKED_LOGIT = -1e5  # the reference subtracts 1e5 on the diagonal; exp() of it underflows to 0
-
-
-class Graph(NamedTuple):
-    """Masks shared by all layers, computed once per forward pass.
-
-    Shapes: pair_weight (B, N, N, 1) 1.0 for pairs of distinct real atoms, masked_logits (B, N, N, 1)
-    True where attention is excluded, inv_n (B, 1, 1, 1) 1 / number of real atoms.
-    """
-
-    pair_weight: torch.Tensor
-    masked_logits: torch.Tensor
-    inv_n: torch.Tensor
-
-    @classmethod
-    def from_mask(cls, mask: torch.Tensor, dtype: torch.dtype) -> "Graph":
-        """Shape: mask (B, N)."""
-        pairs = neighbour_mask(mask).unsqueeze(-1)
-        inv_n = 1.0 / mask.sum(-1).to(dtype).view(-1, 1, 1, 1)
-        return cls(pairs.to(dtype), ~pairs, inv_n)
 
 
 class SAKELayer(nn.Module):
@@ -54,37 +35,36 @@ class SAKELayer(nn.Module):
         if spatial.moves_atoms and velocity_input:
             self.velocity_mlp = mlp(hidden, hidden, 1, last_activation=False, bias_out=False)
 
-    def edge_features(self, h: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    def edge_features(self, h: torch.Tensor, d: torch.Tensor, graph: Graph | NeighbourGraph) -> torch.Tensor:
         """h_ij (§1). Every concatenation [h_j ‖ h_i ‖ ...] is applied as split matrix products, so
         the per-node parts cost O(N), not O(N²), and come from ONE product with the stacked weights.
 
-        Shape: (B, N, H), (B, N, N) -> (B, N, N, H).
+        Shape: (B, N, H), (B, N, N|K) -> (B, N, N|K, H).
         """
         H, R = self.hidden, self.radial
         w_in, w_1 = self.filter_in.weight, self.edge_in.weight
         stacked = torch.cat([w_in[:, :H], w_in[:, H:], w_1[:, :H], w_1[:, H:2 * H]])  # (2R + 2H, H)
         f_j, f_i, e_j, e_i = torch.matmul(h, stacked.t()).split([R, R, H, H], dim=-1)
-        g = self.rbf(d) * (f_j.unsqueeze(1) + (f_i + self.filter_in.bias).unsqueeze(2))
+        g = self.rbf(d) * (graph.senders(f_j) + (f_i + self.filter_in.bias).unsqueeze(2))
         e = torch.addcmul(F.linear(g, w_1[:, 2 * H:2 * H + R]), d.unsqueeze(-1), w_1[:, -1])
-        e = e + e_j.unsqueeze(1) + (e_i + self.edge_in.bias).unsqueeze(2)
+        e = e + graph.senders(e_j) + (e_i + self.edge_in.bias).unsqueeze(2)
         return self.edge_out(F.silu(e))
 
-    def attention(self, h_ij: torch.Tensor, graph: Graph) -> torch.Tensor:
-        """Semantic attention a_ij^k, a softmax over j (§2-§3). Shape: (B, N, N, H) -> (B, N, N, K)."""
-        logits = F.celu(self.semantic(h_ij), alpha=2.0).masked_fill(graph.masked_logits, MASKED_LOGIT)
-        return torch.softmax(logits, dim=2)
+    def attention(self, h_ij: torch.Tensor, graph: Graph | NeighbourGraph) -> torch.Tensor:
+        """Semantic attention a_ij^k, a softmax over j (§2-§3). Shape: (B, N, N|K, H) -> (B, N, N|K, K)."""
+        return graph.attention(F.celu(self.semantic(h_ij), alpha=2.0))
 
-    def forward(self, h, x, v, graph: Graph):
+    def forward(self, h, x, v, graph: Graph | NeighbourGraph):
         """Shape: h (B, N, H), x (B, N, 3), v (B, N, 3) or None -> h' (B, N, H), x' (B, N, 3), v' or None."""
-        r = edge_vectors(x)
+        r = graph.edge_vectors(x)
         d = distances(r)
         u = unit_vectors(r, d) * graph.pair_weight
-        h_ij = self.edge_features(h, d)
+        h_ij = self.edge_features(h, d, graph)
         a = self.attention(h_ij, graph)
         # h̃ = a ⊗ h_ij, head-major (index k·H + f): the broadcast's inner loop runs over H, not over
         # K = 4, which makes it and its gradients ~3x faster. The reference flattens f·K + k; the
         # checkpoint format (v2) and the parity loader account for the permutation.
-        h_tilde = (a.unsqueeze(-1) * h_ij.unsqueeze(-2)).flatten(-2)  # (B, N, N, K·H)
+        h_tilde = (a.unsqueeze(-1) * h_ij.unsqueeze(-2)).flatten(-2)  # (B, N, N|K, K·H)
         h_spa, dv = self.spatial(h_tilde, u, graph.inv_n)
         m = torch.matmul(h_ij.transpose(-1, -2), a).flatten(-2)  # Σ_j h̃_ij without re-reading h̃
         parts = [h, m] if h_spa is None else [h, m, h_spa]

@@ -1,15 +1,22 @@
 """The SAKE energy model: species embedding, a stack of SAKE layers, a per-atom readout, and
-the energy normalisation. Forces come from ``compute_forces``, the one place that calls autograd."""
+the energy normalisation. Forces (and stress) come from ``gradients``, the one place that calls autograd.
 
+Two modes of the same model and parameters (``ModelConfig.cutoff``): dense, every pair of a molecule
+(the paper's); sparse, the neighbours within a cutoff from a neighbour list, for periodic and large
+systems (``sake_md.graph`` has the maths, ``sake_md.neighbours`` the lists).
+"""
+
+import copy
 import inspect
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ConfigError
-from .layer import Graph, SAKELayer
+from .errors import ConfigError, InputError
+from .graph import Graph, NeighbourGraph, NeighbourTable
+from .layer import SAKELayer
 from .modules import linear, mlp
 from .spatial import SPATIAL_BLOCKS
 
@@ -25,8 +32,15 @@ class ModelConfig:
     radial: int = 50
     d_up: float = 5.0
     options: dict = field(default_factory=dict)  # variant-specific, e.g. {"lmax": 3}
+    cutoff: float | None = None  # Å; None: dense (all pairs), else sparse (neighbours within the cutoff)
+    cutoff_width: float = 1.0  # Å; the envelope falls from 1 to 0 over [cutoff − width, cutoff]
 
     def __post_init__(self):
+        if self.cutoff is not None:
+            self.cutoff, self.cutoff_width = float(self.cutoff), float(self.cutoff_width)
+            if not 0 < self.cutoff_width <= self.cutoff:
+                raise ConfigError(f"the cutoff must be positive and at least the envelope width "
+                                  f"({self.cutoff_width} Å), got cutoff {self.cutoff} Å")
         if self.variant not in SPATIAL_BLOCKS:
             raise ConfigError(f"unknown variant {self.variant!r}; known: {', '.join(SPATIAL_BLOCKS)}")
         known = [n for n in inspect.signature(SPATIAL_BLOCKS[self.variant]).parameters
@@ -36,8 +50,16 @@ class ModelConfig:
             raise ConfigError(f"variant {self.variant!r} has no option(s) {', '.join(unknown)}; "
                               f"its options: {', '.join(known) or 'none'}")
 
+    @property
+    def mode(self) -> str:
+        return "dense" if self.cutoff is None else "sparse"
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """Dense configurations leave the cutoff keys out: their checkpoints stay readable by older sake_md."""
+        d = asdict(self)
+        if self.cutoff is None:
+            del d["cutoff"], d["cutoff_width"]
+        return d
 
 
 class SAKE(nn.Module):
@@ -55,11 +77,15 @@ class SAKE(nn.Module):
         )
         self.embedding_out = mlp(c.hidden, c.hidden, 1, last_activation=False)
 
-    def forward(self, species: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Shape: species (B, N), positions (B, N, 3), mask (B, N) -> y (B, N), zero at padding."""
+    def forward(self, species: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                graph: Graph | NeighbourGraph | None = None) -> torch.Tensor:
+        """Shape: species (B, N), positions (B, N, 3), mask (B, N) -> y (B, N), zero at padding.
+
+        ``graph`` defaults to all pairs of each molecule (dense mode).
+        """
         # h⁰ = W_e onehot(z) + b_e, as a row lookup instead of a product with a one-hot
         h = F.embedding(species, self.embedding_in.weight.t()) + self.embedding_in.bias
-        graph = Graph.from_mask(mask, positions.dtype)
+        graph = Graph.from_mask(mask, positions.dtype) if graph is None else graph
         x, v = positions, None
         for layer in self.layers:
             h, x, v = layer(h, x, v, graph)
@@ -96,28 +122,96 @@ class SAKEPotential(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.backbone.embedding_in.weight.dtype
 
-    def forward(self, species: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Scaled per-atom energies without the constant terms. Shape: (B, N), (B, N, 3), (B, N) -> (B, N)."""
-        return self.energy_scale * self.backbone(species, positions, mask)
+    @property
+    def cutoff(self) -> float | None:
+        """The neighbour-list cutoff in Å (sparse mode), or None (dense mode)."""
+        return self.config.cutoff
+
+    def with_cutoff(self, cutoff: float | None, width: float | None = None) -> "SAKEPotential":
+        """A copy in sparse mode with ``cutoff`` (Å), same parameters; None: unchanged.
+
+        A dense-trained model accepts any cutoff: with r_c − width beyond every interatomic distance of a
+        molecule it gives the dense numbers. A sparse-trained model only its own: its weights never saw
+        neighbours beyond its cutoff, and a shorter one would drop neighbours it was trained with.
+        """
+        if cutoff is None or (cutoff == self.config.cutoff and width in (None, self.config.cutoff_width)):
+            return self
+        if self.config.cutoff is not None:
+            raise ConfigError(
+                f"this model was trained with a cutoff of {self.config.cutoff:g} Å and supports only that one; "
+                f"{float(cutoff):g} Å would " + ("include neighbours its weights never saw"
+                                                if cutoff > self.config.cutoff else "drop neighbours it was "
+                                                "trained with") + f" (leave the cutoff at {self.config.cutoff:g} Å)")
+        other = copy.deepcopy(self)
+        other.config = replace(self.config, cutoff=cutoff, cutoff_width=width or self.config.cutoff_width)
+        return other
+
+    def neighbour_table(self, positions: torch.Tensor, mask: torch.Tensor, neighbours: NeighbourTable | None = None,
+                        cell: torch.Tensor | None = None, pbc: torch.Tensor | None = None) -> NeighbourTable | None:
+        """None in dense mode (which refuses periodic input); in sparse mode ``neighbours``, or else a fresh
+        neighbour list of ``positions`` in ``cell`` (molecules: no cell)."""
+        periodic = pbc is not None and bool(pbc.any())
+        if self.cutoff is None:
+            if periodic or neighbours is not None:
+                raise InputError("periodic structures and neighbour lists need the sparse mode: this model is "
+                                 "dense (all pairs, no minimum image). Train with a cutoff (sake-md train "
+                                 "--cutoff 5.0) or evaluate with one (SAKECalculator(..., cutoff=R)).")
+            return None
+        if neighbours is None:
+            from .neighbours import batch_table
+
+            neighbours = batch_table(positions, mask, self.cutoff, cell if periodic else None,
+                                     pbc if periodic else None)
+        return neighbours
+
+    def forward(self, species: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                neighbours: NeighbourTable | None = None, cell: torch.Tensor | None = None,
+                pbc: torch.Tensor | None = None) -> torch.Tensor:
+        """Scaled per-atom energies without the constant terms. Shape: (B, N), (B, N, 3), (B, N) -> (B, N).
+
+        Sparse mode: ``neighbours`` (a table from ``sake_md.neighbours``), or else ``cell`` (B, 3, 3) and
+        ``pbc`` (B, 3) for a fresh list (molecules: neither).
+        """
+        table = self.neighbour_table(positions, mask, neighbours, cell, pbc)
+        graph = None if table is None else NeighbourGraph.build(table, positions, self.cutoff,
+                                                                self.config.cutoff_width)
+        return self.energy_scale * self.backbone(species, positions, mask, graph)
 
     def reference_energy(self, species: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-atom constant terms (shift/N + e_ref(z)) in float64. Shape: (B, N) -> (B, N)."""
         n = mask.sum(-1, keepdim=True).to(torch.float64)
         return (self._refs.to(species.device)[species] + self.energy_shift / n) * mask
 
-    def predict(self, species, positions, mask, forces: bool = True, training: bool = False) -> dict:
+    def predict(self, species, positions, mask, forces: bool = True, training: bool = False, cell=None, pbc=None,
+                stress: bool = False, neighbours: NeighbourTable | None = None) -> dict:
         """Energies (B,), per-atom energies (B, N) in float64 and forces (B, N, 3) in the model dtype.
 
-        ``training=True`` keeps the graph so that a loss on forces can be differentiated.
+        ``training=True`` keeps the graph so that a loss on forces can be differentiated. Periodic
+        structures (sparse mode): ``cell`` (B, 3, 3) Å, rows the lattice vectors, and ``pbc`` (B, 3);
+        ``stress=True`` adds stress (B, 3, 3) in eV/Å³, σ = (1/V) ∂E/∂ε for a symmetric strain ε of
+        positions and cell (ASE's sign), and needs every structure periodic in all three directions.
         """
-        if forces and not positions.requires_grad:
+        if (forces or stress) and not positions.requires_grad:
             positions = positions.detach().requires_grad_(True)  # leave the caller's tensor as it is
-        with torch.set_grad_enabled(forces or training):
-            atomic = self(species, positions, mask)
+        with torch.set_grad_enabled(forces or training or stress):
+            neighbours = self.neighbour_table(positions, mask, neighbours, cell, pbc)
+            strain, x = None, positions
+            if stress:
+                if neighbours is None or cell is None or pbc is None or not bool(pbc.all()):
+                    raise InputError("stress needs a structure periodic in all three directions (and a model "
+                                     "in sparse mode)")
+                strain = torch.zeros(len(positions), 3, 3, dtype=positions.dtype, device=positions.device,
+                                     requires_grad=True)
+                x, neighbours = apply_strain(strain, positions, neighbours)
+            atomic = self(species, x, mask, neighbours)
         energy = atomic.sum(-1)
         out = {}
-        if forces:
-            out["forces"] = compute_forces(energy, positions, training)
+        if forces or stress:
+            grads = gradients(energy, [positions, strain] if stress else [positions], training)
+            if forces:
+                out["forces"] = -grads[0]
+            if stress:
+                out["stress"] = grads[1] / torch.linalg.det(cell.to(grads[1].dtype)).abs().view(-1, 1, 1)
         ref = self.reference_energy(species, mask)
         out["energies"] = (atomic if training else atomic.detach()).to(torch.float64) + ref
         out["energy"] = out["energies"].sum(-1)
@@ -125,10 +219,24 @@ class SAKEPotential(nn.Module):
         return out
 
 
+def gradients(energy: torch.Tensor, inputs: list[torch.Tensor], training: bool = False) -> list[torch.Tensor]:
+    """∂E/∂t for each t of ``inputs`` (positions, strain), in one backward pass. Shape: energy (B,)."""
+    return list(torch.autograd.grad(energy.sum(), inputs, create_graph=training, retain_graph=training))
+
+
 def compute_forces(energy: torch.Tensor, positions: torch.Tensor, training: bool = False) -> torch.Tensor:
     """F = -∂E/∂x. Shape: energy (B,), positions (B, N, 3) -> (B, N, 3)."""
-    (grad,) = torch.autograd.grad(energy.sum(), positions, create_graph=training, retain_graph=training)
-    return -grad
+    return -gradients(energy, [positions], training)[0]
+
+
+def apply_strain(strain: torch.Tensor, positions: torch.Tensor, neighbours: NeighbourTable
+                 ) -> tuple[torch.Tensor, NeighbourTable]:
+    """x → x(I + ε), S·cell → S·cell(I + ε), ε = (strain + strainᵀ)/2, so that ∂E/∂strain at 0 is the
+    symmetric strain derivative. Shape: strain (B, 3, 3), positions (B, N, 3)."""
+    eps = 0.5 * (strain + strain.transpose(1, 2))
+    shifts = neighbours.shifts.to(positions.dtype)
+    strained = shifts + torch.matmul(shifts.flatten(1, 2), eps).view_as(shifts)
+    return positions + torch.matmul(positions, eps), neighbours.with_shifts(strained)
 
 
 def count_parameters(module: nn.Module) -> int:

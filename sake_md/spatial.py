@@ -6,11 +6,15 @@ update. Every block has the same call signature::
 
     h_spa, dv = block(h_tilde, u, inv_n)
 
-    h_tilde (B, N, N, C)  attention-weighted edge features (zero for masked pairs)
-    u       (B, N, N, 3)  unit edge vectors, zero for masked pairs and on the diagonal
-    inv_n   (B, 1, 1, 1)  1 / number of real atoms of each molecule
+    h_tilde (B, N, P, C)  attention-weighted edge features (zero for masked pairs)
+    u       (B, N, P, 3)  unit edge vectors, zero for masked pairs and on the diagonal
+    inv_n   (B, 1, 1, 1)  1 / number of real atoms of each molecule (dense), or
+            (B, N, 1, 1)  1 / smooth neighbour count of each atom (sparse mode, ``sake_md.graph``)
     h_spa   (B, N, out_features) or None
     dv      (B, N, 3) or None (None: this block never moves atoms)
+
+The pair axis P holds the N atoms (dense graph) or the K neighbour slots of each atom (sparse mode);
+a block only sums over it, so one implementation serves both, with the same parameters.
 
 h̃ is head-major: channel k·H + f holds a_ij^k h_ij[f]. ``h_tilde_maps`` names a block's linear maps
 that read h̃, so that a checkpoint written with the reference's f·K + k order can be migrated.

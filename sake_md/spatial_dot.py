@@ -63,14 +63,14 @@ class DotProductScalarization(nn.Module):
         self.v_mixing = linear(coefficients, 1, bias=False)
 
     def scalars(self, h_tilde: torch.Tensor, u: torch.Tensor, inv_n: torch.Tensor) -> torch.Tensor:
-        """(1/N²) Σ_jk s_ijk. Shape: (B, N, N, C), (B, N, N, 3), (B, 1, 1, 1) -> (B, N, C')."""
+        """(1/N²) Σ_jk s_ijk. Shape: (B, N, P, C), (B, N, P, 3), (B, 1|N, 1, 1) -> (B, N, C')."""
         a, b = self.left(h_tilde), self.right(h_tilde)                  # (B, N, N, C')
-        n = u.shape[1]
+        n = u.shape[2]  # the pair axis (N atoms, or K slots in the sparse mode)
         basis = chebyshev(pair_cosines(u), self.n_basis, dim=2)          # (B, N, n_basis, N_j, N_k)
         # Σ_k as ONE product per atom i: (n_basis·N_j, N_k) @ (N_k, C'), not n_basis broadcast ones
         g = torch.matmul(basis.flatten(2, 3), b).unflatten(2, (self.n_basis, n))  # (B, N, n_basis, N, C')
         t = (a.unsqueeze(2) * g).sum(3)                                  # Σ_j: (B, N, n_basis, C')
-        return torch.einsum("bnkc,ck->bnc", t, self.angular.weight) * inv_n.view(-1, 1, 1) ** 2
+        return torch.einsum("bnkc,ck->bnc", t, self.angular.weight) * inv_n.squeeze(-1) ** 2
 
     def forward(self, h_tilde, u, inv_n):
         """Shape: (B, N, N, C), (B, N, N, 3), (B, 1, 1, 1) -> (B, N, H), (B, N, 3)."""

@@ -138,7 +138,8 @@ def config_from_options(options: dict) -> TrainConfig:
     """Command-line options (``sake-md train``) -> TrainConfig; None means "the recipe's default"."""
     o = dict(options)
     model = ModelConfig(**{k: o.pop(k) for k in ("hidden", "heads", "layers", "radial")},
-                        variant=o.pop("variant"), options=o.pop("model_options", None) or {}).to_dict()
+                        variant=o.pop("variant"), options=o.pop("model_options", None) or {},
+                        cutoff=o.pop("cutoff", None)).to_dict()
     budget = o.pop("time_budget")
     recipe = o.pop("recipe") or ("budget" if budget else "paper")
     o["progress"] = not o.pop("no_progress")
@@ -192,9 +193,9 @@ class ForceModel(nn.Module):
         super().__init__()
         self.potential = potential
 
-    def forward(self, species, positions, mask):
-        """Shape: (B, N), (B, N, 3), (B, N) -> (B,), (B, N, 3), both with graph."""
-        out = self.potential.predict(species, positions, mask, forces=True, training=True)
+    def forward(self, species, positions, mask, cell=None, pbc=None):
+        """Shape: (B, N), (B, N, 3), (B, N) [, (B, 3, 3), (B, 3)] -> (B,), (B, N, 3), both with graph."""
+        out = self.potential.predict(species, positions, mask, forces=True, training=True, cell=cell, pbc=pbc)
         return out["energy_model"], out["forces"]
 
 
@@ -366,7 +367,8 @@ class Trainer:
             lb = labelled_batch(self.train_set, idx, species_index, self.dtype, self.device)
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(self.progress(), self.cfg)
-            energy_model, forces = self.model(lb.batch.species, lb.batch.positions, lb.batch.mask)
+            energy_model, forces = self.model(lb.batch.species, lb.batch.positions, lb.batch.mask, lb.batch.cell,
+                                              lb.batch.pbc)
             de, df = residuals(energy_model, forces, lb, self.potential)
             loss = loss_from(de, df, lb.batch.mask, self.loss_settings())
             self.optimizer.zero_grad(set_to_none=True)
@@ -390,7 +392,8 @@ class Trainer:
         for lb in batches(self.valid_set, max(self.cfg.batch_size, 32), self.potential.species_index, self.dtype,
                           self.device, order=share):
             with torch.enable_grad():
-                out = self.potential.predict(lb.batch.species, lb.batch.positions, lb.batch.mask)
+                out = self.potential.predict(lb.batch.species, lb.batch.positions, lb.batch.mask, cell=lb.batch.cell,
+                                             pbc=lb.batch.pbc)
             de, df = residuals(out["energy_model"], out["forces"], lb, self.potential)
             errors.add(de, df, lb.batch.mask)
         return errors.summary(self.ctx, "val")
@@ -563,7 +566,8 @@ def energy_offset(potential: SAKEPotential, data: Dataset, batch_size: int = 64)
     total = 0.0
     for lb in batches(data, batch_size, potential.species_index, potential.dtype, device):
         with torch.no_grad():
-            out = potential.predict(lb.batch.species, lb.batch.positions, lb.batch.mask, forces=False)
+            out = potential.predict(lb.batch.species, lb.batch.positions, lb.batch.mask, forces=False,
+                                    cell=lb.batch.cell, pbc=lb.batch.pbc)
         total += float((lb.energy - out["energy"]).sum())
     return total / len(data)
 

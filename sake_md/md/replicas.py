@@ -19,6 +19,7 @@ import torch
 from ase import units
 
 from ..batch import atoms_to_batch
+from ..errors import InputError
 from ..model import SAKEPotential
 
 ForceModel = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -224,6 +225,9 @@ class SAKEForces:
     def for_atoms(cls, potential: SAKEPotential, atoms_list, device="cpu") -> "SAKEForces":
         """Validate the structures against the potential (unknown elements raise ``InputError``) and pad them."""
         batch = atoms_to_batch(atoms_list, potential, potential.dtype, device)
+        if batch.pbc is not None:
+            raise InputError("batched replicas integrate molecules only; for periodic structures use "
+                             "SAKECalculator with ASE's integrators")
         return cls(potential.to(device), batch.species, batch.mask)
 
     def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -74,6 +74,7 @@ class RunSummary:
     force_std_max_step: int | None = None
     force_std_warn_step: int | None = None
     uncertain_step: int | None = None  # where the deviation passed max_force_std and the run stopped
+    bonds_checked: bool = True  # False for periodic structures: the bond criterion is for molecules
 
     @property
     def steps_per_s(self) -> float:
@@ -103,8 +104,10 @@ class RunSummary:
         if self.collapse is not None:
             out.append(f"COLLAPSED at step {self.collapse_step} ({self.collapse_step * dt_fs / 1000:.4f} ps): "
                        f"{self.collapse}; the trajectory keeps the frames up to step {self.last_good_frame_step}")
-        elif self.interrupted_by is None:
+        elif self.interrupted_by is None and self.bonds_checked:
             out.append("stable: no bond deviated more than 0.5 Å from its reference")
+        elif self.interrupted_by is None:
+            out.append("periodic structure: bonds were not checked (the collapse criterion is for molecules)")
         if self.force_std_max is not None:
             out.append(f"committee: largest per-atom force deviation {self.force_std_max:.4g} eV/Å at step "
                        f"{self.force_std_max_step}")
@@ -168,12 +171,13 @@ def thermalize(atoms: Atoms, temperature_K: float, rng: np.random.Generator):
 
 
 def initial_velocities(atoms: Atoms, temperature_K: float, rng: np.random.Generator):
-    """Maxwell–Boltzmann momenta at ``temperature_K``, without centre-of-mass motion or rotation."""
+    """Maxwell–Boltzmann momenta at ``temperature_K``, without centre-of-mass motion or (molecules) rotation."""
     from ase.md.velocitydistribution import Stationary, ZeroRotation
 
     thermalize(atoms, temperature_K, rng)
     Stationary(atoms)
-    ZeroRotation(atoms)
+    if not atoms.pbc.any():
+        ZeroRotation(atoms)
 
 
 def make_dynamics(atoms: Atoms, s: MDSettings, rng: np.random.Generator):
@@ -310,12 +314,13 @@ def run_md(atoms: Atoms, calculator, settings: MDSettings, traj=None, log=None,
         raise InputError("force deviation thresholds need a committee: give several potentials")
     if initialise_velocities:
         initial_velocities(atoms, s.temperature_K, rng)
-    criterion = criterion or BondCriterion.from_atoms(atoms)
+    periodic = bool(atoms.pbc.any())
+    criterion = criterion or (None if periodic else BondCriterion.from_atoms(atoms))
     dyn = make_dynamics(atoms, s, rng)
     writer = FrameWriter(traj) if traj else None
     logger = EnergyLog(log, committee) if log else None
     record = _Recorder(atoms, dyn, s, criterion, writer, logger, progress, committee)
-    summary = RunSummary(0, 0.0, 0.0, len(atoms), s.ensemble)
+    summary = RunSummary(0, 0.0, 0.0, len(atoms), s.ensemble, bonds_checked=criterion is not None)
     dyn.attach(record, interval=1)
     start = time.perf_counter()
     try:
@@ -364,7 +369,7 @@ class _Recorder:
         if self.stop_requested:
             raise _Interrupted(self.stop_requested)
         step = self.dyn.nsteps
-        broken = self.criterion.first_broken(self.atoms.positions)
+        broken = None if self.criterion is None else self.criterion.first_broken(self.atoms.positions)
         if broken is not None:
             raise _Collapsed(step, broken)
         epot, ekin = self.atoms.get_potential_energy(), self.atoms.get_kinetic_energy()
