@@ -1,6 +1,7 @@
 """Where a potential's force error lives: the worst test frames, and whether they are unusual geometries.
 
-    python md_runs/recipe/tail.py CKPT --data ../shared/data/rmd17/rmd17_ethanol_test_01.npz [--train TRAIN.npz] [--top 10]
+    python md_runs/recipe/tail.py CKPT --data TEST.npz [--train TRAIN.npz] [--top 10]
+    (TEST.npz e.g. ../shared/data/rmd17/rmd17_ethanol_test_01.npz)
 
 Prints (and with --json writes) the share of the squared force error held by the worst frames, and for
 each of them: its energy percentile in the test set, its bond lengths against the range of the training
@@ -67,7 +68,8 @@ def analyse(checkpoint, data_path, train_path=None, top: int = 10) -> dict:
     shares = np.cumsum(per_frame[order]) / per_frame.sum()
     typical_z = np.abs(z).max(1)
     return {"checkpoint": str(checkpoint), "data": str(data_path), "frames": len(data),
-            "force_mae_meV_A": report["force_mae_meV_A"]["value"], "force_rmse_meV_A": report["force_rmse_meV_A"]["value"],
+            "force_mae_meV_A": report["force_mae_meV_A"]["value"],
+            "force_rmse_meV_A": report["force_rmse_meV_A"]["value"],
             "rmse_over_mae": report["force_rmse_meV_A"]["value"] / report["force_mae_meV_A"]["value"],
             "share_of_worst": {str(n): float(shares[n - 1]) for n in (1, 5, 10, 50) if n <= len(data)},
             "median_max_bond_z_all_frames": float(np.median(typical_z)), "worst": frames}
