@@ -1,6 +1,7 @@
 """``SAKECalculator``: an ASE calculator for any sake_md potential (energy, forces, per-atom energies, and
 stress for periodic structures in sparse mode)."""
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,18 @@ def resolve_dtype(dtype) -> torch.dtype:
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
 
 
+def check_keywords(calculator: type, kwargs: dict):
+    """Refuse keywords that neither ``calculator.__init__`` nor ASE's ``Calculator.__init__`` names: ASE
+    would store a typo such as ``dtpye=`` as a parameter and carry on. The valid names come from the
+    signatures, so a new keyword of ``calculator`` is valid without a second edit."""
+    valid = [name for cls in (calculator, Calculator) for name, p in inspect.signature(cls.__init__).parameters.items()
+             if name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    unknown = [name for name in kwargs if name not in valid]
+    if unknown:
+        raise TypeError(f"{calculator.__name__} got unknown keyword(s) {', '.join(unknown)}; "
+                        f"valid: {', '.join(valid)}")
+
+
 class SAKECalculator(Calculator):
     """ASE calculator for a SAKE potential.
 
@@ -48,6 +61,7 @@ class SAKECalculator(Calculator):
 
     def __init__(self, model: str | Path | SAKEPotential, device: str = "cpu", dtype=None, cutoff: float | None = None,
                  skin: float = 0.5, **kwargs):
+        check_keywords(type(self), kwargs)
         super().__init__(**kwargs)
         potential = model if isinstance(model, SAKEPotential) else load_checkpoint(model)
         potential = potential.with_cutoff(cutoff)

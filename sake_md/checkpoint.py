@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from . import __version__
 from .errors import CheckpointError
 from .model import ModelConfig, SAKEPotential
+from .version import __version__
 
 FORMAT = "sake_md.checkpoint"
 FORMAT_VERSION = 2

@@ -33,7 +33,7 @@ from ase.data import chemical_symbols
 from torch.func import functional_call, stack_module_state, vmap
 
 from .batch import atoms_to_batch
-from .calculator import SAKECalculator, resolve_device, resolve_dtype
+from .calculator import SAKECalculator, check_keywords, resolve_device, resolve_dtype
 from .checkpoint import UNITS, load_checkpoint
 from .errors import CommitteeError
 from .model import SAKEPotential, compute_forces
@@ -159,6 +159,7 @@ class CommitteeCalculator(Calculator):
                               "forces_std_max", "committee_energy", "committee_forces"]
 
     def __init__(self, models: Sequence[str | Path | SAKEPotential], device: str = "cpu", dtype=None, **kwargs):
+        check_keywords(type(self), kwargs)
         super().__init__(**kwargs)
         if isinstance(models, (str, Path, SAKEPotential)):
             raise CommitteeError("CommitteeCalculator takes a list of potentials; for one, use SAKECalculator")

@@ -4,7 +4,6 @@ Energy MAE/RMSE in meV and meV/atom (per frame: |ΔE| / N), force MAE/RMSE in me
 force components. Predictions come from ``SAKECalculator.predict``.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -129,7 +128,3 @@ def _parity(ax, ref, pred, label, title):
     ax.plot([lo, hi], [lo, hi], color="0.6", lw=1)
     ax.scatter(ref, pred, s=3, alpha=0.5)
     ax.set(xlabel=f"reference {label}", ylabel=f"predicted {label}", title=title)
-
-
-def report_json(report: dict) -> str:
-    return json.dumps(report, indent=2)

@@ -3,7 +3,6 @@
 from ase import units
 
 KCAL_PER_MOL = units.kcal / units.mol  # eV, 0.0433641...
-FS = units.fs
 
 ENERGY_UNITS = {"eV": 1.0, "meV": 1e-3, "kcal/mol": KCAL_PER_MOL, "kJ/mol": units.kJ / units.mol,
                 "Hartree": units.Hartree}

@@ -49,6 +49,14 @@ def test_checkpoint_path_and_dtype(potential, ethanol, tmp_path):
         SAKECalculator(path, dtype="float16")
 
 
+def test_unknown_keyword_refused_with_the_valid_ones(potential):
+    with pytest.raises(TypeError, match=r"unknown keyword\(s\) dtpye; valid: model, device, dtype, .*label") as error:
+        SAKECalculator(potential, dtpye="float64")
+    assert "directory" in str(error.value)
+    calc = SAKECalculator(potential, dtype="float64", label="ethanol")  # ASE's own keywords still pass
+    assert calc.label == "ethanol" and calc.dtype == torch.float64 and calc.parameters == {}
+
+
 def test_predict_many_equals_one_by_one(potential):
     mols = [ase.build.molecule(n) for n in ("CH3CH2OH", "H2O", "CH3CONH2", "HCN", "CH3CH2OH")]
     for k, m in enumerate(mols):

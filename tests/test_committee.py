@@ -121,6 +121,8 @@ def test_mismatched_members_are_refused(tmp_path):
     for lonely in ([a], str(a)):
         with pytest.raises(CommitteeError):
             CommitteeCalculator(lonely)
+    with pytest.raises(TypeError, match="unknown keyword.*devcie; valid: models, device, dtype"):
+        CommitteeCalculator([a, b], devcie="cpu")
 
 
 # --- sake-md run -------------------------------------------------------------------------------------

@@ -67,9 +67,9 @@ def test_run_writes_ase_trajectory_and_takes_a_structure_file(checkpoint, tmp_pa
 
 
 def test_run_without_the_default_potential_says_so(tmp_path, monkeypatch):
-    import sake_md.md.run as run_module
+    import sake_md.shipped
 
-    monkeypatch.setattr(run_module, "DEFAULT_POTENTIAL", run_module.Path("potentials") / "absent.pt")
+    monkeypatch.setattr(sake_md.shipped, "DEFAULT_POTENTIAL", "absent.pt")
     result = invoke(["--steps", "1"], tmp_path)
     assert result.exit_code == 1
     assert "default potential" in result.output and "--potential" in result.output

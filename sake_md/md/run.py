@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms, units
 
-from ..errors import CheckpointError, InputError
+from ..errors import InputError
+from ..shipped import shipped_potential
 from .bonds import BondCriterion, BrokenBond
 
 EXIT_OK = 0
@@ -26,7 +27,6 @@ EXIT_COLLAPSED = 3
 EXIT_UNCERTAIN = 4
 ENSEMBLES = ("nve", "langevin", "nose-hoover", "bussi")
 DEFAULT_MOLECULE = "CH3CH2OH"
-DEFAULT_POTENTIAL = Path("potentials") / "sake_ethanol.pt"
 
 
 @dataclass
@@ -119,18 +119,6 @@ class RunSummary:
 
 # --- inputs ------------------------------------------------------------------------------------------
 
-def default_potential() -> Path:
-    """``potentials/sake_ethanol.pt`` of the repository (or installed next to the package)."""
-    package = Path(__file__).resolve().parents[1]
-    candidates = [package.parent / DEFAULT_POTENTIAL, package / DEFAULT_POTENTIAL]
-    for path in candidates:
-        if path.is_file():
-            return path
-    raise CheckpointError(f"the default potential {DEFAULT_POTENTIAL} was not found (looked in "
-                          f"{', '.join(str(c) for c in candidates)}); it ships with the repository. "
-                          "Pass one with --potential CKPT.")
-
-
 def load_structure(spec: str | None) -> Atoms:
     """A file anything ASE reads (its last frame), or a molecule name of ``ase.build.molecule``."""
     import ase.build
@@ -143,21 +131,11 @@ def load_structure(spec: str | None) -> Atoms:
             return ase.io.read(spec)
         except Exception as e:  # ASE raises many kinds for unreadable files
             raise InputError(f"cannot read structure {spec} with ASE: {type(e).__name__}: {e}") from e
-    names = molecule_names()
-    if spec in names:
+    try:
         return ase.build.molecule(spec)
-    raise InputError(f"--structure {spec!r} is neither a file nor a molecule name of ase.build.molecule "
-                     f"(e.g. CH3CH2OH, H2O, C6H6; {len(names)} names: ase.collections.g2 and a few extra)")
-
-
-def molecule_names() -> set[str]:
-    """The names ``ase.build.molecule`` knows: the G2 set and the module's ``extra`` structures."""
-    import sys
-
-    import ase.build  # noqa: F401  (loads ase.build.molecule, the module)
-    from ase.collections import g2
-
-    return set(g2.names) | set(getattr(sys.modules["ase.build.molecule"], "extra", {}))
+    except KeyError:  # ase.build.molecule's way of saying "no such name"
+        raise InputError(f"--structure {spec!r} is neither a file nor a molecule name of ase.build.molecule "
+                         "(e.g. CH3CH2OH, H2O, C6H6: the names of ase.collections.g2 and a few extra)") from None
 
 
 def thermalize(atoms: Atoms, temperature_K: float, rng: np.random.Generator):
@@ -231,7 +209,12 @@ class FrameWriter:
 
 class EnergyLog:
     """A whitespace-separated table, one line per frame, flushed per line; for a committee, a last column
-    with its largest per-atom force deviation."""
+    with its largest per-atom force deviation.
+
+    Not ``ase.md.MDLogger``: that one is attached to the integrator on its own interval and has no step
+    column, no extra columns and 4 decimals (0.1 meV) for up to 100 atoms; this log is written with each
+    trajectory frame (the committee's stop frame included), so log lines and frames match one to one.
+    """
 
     HEADER = "# step time[ps] Etot[eV] Epot[eV] Ekin[eV] T[K]"
 
@@ -425,7 +408,7 @@ def run_from_files(potential=None, structure: str | None = None, reference=None,
     from .reference import read_reference
 
     potentials = list(potential) if isinstance(potential, (list, tuple)) else [potential] if potential else []
-    calc = make_calculator(potentials or [default_potential()], device=device, dtype=dtype)
+    calc = make_calculator(potentials or [shipped_potential()], device=device, dtype=dtype)
     atoms = load_structure(structure)
     criterion = None
     if reference is not None:
