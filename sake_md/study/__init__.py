@@ -23,7 +23,8 @@ __all__ = ["Run", "Study", "load_study", "run_study", "write_report"]
 def run_study(study_file, variants=(), molecules=(), seeds=(), jobs: int = 2, device: str = "cpu", data_dir=None,
               report_only: bool = False, publish: bool = False, size: bool = False, dry_run: bool = False,
               stretch: bool = False, echo=print) -> int:
-    """Run what is missing of the selection, then regenerate the report. Returns 0, or 1 if a job failed."""
+    """Run what is missing of the selection, then regenerate the report. Returns the exit status: 0, 1 if a job
+    failed, 130 or 143 when stopped by Ctrl-C or SIGTERM (the jobs are stopped too; the report is not written)."""
     from .jobs import write_json  # not at import time: ``python -m sake_md.study.jobs`` runs that module
 
     study = load_study(study_file, data_dir)
@@ -46,9 +47,14 @@ def run_study(study_file, variants=(), molecules=(), seeds=(), jobs: int = 2, de
             return 0
         write_json(study.records / "study.json", study.to_dict())
         if todo:
-            from .runner import run_jobs
+            from .runner import Terminated, run_jobs
 
-            failed = [k for k, code in run_jobs(study, todo, jobs, device, echo).items() if code != 0]
+            try:
+                codes = run_jobs(study, todo, jobs, device, echo)
+            except (KeyboardInterrupt, Terminated) as e:
+                echo("study stopped; run the same command again to resume")
+                return 130 if isinstance(e, KeyboardInterrupt) else 143
+            failed = [k for k, code in codes.items() if code != 0]
             if failed:
                 echo(f"{len(failed)} run(s) failed: {', '.join(failed)}")
                 status = 1

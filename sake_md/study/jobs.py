@@ -46,8 +46,16 @@ def write_json(path, obj) -> Path:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps(obj, indent=1) + "\n")
+    _ordinary_permissions(tmp)
     os.replace(tmp, path)
     return path
+
+
+def _ordinary_permissions(path) -> None:
+    """mkstemp makes files 0600; records are ordinary files (as the umask says)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 class CostLedger:

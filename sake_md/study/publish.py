@@ -53,12 +53,13 @@ def model_card(chosen: dict, trained: list[dict], md: dict | None, filename: str
              f"One model of the ablation study ({study_file}): variant `{run['variant']}`, seed {run['seed']}, the "
              f"median of {len(trained)} seed(s) by best validation force MAE (meV/Å: {seeds}). Units eV, Å, "
              f"eV/Å; load with `SAKECalculator(\"potentials/{filename}\")`.", "",
-             "## Test errors", "", f"`{chosen['test']['data']}`, {chosen['test']['frames']} frames; bootstrap 95% "
-             "intervals over frames.", "", "| quantity | value | 95% interval |", "|---|---:|---|"]
+             "## Test errors", "", f"`{Path(chosen['test']['data']).name}`, {chosen['test']['frames']} frames; "
+             "bootstrap 95% intervals over frames.", "", "| quantity | value | 95% interval |", "|---|---:|---|"]
     for key, label in ERRORS:
         s = chosen["test"][key]
         lines.append(f"| {label} | {s['value']:.2f} | [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] |")
-    lines += ["", f"Validation ({cfg['n_valid']} held-out frames of `{cfg['data']}`, split by the seed), best epoch "
+    lines += ["", f"Validation ({cfg['n_valid']} held-out frames of `{Path(cfg['data']).name}`, split by the seed), "
+              f"best epoch "
               f"{chosen['best']['epoch']}: force MAE {chosen['best']['force_mae_meV_A']:.2f} meV/Å, energy MAE "
               f"{chosen['best']['energy_mae_meV']:.2f} meV.", ""]
     if md is not None:
@@ -73,7 +74,8 @@ def model_card(chosen: dict, trained: list[dict], md: dict | None, filename: str
         lines.append("")
     settings = ", ".join(f"{k} {cfg[k]}" for k in ("recipe", "epochs", "batch_size", "lr", "energy_weight",
                                                    "warmup_fraction", "decay_end", "dtype") if k in cfg)
-    lines += ["## Training", "", f"Model {cfg['model']}; {settings}.",
+    model = ", ".join(f"{k} {v}" for k, v in cfg["model"].items() if k != "options" or v)
+    lines += ["## Training", "", f"Model: {model}. Recipe: {settings}.",
               f"Cost: {cost['cpu_s'] / 3600:.2f} CPU-hours for {cost['epochs']} epochs, {cost['samples_per_s']:.1f} "
               f"training samples/s, one thread, {cost['device']}; E+F {chosen['ef_ms']['median']:.1f} ms per call "
               "(one molecule).", "",

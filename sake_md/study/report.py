@@ -343,7 +343,7 @@ def _definition(s: dict) -> list[str]:
     if not s:
         return []
     md = s["md"]
-    molecules = ", ".join(f"{k} ({m['epochs']} epochs, seeds {m['seeds']}"
+    molecules = ", ".join(f"{k} (epochs {m['epochs']}, seeds {m['seeds']}"
                           + (f"; {m['long_md_ps']:g} ps MD for seeds {m['long_md_seeds']}" if m["long_md_ps"] else "")
                           + (", optional" if m["optional"] else "") + ")" for k, m in s["molecules"].items())
     training = ", ".join(f"{k} = {v}" for k, v in s["training"].items()) or "the preset as it is"
@@ -363,15 +363,24 @@ def _totals(records: Records) -> list[str]:
 
 
 def _missing(records: Records) -> list[str]:
+    """Stages of the definition without a record; optional molecules only once one of their runs exists."""
     s = records.study
     if not s:
         return []
     have = {(r["kind"], *r["run"].values()) for r in records.train + records.md}
-    missing = [f"{m}/{v}/seed{k} ({kind})" for m, mol in s["molecules"].items() for k in mol["seeds"]
-               for v in s["variants"] for kind in ("train", "md") if (kind, m, v, k) not in have]
+    started = {r["run"]["molecule"] for r in records.train + records.md}
+    missing = []
+    for m, mol in s["molecules"].items():
+        if mol["optional"] and m not in started:
+            continue
+        for k in mol["seeds"]:
+            for v in s["variants"]:
+                stages = [kind for kind in ("train", "md") if (kind, m, v, k) not in have]
+                if stages:
+                    missing.append(f"{m}/{v}/seed{k} ({', '.join(stages)})")
     if not missing:
         return []
-    return ["## Not yet recorded", "", f"{len(missing)} stage(s): " + ", ".join(missing) + ".", ""]
+    return ["## Not yet recorded", "", f"{len(missing)} run(s): " + ", ".join(missing) + ".", ""]
 
 
 def write_report(records_dir, out_dir=None) -> list[Path]:
