@@ -268,7 +268,8 @@ def test_report_tables_reproduce_the_fixture_numbers(tmp_path):
     # Welch: t = -10 / √(4/3 + 4/3), 4 degrees of freedom
     p = 2 * stats.t.sf(10 / math.sqrt(8 / 3), 4)
     row = table_row(text, "## Findings", "sake-no-spatial")
-    assert f"+10.00 (+83%); p = {p:.3g}, **beyond seed noise**" in row
+    assert f"+10.00 (+83.3%); p = {p:.3g}, **beyond seed noise**" in row
+    assert "-0.08 (-8.3%); p = " in row and "within seed noise" in row  # stability: mean 0.917 vs 1 ps
     assert "9.00 CPU-hours recorded: training 6.00 (6 models), MD 3.00 (6 models)" in text
     assert "lowest test force RMSE: `sake` (12.00 meV/Å)" in text
     assert "not dominated in (force RMSE ↓, stability time ↑, E+F ms ↓): `sake`, `sake-no-spatial`" in text
@@ -326,3 +327,16 @@ def test_dry_run_size_and_missing_data(tmp_path):
     assert result.exit_code == 1 and "--data-dir" in result.output
     toml.write_text(toml.read_text().replace("[molecules.ethanol]", "[molecules.ethanol]\noptional = true"))
     assert invoke(toml).exit_code == 1  # only an optional molecule: nothing selected without --stretch
+
+
+def test_a_failing_job_is_reported_and_the_rest_kept(tmp_path):
+    """3 test frames cannot start 5 MD runs: training is recorded, MD fails, the study exits 1 with the log."""
+    toml = tiny_study(tmp_path, variants=("sake-no-spatial",))
+    write_npz(tmp_path / "data" / "rmd17_ethanol_test_01.npz", emt_frames(3, seed=4))
+    result = invoke(toml)
+    assert result.exit_code == 1 and "FAILED" in result.output and "job.log" in result.output
+    study = load_study(toml)
+    run = study.select()[0]
+    assert study.record_path(run, "train").exists() and not study.record_path(run, "md").exists()
+    assert "distinct start frames" in (study.run_dir(run) / "job.log").read_text()
+    assert "ethanol/sake-no-spatial/seed0 (md)" in (study.out / "README.md").read_text()
