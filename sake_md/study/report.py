@@ -33,10 +33,9 @@ class Records:
         return _ordered(self.study.get("molecules", {}), [r["run"]["molecule"] for r in self.train + self.md])
 
     def variants(self, molecule: str | None = None) -> list[str]:
+        """The definition's order, then any variant found only in the records; only those with records."""
         found = [r["run"]["variant"] for r in self.train + self.md if molecule in (None, r["run"]["molecule"])]
-        known = self.study.get("variants", []) if molecule is None else [v for v in self.study.get("variants", [])
-                                                                         if v in found]
-        return _ordered(known, found)
+        return _ordered(self.study.get("variants", []), found)
 
     def trained(self, molecule: str, variant: str) -> list[dict]:
         return sorted((r for r in self.train if (r["run"]["molecule"], r["run"]["variant"]) == (molecule, variant)),
@@ -329,8 +328,8 @@ def render(records: Records, plots: list[str] = ()) -> str:
         lines += ["### Cost", ""] + cost_table(records, molecule, main or "") + [""]
     lines += ["## Findings", "", f"Computed from the records (Welch's t-test against `{baseline}`, α = {alpha}, "
               "not corrected for multiple comparisons; errors: one value per seed; stability: one value per "
-              "trajectory; p n/a: fewer than 2 values on a side, or no variation on either). Interpretation is "
-              "left to the reader.", ""]
+              "trajectory, taken as independent; p n/a: fewer than 2 values on a side, or no variation on "
+              "either). Interpretation is left to the reader.", ""]
     for molecule in records.molecules():
         lines += [f"### {molecule}", ""] + findings(records, molecule, main or "", baseline, alpha) + [""]
     lines += _totals(records) + _missing(records)
