@@ -277,6 +277,31 @@ def compare(checkpoints, preset, runs, reference, test, time_text, out, seed, de
         click.echo(f"wrote {path}")
 
 
+@main.command("study")
+@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.option("--variant", "variants", multiple=True, help="Only this variant (repeatable).")
+@click.option("--molecule", "molecules", multiple=True, help="Only this molecule (repeatable; names optional ones).")
+@click.option("--seed", "seeds", type=int, multiple=True, help="Only this seed (repeatable).")
+@click.option("--stretch", is_flag=True, help="Include the optional molecules (e.g. aspirin).")
+@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Jobs side by side, one thread and one core each (never more than the cores available).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder of the rMD17 files [the study file's].")
+@click.option("--report-only", is_flag=True, help="Only regenerate the report from the records.")
+@click.option("--publish", is_flag=True, help="Copy each cell's median-validation model to potentials/ with a card.")
+@click.option("--size", is_flag=True, help="Measure speed and print epochs and CPU-hours; runs nothing.")
+@click.option("--dry-run", is_flag=True, help="Print what would run.")
+@click.pass_context
+def study_command(ctx, study_file, **options):
+    """Run the study in STUDY_FILE (e.g. md_runs/ablation/study.toml): what is missing, then the report.
+
+    Killed runs resume (at most one epoch or one MD segment lost); finished ones are skipped.
+    """
+    from .study import run_study
+
+    ctx.exit(run_study(study_file, echo=click.echo, **options))
+
+
 def _set_threads(threads):
     if threads:
         import torch

@@ -142,10 +142,12 @@ class _Monitor:
         return all(c is not None for c in self.collapse)
 
 
-def run_stability(potential: SAKEPotential, reference: ReferenceData, start: ReferenceData,
-                  preset: StabilityPreset, runs: int, time_ps: float | None = None, seed: int = 0,
-                  device="cpu", name: str = "model", progress: bool = False) -> StabilityResult:
-    """Run the protocol for one potential: ``runs`` replicas from random frames of ``start``."""
+def protocol_setup(potential: SAKEPotential, reference: ReferenceData, start: ReferenceData,
+                   preset: StabilityPreset, runs: int, seed: int = 0, device="cpu"):
+    """The protocol's starting point: ``runs`` distinct start frames of ``start`` (drawn with ``seed``), their
+    replica state with Maxwell–Boltzmann momenta, the force model, the Nosé–Hoover integrator and the bond
+    criteria (reference lengths: the mean over ``reference``). Returns (frames, model, state, integrator,
+    criteria)."""
     reference.check_same_molecule(start.numbers, f"start set {start.source}")
     if runs > len(start):
         raise InputError(f"{runs} runs need {runs} distinct start frames; {start.source} has {len(start)}")
@@ -159,6 +161,15 @@ def run_stability(potential: SAKEPotential, reference: ReferenceData, start: Ref
     dt = preset.timestep_fs * units.fs
     integrator = NoseHooverChain(dt, preset.temperature_K, preset.tdamp_steps * dt, preset.chain)
     criteria = [BondCriterion.from_atoms(a, reference.positions) for a in atoms_list]
+    return frames, model, state, integrator, criteria
+
+
+def run_stability(potential: SAKEPotential, reference: ReferenceData, start: ReferenceData,
+                  preset: StabilityPreset, runs: int, time_ps: float | None = None, seed: int = 0,
+                  device="cpu", name: str = "model", progress: bool = False) -> StabilityResult:
+    """Run the protocol for one potential: ``runs`` replicas from random frames of ``start``."""
+    frames, model, state, integrator, criteria = protocol_setup(potential, reference, start, preset, runs, seed,
+                                                                device)
     steps = preset.steps(time_ps)
     bar = _progress_bar(steps, name) if progress else None
     monitor = _Monitor(criteria, preset.timestep_fs / 1000.0, bar)

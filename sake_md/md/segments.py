@@ -1,0 +1,154 @@
+"""The stability protocol (``stability.py``) in resumable segments, for runs that must survive being killed.
+
+The replica state (positions, momenta, forces, thermostat), the monitor's bond checks and h(r) counts,
+the step count and the time spent are saved atomically after every segment; a resumed run continues
+from the last saved segment and gives the same numbers as an uninterrupted one (Nosé–Hoover has no
+random numbers after the initial momenta). Results are taken at each of several horizons (e.g. 10 and
+50 ps of one 50 ps run): the result at a horizon is exactly what a run of that length would give.
+"""
+
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import InputError
+from ..model import SAKEPotential
+from .reference import ReferenceData
+from .replicas import simulate
+from .stability import StabilityPreset, StabilityResult, _Monitor, _result, protocol_setup
+
+STATE_VERSION = 1
+
+
+class SegmentedStability:
+    """One potential's protocol run, advanced segment by segment; ``save``/``load`` hold its whole state."""
+
+    def __init__(self, potential: SAKEPotential, reference: ReferenceData, start: ReferenceData,
+                 preset: StabilityPreset, runs: int, seed: int = 0, device="cpu", name: str = "model"):
+        self.frames, self.model, self.state, self.integrator, criteria = protocol_setup(
+            potential, reference, start, preset, runs, seed, device)
+        self.reference, self.preset, self.device, self.name = reference, preset, device, name
+        self.dtype = potential.dtype
+        self.monitor = _Monitor(criteria, preset.timestep_fs / 1000.0)
+        self.step, self.wall_s, self.stopped = 0, 0.0, False
+        self.identity = {"frames": self.frames, "runs": runs, "seed": seed, "preset": preset.name}
+
+    def advance(self, until_step: int) -> None:
+        """Integrate to ``until_step`` (a multiple of the frame interval), or until every run has collapsed."""
+        if until_step % self.preset.frame_interval:
+            raise InputError(f"segments must end on a frame: step {until_step} is not a multiple of "
+                             f"{self.preset.frame_interval}")
+        if self.stopped or until_step <= self.step:
+            return
+        offset = self.step
+
+        def observe(k, state):  # a resumed segment's step 0 is the frame the last segment ended on
+            return None if k == 0 and offset > 0 else self.monitor(offset + k, state)
+
+        t0 = time.perf_counter()
+        done = simulate(self.state, self.integrator, self.model, until_step - offset, self.preset.frame_interval,
+                        observe)
+        self.wall_s += time.perf_counter() - t0
+        self.stopped = done < until_step - offset
+        self.step = offset + done
+
+    def result(self) -> StabilityResult:
+        return _result(self.name, self.monitor, self.frames, self.reference, self.preset, self.step, self.wall_s,
+                       self.device, self.dtype)
+
+    def state_dict(self) -> dict:
+        s, m = self.state, self.monitor
+        return {"version": STATE_VERSION, "identity": self.identity, "step": self.step, "wall_s": self.wall_s,
+                "stopped": self.stopped,
+                "replicas": {"positions": s.positions, "momenta": s.momenta, "forces": s.forces,
+                             "energy": s.energy, "thermostat": dict(s.thermostat)},
+                "monitor": {"counts": torch.from_numpy(m.counts), "last_good": list(m.last_good),
+                            "frames": list(m.frames), "collapse": [list(c) if c else None for c in m.collapse],
+                            "last_step": m.last_step}}
+
+    def load_state_dict(self, data: dict) -> None:
+        if data.get("version") != STATE_VERSION or data.get("identity") != self.identity:
+            raise InputError(f"the saved MD state belongs to another run ({data.get('identity')}, "
+                             f"not {self.identity}); delete it to start again")
+        self.step, self.wall_s, self.stopped = data["step"], data["wall_s"], data["stopped"]
+        r = data["replicas"]
+        device = self.state.positions.device
+        self.state.positions, self.state.momenta = r["positions"].to(device), r["momenta"].to(device)
+        self.state.forces = None if r["forces"] is None else r["forces"].to(device)
+        self.state.energy = None if r["energy"] is None else r["energy"].to(device)
+        self.state.thermostat = {k: v.to(device) for k, v in r["thermostat"].items()}
+        m = data["monitor"]
+        self.monitor.counts = m["counts"].numpy().copy()
+        self.monitor.last_good, self.monitor.frames = list(m["last_good"]), list(m["frames"])
+        self.monitor.collapse = [tuple(c) if c else None for c in m["collapse"]]
+        self.monitor.last_step = m["last_step"]
+
+
+def atomic_torch_save(obj, path) -> Path:
+    """torch.save to a temporary file, then rename: a killed process leaves the old file or the new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def run_segmented(run: SegmentedStability, horizons_ps, segment_ps: float, state_path,
+                  on_segment: Callable[[SegmentedStability], None] | None = None) -> dict[float, StabilityResult]:
+    """Advance ``run`` to the longest horizon in segments of ``segment_ps``, saving to ``state_path`` after each
+    and resuming from it when it exists. Returns the result at each horizon (ps -> result).
+
+    A killed run loses at most the segment in progress. ``on_segment(run)`` is called after each save.
+    """
+    preset = run.preset
+    interval = preset.frame_interval
+    segment = max(interval, int(round(preset.steps(segment_ps) / interval)) * interval)
+    stops = {}
+    for h in sorted(horizons_ps):
+        steps = preset.steps(h)
+        if steps % interval:
+            raise InputError(f"a horizon of {h} ps is {steps} steps, not a multiple of the frame interval "
+                             f"({interval} steps)")
+        stops[steps] = h
+    state_path = Path(state_path)
+    results: dict[float, StabilityResult] = {}
+    if state_path.exists():
+        saved = torch.load(state_path, map_location="cpu", weights_only=True)
+        run.load_state_dict(saved["run"])
+        results = {float(h): _result_from(run, r) for h, r in saved["results"].items()}
+    while len(results) < len(stops):
+        target = min([s for s in stops if s > run.step] + [run.step + segment])
+        run.advance(target)
+        for steps, h in stops.items():
+            if h not in results and (run.step >= steps or run.stopped):
+                results[h] = run.result()
+        atomic_torch_save({"run": run.state_dict(),
+                           "results": {str(h): _result_state(r) for h, r in results.items()}}, state_path)
+        if on_segment is not None:
+            on_segment(run)
+    return {h: results[h] for h in sorted(results)}
+
+
+def _result_state(result: StabilityResult) -> dict:
+    """What a horizon's result needs beyond the run: its runs, h(r), steps and time (weights_only-safe)."""
+    d = result.to_dict()
+    return {"runs": d["runs"], "hr": torch.tensor(np.asarray(result.hr)), "steps": result.steps,
+            "wall_s": result.wall_s}
+
+
+def _result_from(run: SegmentedStability, saved: dict) -> StabilityResult:
+    from .stability import RunRecord
+
+    return StabilityResult(run.name, [RunRecord(**r) for r in saved["runs"]], saved["hr"].numpy(), saved["steps"],
+                           saved["wall_s"], str(run.device), str(run.dtype).removeprefix("torch."))

@@ -1,0 +1,109 @@
+"""A study: variants × molecules × seeds, each trained, evaluated and run through the MD stability protocol,
+then compared in a report regenerated from the records alone. ``sake-md study STUDY.toml``.
+
+* ``definition``: the TOML file -> runs, training configurations, MD settings
+* ``jobs``: one run as a subprocess (train or resume, test errors, E+F timing, segmented MD), records
+* ``runner``: N jobs side by side, one thread and one core each
+* ``report``, ``plots``: records -> README.md tables, computed findings and PNGs
+* ``publish``: the median-validation seed of each cell -> potentials/<variant>_<molecule>.pt + model card
+* ``sizing``: measured speed -> epochs and CPU-hours
+"""
+
+import json
+import os
+
+from ..calculator import resolve_device
+from ..errors import ConfigError, DataError
+from .definition import Run, Study, load_study
+from .report import load_records, write_report
+
+__all__ = ["Run", "Study", "load_study", "run_study", "write_report"]
+
+
+def run_study(study_file, variants=(), molecules=(), seeds=(), jobs: int = 2, device: str = "cpu", data_dir=None,
+              report_only: bool = False, publish: bool = False, size: bool = False, dry_run: bool = False,
+              stretch: bool = False, echo=print) -> int:
+    """Run what is missing of the selection, then regenerate the report. Returns the exit status: 0, 1 if a job
+    failed, 130 or 143 when stopped by Ctrl-C or SIGTERM (the jobs are stopped too; the report is not written)."""
+    from .jobs import write_json  # not at import time: ``python -m sake_md.study.jobs`` runs that module
+
+    study = load_study(study_file, data_dir)
+    status = 0
+    if not report_only:
+        runs = study.select(variants, molecules, seeds, stretch)
+        if not runs:
+            raise ConfigError("no runs match the selection (optional molecules need --molecule NAME or --stretch)")
+        device = str(resolve_device(device))
+        if size:
+            return _size(study, runs, device, echo)
+        todo = [r for r in runs if not all(study.record_path(r, s).exists() for s in ("train", "md"))]
+        _warn_stale(study, runs, device, echo)
+        echo(f"{study.name}: {len(runs)} runs selected, {len(runs) - len(todo)} done, {len(todo)} to run "
+             f"({sum(not study.record_path(r, 'train').exists() for r in todo)} to train); records in {study.records}")
+        _check_data(study, todo)
+        if dry_run:
+            for r in todo:
+                echo(f"  {r.key}")
+            return 0
+        write_json(study.records / "study.json", study.to_dict())
+        if todo:
+            from .runner import Terminated, run_jobs
+
+            try:
+                codes = run_jobs(study, todo, jobs, device, echo)
+            except (KeyboardInterrupt, Terminated) as e:
+                echo("study stopped; run the same command again to resume")
+                return 130 if isinstance(e, KeyboardInterrupt) else 143
+            failed = [k for k, code in codes.items() if code != 0]
+            if failed:
+                echo(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+                status = 1
+    elif not (study.records / "study.json").exists():
+        write_json(study.records / "study.json", study.to_dict())
+    for path in write_report(study.records, study.out):
+        echo(f"wrote {path}")
+    if publish:
+        from .publish import publish as publish_cells
+
+        source = os.path.relpath(study.path, study.root)
+        for path in publish_cells(load_records(study.records), study.out, study.potentials, source):
+            echo(f"published {path}")
+    return status
+
+
+def _check_data(study: Study, runs: list[Run]) -> None:
+    for molecule in sorted({r.molecule for r in runs}):
+        for which in ("train", "test"):
+            path = study.data_file(molecule, which)
+            if not path.exists():
+                raise DataError(f"{path} not found: the study reads its data from {study.data_dir} "
+                                "(set [paths] data_dir in the study file or pass --data-dir)")
+
+
+def _warn_stale(study: Study, runs: list[Run], device: str, echo) -> None:
+    """Records made with other settings than the study file now gives are kept, with a warning."""
+    from .jobs import MAY_CHANGE, portable
+
+    for run in runs:
+        path = study.record_path(run, "train")
+        if not path.exists():
+            continue
+        recorded = json.loads(path.read_text())["config"]
+        now = portable(study.train_config(run, device).to_dict(), study.root)
+        changed = sorted(k for k in now if k not in MAY_CHANGE and recorded.get(k) != now[k])
+        if changed:
+            echo(f"warning: {run.key} was recorded with other {', '.join(changed)} than the study now gives; "
+                 f"delete {path.parent}/seed{run.seed}.* and {study.run_dir(run)} to redo it")
+
+
+def _size(study: Study, runs: list[Run], device: str, echo) -> int:
+    from .sizing import measure, sizing_table
+
+    _check_data(study, runs)
+    cells = {(r.molecule, r.variant): r for r in runs}
+    speeds = []
+    for run in cells.values():
+        echo(f"measuring {run.molecule} {run.variant} ...")
+        speeds.append(measure(study, run, device))
+    echo(sizing_table(study, speeds))
+    return 0

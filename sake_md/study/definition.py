@@ -1,0 +1,221 @@
+"""The study definition: one TOML file (read with ``tomllib``) -> variants × molecules × seeds and each run's
+training configuration and MD settings. Every table is checked for unknown keys, so a misspelling
+is an error, not a silently ignored setting.
+
+Paths: ``paths.root`` is relative to the TOML file; ``data_dir``, ``out`` and ``potentials`` are relative
+to the root (or absolute). Output layout under ``out``:
+
+    records/study.json                         the resolved definition (the report reads it)
+    records/<molecule>/<variant>/seed<k>.train.json, .md.json   one record per finished stage
+    runs/<molecule>/<variant>/seed<k>/         trainer folder, MD state, job log (not for git)
+"""
+
+import os
+import sys
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from ..errors import ConfigError
+from ..md.stability import PRESETS
+from ..model import ModelConfig
+from ..spatial import SPATIAL_BLOCKS
+from ..train import RECIPES, TrainConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10: the same parser, packaged as tomli
+    import tomli as tomllib
+
+# keys of [training] that the study sets itself, per run
+RUN_SET = {"data", "out", "test", "seed", "epochs", "time_budget", "model", "progress", "threads", "device",
+           "n_valid"}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One trained model: a variant on a molecule with a seed (initialisation and validation split)."""
+
+    molecule: str
+    variant: str
+    seed: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.molecule}/{self.variant}/seed{self.seed}"
+
+    def to_dict(self) -> dict:
+        return {"molecule": self.molecule, "variant": self.variant, "seed": self.seed}
+
+
+@dataclass(frozen=True)
+class Molecule:
+    """Epochs (the same for every variant), seeds, whether it is a stretch goal, and the long MD runs."""
+
+    name: str
+    epochs: int
+    seeds: tuple[int, ...]
+    optional: bool = False
+    long_md_seeds: tuple[int, ...] = ()
+    long_md_ps: float | None = None
+
+
+@dataclass
+class Study:
+    path: Path
+    name: str
+    variants: list[str]
+    molecules: dict[str, Molecule]
+    root: Path
+    data_dir: Path
+    out: Path
+    potentials: Path
+    data: dict
+    model: dict
+    training: dict
+    md: dict
+    report: dict = field(default_factory=dict)
+    sizing: dict = field(default_factory=dict)
+
+    # ---- layout ------------------------------------------------------------------------------------
+    @property
+    def records(self) -> Path:
+        return self.out / "records"
+
+    def run_dir(self, run: Run) -> Path:
+        return self.out / "runs" / run.molecule / run.variant / f"seed{run.seed}"
+
+    def record_path(self, run: Run, stage: str) -> Path:
+        return self.records / run.molecule / run.variant / f"seed{run.seed}.{stage}.json"
+
+    def data_file(self, molecule: str, which: str) -> Path:
+        return self.data_dir / self.data[which].format(molecule=molecule)
+
+    # ---- runs --------------------------------------------------------------------------------------
+    def select(self, variants=(), molecules=(), seeds=(), stretch: bool = False) -> list[Run]:
+        """Runs in a useful order (seed 0 of every cell first); empty selections mean "all".
+
+        Optional molecules are included when named in ``molecules`` or with ``stretch``.
+        """
+        for name, given, known in (("variant", variants, self.variants), ("molecule", molecules, self.molecules)):
+            unknown = sorted(set(given) - set(known))
+            if unknown:
+                raise ConfigError(f"unknown {name}(s) {', '.join(unknown)}; the study has {', '.join(known)}")
+        if molecules:
+            chosen = [m for m in self.molecules.values() if m.name in molecules]
+        else:
+            chosen = [m for m in self.molecules.values() if stretch or not m.optional]
+        runs = [Run(m.name, v, s) for m in chosen for s in m.seeds for v in self.variants
+                if (not variants or v in variants) and (not seeds or s in seeds)]
+        order = {s: k for k, s in enumerate(sorted({r.seed for r in runs}))}
+        return sorted(runs, key=lambda r: (order[r.seed], list(self.molecules).index(r.molecule),
+                                           self.variants.index(r.variant)))
+
+    def train_config(self, run: Run, device: str = "cpu") -> TrainConfig:
+        """The trainer's preset with the study's overrides and this run's epochs, seed and variant."""
+        settings = dict(self.training)
+        recipe = settings.pop("recipe", "budget")
+        model = ModelConfig(variant=run.variant, **self.model).to_dict()
+        out = self.run_dir(run) / "train"
+        return TrainConfig.preset(recipe, str(self.data_file(run.molecule, "train")), str(out), model=model,
+                                  epochs=self.molecules[run.molecule].epochs, seed=run.seed,
+                                  n_valid=self.data["n_valid"], test=str(self.data_file(run.molecule, "test")),
+                                  threads=1, device=device, progress=False, **settings)
+
+    def md_horizons(self, run: Run) -> list[float]:
+        """MD lengths (ps) whose results are recorded: the common length, and the long one where it applies."""
+        m = self.molecules[run.molecule]
+        horizons = {float(self.md["time_ps"])}
+        if m.long_md_ps and run.seed in m.long_md_seeds:
+            horizons.add(float(m.long_md_ps))
+        return sorted(horizons)
+
+    def to_dict(self) -> dict:
+        """The resolved definition, as written to records/study.json."""
+        return {"name": self.name, "variants": self.variants,
+                "molecules": {k: {"epochs": m.epochs, "seeds": list(m.seeds), "optional": m.optional,
+                                  "long_md_seeds": list(m.long_md_seeds), "long_md_ps": m.long_md_ps}
+                              for k, m in self.molecules.items()},
+                "data": self.data, "model": self.model, "training": self.training, "md": self.md,
+                "report": self.report, "source": os.path.relpath(self.path, self.root)}
+
+
+# ---- reading -----------------------------------------------------------------------------------------
+DEFAULTS = {
+    "data": {"train": "rmd17_{molecule}_train_01.npz", "test": "rmd17_{molecule}_test_01.npz", "n_valid": 50},
+    "md": {"preset": "mdsim-md17", "runs": 5, "time_ps": 10.0, "segment_ps": 1.0, "seed": 0, "dtype": None},
+    "report": {"baseline": "sake", "alpha": 0.05, "ef_repeats": 20},
+    "sizing": {"target_minutes": 30.0, "steps": 3, "md_steps": 10},
+    "paths": {"root": ".", "data_dir": "../shared/data/rmd17", "out": "study", "potentials": "potentials"},
+}
+MOLECULE_KEYS = {"epochs", "seeds", "optional", "long_md"}
+
+
+def load_study(path, data_dir=None) -> Study:
+    """Read and check a study file. ``data_dir`` (relative to the working directory) overrides the file's."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"study definition not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    _check_keys(raw, {"study", "paths", "data", "model", "training", "md", "molecules", "report", "sizing"}, path)
+    study = raw.get("study", {})
+    _check_keys(study, {"name", "variants", "seeds"}, f"{path} [study]")
+    tables = {}
+    for name, defaults in DEFAULTS.items():
+        given = raw.get(name, {})
+        _check_keys(given, set(defaults), f"{path} [{name}]")
+        tables[name] = {**defaults, **given}
+    variants = list(study.get("variants", SPATIAL_BLOCKS))
+    unknown = [v for v in variants if v not in SPATIAL_BLOCKS]
+    if unknown:
+        raise ConfigError(f"{path}: unknown variant(s) {', '.join(unknown)}; known: {', '.join(SPATIAL_BLOCKS)}")
+    model = raw.get("model", {})
+    if "variant" in model:
+        raise ConfigError(f"{path} [model]: the variant is set per run from [study] variants")
+    for v in variants:
+        ModelConfig(variant=v, **model)  # checks the names and each variant's options
+    training = _training(raw.get("training", {}), path)
+    md = tables["md"]
+    if md["preset"] not in PRESETS:
+        raise ConfigError(f"{path} [md]: unknown preset {md['preset']!r}; known: {', '.join(PRESETS)}")
+    seeds = tuple(study.get("seeds", (0,)))
+    molecules = {name: _molecule(name, m, seeds, path) for name, m in raw.get("molecules", {}).items()}
+    if not molecules:
+        raise ConfigError(f"{path}: no [molecules.NAME] tables")
+    p = tables["paths"]
+    root = (path.parent / p["root"]).resolve()
+    data = Path(data_dir).resolve() if data_dir else (root / p["data_dir"]).resolve()
+    return Study(path.resolve(), study.get("name", path.stem), variants, molecules, root, data,
+                 (root / p["out"]).resolve(), (root / p["potentials"]).resolve(), tables["data"], model, training,
+                 md, tables["report"], tables["sizing"])
+
+
+def _check_keys(table: dict, known: set, where) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+
+
+def _training(table: dict, path: Path) -> dict:
+    recipe = table.get("recipe", "budget")
+    if recipe not in RECIPES:
+        raise ConfigError(f"{path} [training]: unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+    set_per_run = sorted(set(table) & RUN_SET)
+    if set_per_run:
+        raise ConfigError(f"{path} [training]: {', '.join(set_per_run)} are set by the study per run "
+                          "(epochs in [molecules.NAME], n_valid in [data])")
+    _check_keys(table, {f.name for f in fields(TrainConfig)} - RUN_SET, f"{path} [training]")
+    return dict(table)
+
+
+def _molecule(name: str, table: dict, seeds: tuple, path: Path) -> Molecule:
+    _check_keys(table, MOLECULE_KEYS, f"{path} [molecules.{name}]")
+    if not isinstance(table.get("epochs"), int) or table["epochs"] < 1:
+        raise ConfigError(f"{path} [molecules.{name}]: epochs must be a positive integer (the same for every "
+                          "variant of the molecule)")
+    long_md = table.get("long_md", {})
+    _check_keys(long_md, {"seeds", "time_ps"}, f"{path} [molecules.{name}] long_md")
+    return Molecule(name, table["epochs"], tuple(table.get("seeds", seeds)), bool(table.get("optional", False)),
+                    tuple(long_md.get("seeds", ())), long_md.get("time_ps"))

@@ -1,0 +1,96 @@
+"""The study's plots (PNG, matplotlib when installed), from the records alone: force RMSE per variant with
+95% intervals, stability time per variant, h(r) of each variant over the reference, validation curves."""
+
+from pathlib import Path
+
+import numpy as np
+
+from ..md.rdf import BINS
+from .report import Records, error_values, summarize, trajectories
+
+
+def write_plots(records: Records, out: Path) -> list[Path]:
+    """The PNGs written into ``out``; none without matplotlib or records."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return []
+    molecules = records.molecules()
+    if not molecules:
+        return []
+    horizon = records.main_horizon()
+    written = []
+    for name, draw in (("force_rmse", _force_rmse), ("stability", _stability), ("hr", _hr),
+                       ("validation", _validation)):
+        fig, axes = plt.subplots(1, len(molecules), figsize=(4.5 * len(molecules), 3.6), squeeze=False)
+        drawn = [draw(ax, records, m, horizon) for ax, m in zip(axes[0], molecules, strict=True)]
+        if any(drawn):
+            fig.tight_layout()
+            path = out / f"{name}.png"
+            fig.savefig(path, dpi=110)
+            written.append(path)
+        plt.close(fig)
+    return written
+
+
+def _force_rmse(ax, records, molecule, horizon) -> bool:
+    variants = [v for v in records.variants(molecule) if records.trained(molecule, v)]
+    for i, v in enumerate(variants):
+        values = error_values(records, molecule, v, "force_rmse_meV_A")
+        s = summarize(values)
+        if s.n > 1:
+            ax.errorbar([i], [s.mean], yerr=[[s.mean - s.lo], [s.hi - s.mean]], fmt="o", capsize=5, color="C0")
+        ax.scatter([i] * len(values), values, color="k", s=12, zorder=3)
+    ax.set_xticks(range(len(variants)), variants, rotation=20, ha="right")
+    ax.set(title=f"{molecule}: test force RMSE", ylabel="meV/Å (mean, 95% t-interval, seeds)")
+    return bool(variants)
+
+
+def _stability(ax, records, molecule, horizon) -> bool:
+    variants = [v for v in records.variants(molecule) if horizon and trajectories(records, molecule, v, horizon)]
+    for i, v in enumerate(variants):
+        times = [t["stability_ps"] for t in trajectories(records, molecule, v, horizon)]
+        ax.bar([i], [np.mean(times)], yerr=[np.std(times, ddof=1) if len(times) > 1 else 0], capsize=4,
+               color="C1", alpha=0.6)
+        ax.scatter(i + np.linspace(-0.2, 0.2, len(times)), times, color="k", s=10, zorder=3)
+    ax.set_xticks(range(len(variants)), variants, rotation=20, ha="right")
+    ax.set(title=f"{molecule}: stability over {horizon} ps", ylabel="stability time (ps)")
+    if horizon:
+        ax.set_ylim(0, float(horizon) * 1.05)
+    return bool(variants)
+
+
+def _hr(ax, records, molecule, horizon) -> bool:
+    centres = 0.5 * (BINS[1:] + BINS[:-1])
+    drawn = False
+    for k, v in enumerate(records.variants(molecule)):
+        curves = [np.array(r["horizons"][horizon]["hr"], dtype=float) for r in records.simulated(molecule, v)
+                  if horizon in r["horizons"]]
+        if not curves:
+            continue
+        if not drawn:
+            ref = records.simulated(molecule, v)[0]["hr_reference"]
+            ax.plot(centres, np.array(ref, dtype=float), "k", lw=2, label="reference (DFT)")
+            drawn = True
+        ax.plot(centres, np.nanmean(curves, axis=0), lw=1, color=f"C{k}", label=v)
+    if drawn:
+        ax.set(title=f"{molecule}: h(r), intact frames", xlabel="r (Å)", ylabel="h(r) (1/Å)", xlim=(0, 6))
+        ax.legend(fontsize=7)
+    return drawn
+
+
+def _validation(ax, records, molecule, horizon) -> bool:
+    drawn = False
+    for k, v in enumerate(records.variants(molecule)):
+        for j, r in enumerate(records.trained(molecule, v)):
+            curve = r["validation_curve"]
+            ax.plot([row["epoch"] for row in curve], [row["val_force_mae_meV_A"] for row in curve], color=f"C{k}",
+                    lw=1, label=v if j == 0 else None)
+            drawn = True
+    if drawn:
+        ax.set(title=f"{molecule}: validation", xlabel="epoch", ylabel="force MAE (meV/Å)", yscale="log")
+        ax.legend(fontsize=7)
+    return drawn

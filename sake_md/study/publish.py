@@ -1,0 +1,85 @@
+"""Publish each cell's median-validation model: ``potentials/<variant>_<molecule>.pt`` with a model card.
+
+The median seed is chosen on the best validation force MAE (test data plays no part in the choice);
+with an even number of seeds, the lower of the two middle ones.
+"""
+
+import shutil
+from pathlib import Path
+
+from ..calculator import SAKECalculator
+from ..errors import SakeMDError
+from .report import ERRORS, Records, bond_label
+
+
+def median_seed(trained: list[dict]) -> dict:
+    ranked = sorted(trained, key=lambda r: (r["best"]["force_mae_meV_A"], r["run"]["seed"]))
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def publish(records: Records, out: Path, potentials: Path, study_file: str = "STUDY.toml") -> list[Path]:
+    """Copy the median seed's best.pt of every (molecule, variant) with training records, plus a card.
+
+    ``out`` is the study folder that the records' checkpoint paths are relative to. Each copy is loaded
+    with ``SAKECalculator`` before the card is written.
+    """
+    written = []
+    potentials.mkdir(parents=True, exist_ok=True)
+    for molecule in records.molecules():
+        for variant in records.variants(molecule):
+            trained = records.trained(molecule, variant)
+            if not trained:
+                continue
+            chosen = median_seed(trained)
+            source = out / chosen["checkpoint"]
+            if not source.exists():
+                raise SakeMDError(f"cannot publish {variant} on {molecule}: {source} is gone (the records stay, "
+                                  "the run folders do not travel with the repository); re-run that seed")
+            target = potentials / f"{variant}_{molecule}.pt"
+            shutil.copyfile(source, target)
+            SAKECalculator(str(target))  # loads, or raises with the reason
+            md = next((r for r in records.simulated(molecule, variant)
+                       if r["run"]["seed"] == chosen["run"]["seed"]), None)
+            card = target.with_suffix(".md")
+            card.write_text(model_card(chosen, trained, md, target.name, study_file))
+            written += [target, card]
+    return written
+
+
+def model_card(chosen: dict, trained: list[dict], md: dict | None, filename: str, study_file: str) -> str:
+    run, cfg, cost = chosen["run"], chosen["config"], chosen["cost"]
+    seeds = ", ".join(f"seed {r['run']['seed']}: {r['best']['force_mae_meV_A']:.2f}" for r in trained)
+    lines = [f"# `{filename}`: `{run['variant']}` on rMD17 {run['molecule']}", "",
+             f"One model of the ablation study ({study_file}): variant `{run['variant']}`, seed {run['seed']}, the "
+             f"median of {len(trained)} seed(s) by best validation force MAE (meV/Å: {seeds}). Units eV, Å, "
+             f"eV/Å; load with `SAKECalculator(\"potentials/{filename}\")`.", "",
+             "## Test errors", "", f"`{Path(chosen['test']['data']).name}`, {chosen['test']['frames']} frames; "
+             "bootstrap 95% intervals over frames.", "", "| quantity | value | 95% interval |", "|---|---:|---|"]
+    for key, label in ERRORS:
+        s = chosen["test"][key]
+        lines.append(f"| {label} | {s['value']:.2f} | [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] |")
+    lines += ["", f"Validation ({cfg['n_valid']} held-out frames of `{Path(cfg['data']).name}`, split by the seed), "
+              f"best epoch "
+              f"{chosen['best']['epoch']}: force MAE {chosen['best']['force_mae_meV_A']:.2f} meV/Å, energy MAE "
+              f"{chosen['best']['energy_mae_meV']:.2f} meV.", ""]
+    if md is not None:
+        lines += ["## MD stability", ""]
+        for horizon, result in md["horizons"].items():
+            runs = result["runs"]
+            broken = [bond_label(t["collapse"]) for t in runs if t["collapse"]]
+            lines.append(f"- {md['config']['preset']}, {horizon} ps, {len(runs)} runs: stability "
+                         f"{result['stability_ps_mean']:.2f} ± {result['stability_ps_std']:.2f} ps, "
+                         f"{len(broken)} collapsed{' (' + ', '.join(broken) + ')' if broken else ''}, h(r) error "
+                         f"{result['hr_error']:.3f}, {result['steps_per_s']:.1f} steps/s ({md['config']['device']}).")
+        lines.append("")
+    settings = ", ".join(f"{k} {cfg[k]}" for k in ("recipe", "epochs", "batch_size", "lr", "energy_weight",
+                                                   "warmup_fraction", "decay_end", "dtype") if k in cfg)
+    model = ", ".join(f"{k} {v}" for k, v in cfg["model"].items() if k != "options" or v)
+    lines += ["## Training", "", f"Model: {model}. Recipe: {settings}.",
+              f"Cost: {cost['cpu_s'] / 3600:.2f} CPU-hours for {cost['epochs']} epochs, {cost['samples_per_s']:.1f} "
+              f"training samples/s, one thread, {cost['device']}; E+F {chosen['ef_ms']['median']:.1f} ms per call "
+              "(one molecule).", "",
+              "## Reproduce", "", "```bash",
+              f"sake-md study {study_file} --variant {run['variant']} --molecule {run['molecule']} "
+              f"--seed {run['seed']}", "```", ""]
+    return "\n".join(lines)
