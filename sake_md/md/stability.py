@@ -144,22 +144,24 @@ class _Monitor:
 
 def run_stability(potential: SAKEPotential, reference: ReferenceData, start: ReferenceData,
                   preset: StabilityPreset, runs: int, time_ps: float | None = None, seed: int = 0,
-                  device="cpu", name: str = "model", progress: bool = False) -> StabilityResult:
-    """Run the protocol for one potential: ``runs`` replicas from random frames of ``start``."""
+                  device="cpu", name: str = "model", progress: bool = False, compile=False) -> StabilityResult:
+    """Run the protocol for one potential: ``runs`` replicas from random frames of ``start``.
+
+    ``compile`` (True, False, "auto") as ``SAKEForces``; "auto" weighs the run's steps."""
     reference.check_same_molecule(start.numbers, f"start set {start.source}")
     if runs > len(start):
         raise InputError(f"{runs} runs need {runs} distinct start frames; {start.source} has {len(start)}")
     rng = np.random.default_rng(seed)
     frames = sorted(int(k) for k in rng.choice(len(start), runs, replace=False))
     atoms_list = [start.atoms(k) for k in frames]
-    model = SAKEForces.for_atoms(potential, atoms_list, device)
+    steps = preset.steps(time_ps)
+    model = SAKEForces.for_atoms(potential, atoms_list, device, compile, expected_calls=steps + 1)
     state = ReplicaState.from_atoms(atoms_list, torch.float64, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     maxwell_boltzmann(state, preset.temperature_K, generator)
     dt = preset.timestep_fs * units.fs
     integrator = NoseHooverChain(dt, preset.temperature_K, preset.tdamp_steps * dt, preset.chain)
     criteria = [BondCriterion.from_atoms(a, reference.positions) for a in atoms_list]
-    steps = preset.steps(time_ps)
     bar = _progress_bar(steps, name) if progress else None
     monitor = _Monitor(criteria, preset.timestep_fs / 1000.0, bar)
     t0 = time.perf_counter()

@@ -1,0 +1,316 @@
+"""Compiled inference: energy, per-atom energies and forces of a ``SAKEPotential`` as one compiled graph.
+
+``energy_forces`` is the one function; ``trace`` turns it, autograd's backward pass included, into one
+FX graph of ATen ops (``make_fx``), and ``CompiledPotential`` compiles that graph with inductor
+(``torch.compile(fullgraph=True, dynamic=False)``), one graph per (B, N, dtype, device, variant).
+
+The parameters are graph inputs, not constants baked into the graph: the compiled code depends on the
+architecture and the shapes only, so (a) it always uses the potential's current weights (a
+``load_state_dict`` or a fine-tuning step needs no recompile and can never leave stale weights in a
+compiled graph), and (b) torch's on-disk cache serves every checkpoint of the same architecture, e.g. a
+retrained model starts warm. Baking them in buys nothing on CPU (inductor does not fold weights
+without ``freezing``); the exported artifact (``sake_md.export``) does embed them.
+
+Start-up cost: the first compile of a shape takes minutes on one CPU core (inductor writes and builds
+C++ kernels); torch keeps the results in ``TORCHINDUCTOR_CACHE_DIR`` (default here
+``~/.cache/sake_md/inductor``), so a later process compiles the same shape in seconds. Each compile is
+announced on stderr with the time it is expected to take and the time it took; the times are kept in
+``~/.cache/sake_md/compile_times.json``. Without a working compiler, or when compiling fails, the
+potential runs eagerly after one warning that says why.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .model import SAKEPotential
+
+AUTO_FACTOR = 3.0  # "auto" compiles when the eager run would take this many times the expected compile
+COLD_COMPILE_S = {"cpu": 150.0, "cuda": 90.0}  # first compile, MD17 configuration; a guess until measured
+Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict]
+
+
+def energy_forces(potential: SAKEPotential, species, positions, mask) -> tuple[torch.Tensor, ...]:
+    """The function that is compiled: ``potential.predict`` with forces, as a tuple.
+
+    Shape: species (B, N), positions (B, N, 3), mask (B, N) -> energy (B,) float64, energies (B, N)
+    float64, forces (B, N, 3) in the model dtype.
+    """
+    out = potential.predict(species, positions, mask, forces=True)
+    return out["energy"], out["energies"], out["forces"]
+
+
+class _EnergyForces(nn.Module):
+    """``energy_forces`` as a module, so that ``torch.func.functional_call`` can feed it the weights."""
+
+    def __init__(self, potential: SAKEPotential):
+        super().__init__()
+        self.potential = potential
+
+    def forward(self, species, positions, mask):
+        return energy_forces(self.potential, species, positions, mask)
+
+
+def graph_state(potential: SAKEPotential) -> dict[str, torch.Tensor]:
+    """Parameters and buffers in the order the traced graph takes them (detached: no autograd outside)."""
+    module = _EnergyForces(potential)
+    return {k: v.detach() for k, v in [*module.named_parameters(), *module.named_buffers()]}
+
+
+def trace(potential: SAKEPotential, species, positions, mask) -> torch.fx.GraphModule:
+    """``energy_forces`` and its backward pass as one graph of ATen ops, for these shapes and dtypes.
+
+    The graph's inputs are the values of ``graph_state(potential)``, then species, positions and mask.
+    """
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    module = _EnergyForces(potential)
+    names = list(graph_state(potential))
+
+    def flat(*args):
+        state = dict(zip(names, args[:len(names)], strict=True))
+        return torch.func.functional_call(module, state, args[len(names):])
+
+    with torch.enable_grad():
+        return make_fx(flat, tracing_mode="fake")(*graph_state(potential).values(), species, positions, mask)
+
+
+# --- the persistent cache and the announced compile times ----------------------------------------------
+
+def cache_root() -> Path:
+    """``$XDG_CACHE_HOME/sake_md`` or ``~/.cache/sake_md``."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sake_md"
+
+
+def use_persistent_cache() -> str:
+    """Point torch's compile cache at ``cache_root()/inductor`` unless the user chose a place; make sure
+    the FX graph and AOTAutograd caches are on. Returns the directory."""
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+    import torch._functorch.config as functorch_config
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    functorch_config.enable_autograd_cache = True
+    return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
+def compile_record_key(potential: SAKEPotential, key: tuple) -> str:
+    """What a compile's cost depends on: architecture, shapes, dtype, device type and torch's version."""
+    text = json.dumps([potential.config.to_dict(), len(potential.atomic_numbers), [str(k) for k in key],
+                       torch.__version__], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _times_file() -> Path:
+    return cache_root() / "compile_times.json"
+
+
+def recorded_compile_s(record_key: str) -> float | None:
+    """Seconds the last compile of this key took in any process, if one is recorded."""
+    try:
+        return float(json.loads(_times_file().read_text())[record_key])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def record_compile_s(record_key: str, seconds: float):
+    """Remember a compile's duration (best effort: an unwritable cache only loses the estimate)."""
+    path = _times_file()
+    try:
+        times = json.loads(path.read_text()) if path.exists() else {}
+        times[record_key] = round(seconds, 1)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(times, indent=0))
+        tmp.replace(path)
+    except (OSError, ValueError, TypeError):
+        pass
+
+
+def expected_compile_s(potential: SAKEPotential, key: tuple) -> tuple[float, bool]:
+    """(seconds, warm): the last recorded compile of this key, else the cold estimate for the device."""
+    seconds = recorded_compile_s(compile_record_key(potential, key))
+    if seconds is not None:
+        return seconds, True
+    return COLD_COMPILE_S.get(torch.device(key[3]).type, COLD_COMPILE_S["cpu"]), False
+
+
+def notify(message: str, verbose: bool = True):
+    """Start-up messages go to stderr (stdout stays for results), flushed at once."""
+    if verbose:
+        print(f"sake_md: {message}", file=sys.stderr, flush=True)
+
+
+# --- availability and fallback -------------------------------------------------------------------------
+
+def compiler_unavailable(device: torch.device) -> str | None:
+    """Why ``torch.compile`` cannot work here, or None when it should."""
+    if not hasattr(torch, "compile"):
+        return f"torch {torch.__version__} has no torch.compile (needs torch >= 2.0)"
+    try:
+        from torch import _dynamo
+
+        if not _dynamo.is_dynamo_supported():
+            return f"torch.compile does not support Python {sys.version.split()[0]} with torch {torch.__version__}"
+    except Exception as e:  # an import error inside torch says the same
+        return f"torch.compile is not usable: {type(e).__name__}: {e}"
+    if device.type == "cpu":
+        cxx = os.environ.get("CXX", "c++")
+        if shutil.which(cxx) is None and shutil.which("g++") is None and shutil.which("clang++") is None:
+            return f"inductor needs a C++ compiler on CPU and none was found (tried $CXX={cxx}, g++, clang++)"
+    elif device.type == "cuda":
+        from torch.utils._triton import has_triton
+
+        if not has_triton():
+            return "inductor needs Triton on CUDA and it is not installed"
+    return None
+
+
+class CompiledPotential:
+    """``potential.predict`` (with forces) compiled, one graph per (B, N, dtype, device, variant).
+
+    Call it as ``predict``: ``(species (B, N), positions (B, N, 3), mask (B, N)) -> {"energy" (B,),
+    "energies" (B, N), "forces" (B, N, 3)}``. The first call of a new shape or dtype traces and compiles
+    (announced on stderr); later calls of that shape reuse the graph. If the compiler is missing, or
+    tracing, compiling or the first call fails, it warns once and evaluates eagerly from then on.
+    ``compiles`` counts the graphs compiled; ``eager_reason`` says why it fell back (None if it did not).
+    """
+
+    def __init__(self, potential: SAKEPotential, verbose: bool = True, options: dict | None = None):
+        self.potential = potential
+        self.verbose = verbose
+        self.options = options
+        self.graphs: dict[tuple, Callable] = {}
+        self.compiles = 0
+        self.eager_reason: str | None = None
+
+    def key(self, positions: torch.Tensor) -> tuple:
+        B, N = positions.shape[:2]
+        return B, N, self.potential.dtype, positions.device, self.potential.config.variant
+
+    def __call__(self, species, positions, mask) -> dict:
+        positions = positions.detach().to(self.potential.dtype)
+        if self.eager_reason is None:
+            key = self.key(positions)
+            state = list(graph_state(self.potential).values())
+            graph = self.graphs.get(key) or self._try_compile(key, state, species, positions, mask)
+            if graph is not None:
+                with torch.no_grad():
+                    energy, energies, forces = graph(*state, species, positions, mask)
+                return {"energy": energy, "energies": energies, "forces": forces}
+        return _eager(self.potential, species, positions, mask)
+
+    def fall_back(self, reason: str):
+        """Evaluate eagerly from now on; warn once."""
+        self.eager_reason = reason
+        self.graphs.clear()
+        warnings.warn(f"sake_md: {reason}; evaluating the potential eagerly (correct, but slower)",
+                      RuntimeWarning, stacklevel=3)
+
+    def _try_compile(self, key, state, species, positions, mask):
+        """The compiled graph for ``key``, or None after falling back (any failure of the compiler stack)."""
+        missing = compiler_unavailable(positions.device)
+        if missing:
+            self.fall_back(f"cannot compile: {missing}")
+            return None
+        try:
+            return self._compile(key, state, species, positions, mask)
+        except Exception as e:  # inductor, dynamo, the C++ toolchain: many kinds of errors
+            first_line = (str(e).strip().splitlines() or [""])[0][:300]
+            self.fall_back(f"compiling failed ({type(e).__name__}: {first_line})")
+            return None
+
+    def _compile(self, key, state, species, positions, mask):
+        cache = use_persistent_cache()
+        record = compile_record_key(self.potential, key)
+        seconds, warm = expected_compile_s(self.potential, key)
+        B, N, dtype, device, variant = key
+        what = f"{variant} energy+forces for {B} × {N} atoms ({str(dtype).removeprefix('torch.')}, {device})"
+        if warm:
+            notify(f"compiling {what}; last time this took {seconds:.0f} s (cache {cache})", self.verbose)
+        else:
+            notify(f"compiling {what} for the first time: expect up to a few minutes (~{seconds:.0f} s for "
+                   f"the MD17 model on one CPU core); later runs reuse the cache in {cache} and start in "
+                   "seconds", self.verbose)
+        start = time.perf_counter()
+        graph = torch.compile(trace(self.potential, species, positions, mask), fullgraph=True, dynamic=False,
+                              options=self.options if self.options is not None else default_options(device))
+        with torch.no_grad():
+            graph(*state, species, positions, mask)  # inductor compiles lazily, at the first call
+        elapsed = time.perf_counter() - start
+        self.graphs[key] = graph
+        self.compiles += 1
+        record_compile_s(record, elapsed)
+        notify(f"compiled in {elapsed:.1f} s", self.verbose)
+        return graph
+
+
+def default_options(device: torch.device) -> dict:
+    """Inductor options. On CPU a C++ wrapper calls the kernels: no Python between ~100 small kernels
+    (about 3x faster per call for small molecules than the Python wrapper, and quicker to build)."""
+    return {"cpp_wrapper": True} if torch.device(device).type == "cpu" else {}
+
+
+# --- choosing: True, False or "auto" --------------------------------------------------------------------
+
+def check_mode(mode) -> bool | str:
+    if mode is True or mode is False or mode == "auto":
+        return mode
+    raise ValueError(f"compile must be True, False or 'auto', got {mode!r}")
+
+
+def eager_call_s(potential: SAKEPotential, species, positions, mask, repeats: int = 3) -> float:
+    """Seconds of one eager energy+forces call (the best of ``repeats`` after one warm-up call)."""
+    times = []
+    for _ in range(repeats + 1):
+        start = time.perf_counter()
+        with torch.enable_grad():
+            potential.predict(species, positions.detach().to(potential.dtype), mask, forces=True)
+        times.append(time.perf_counter() - start)
+    return min(times[1:])
+
+
+def should_compile(calls: int | None, call_s: float, compile_s: float, factor: float = AUTO_FACTOR) -> bool:
+    """The "auto" rule: compile when the run's eager time exceeds ``factor`` × the expected compile time.
+
+    ``factor`` = 3 leaves room for a compile that takes longer than expected and does not bank on the
+    compiled speed-up (2-5x here); an unknown number of calls never compiles.
+    """
+    return calls is not None and calls * call_s > factor * compile_s
+
+
+def make_predictor(potential: SAKEPotential, mode, species, positions, mask, calls: int | None = None,
+                   verbose: bool = True) -> Predictor:
+    """``potential.predict`` with forces, compiled or not as ``mode`` (True, False, "auto") says.
+
+    "auto" times an eager call on this batch and applies ``should_compile`` to ``calls`` such calls; the
+    decision and its numbers are announced on stderr.
+    """
+    mode = check_mode(mode)
+    if mode == "auto":
+        key = (*positions.shape[:2], potential.dtype, positions.device, potential.config.variant)
+        call_s = eager_call_s(potential, species, positions, mask)
+        compile_s, warm = expected_compile_s(potential, key)
+        mode = should_compile(calls, call_s, compile_s)
+        run = "an unknown number of" if calls is None else f"{calls} ×"
+        notify(f"compile=auto: {run} calls of {call_s * 1e3:.1f} ms eager vs ~{compile_s:.0f} s to compile "
+               f"({'recorded' if warm else 'first time, estimated'}) -> "
+               f"{'compiling' if mode else 'eager'} (rule: eager time > {AUTO_FACTOR:g} × compile time)",
+               verbose)
+    if mode:
+        return CompiledPotential(potential, verbose)
+    return lambda species, positions, mask: _eager(potential, species, positions, mask)
+
+
+def _eager(potential, species, positions, mask) -> dict:
+    with torch.enable_grad():
+        return potential.predict(species, positions.detach().to(potential.dtype), mask, forces=True)
