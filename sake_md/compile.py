@@ -202,7 +202,9 @@ class CompiledPotential:
         if self.eager_reason is None:
             key = self.key(positions)
             state = list(graph_state(self.potential).values())
-            graph = self.graphs.get(key) or self._try_compile(key, state, species, positions, mask)
+            graph = self.graphs.get(key)
+            if graph is None:
+                graph = self._try_compile(key, state, species, positions, mask)
             if graph is not None:
                 with torch.no_grad():
                     energy, energies, forces = graph(*state, species, positions, mask)

@@ -19,3 +19,7 @@ class DataError(SakeMDError, ValueError):
 
 class ConfigError(SakeMDError, ValueError):
     """Hyperparameters that do not describe a model (unknown variant or option)."""
+
+
+class CompileError(SakeMDError):
+    """Exporting or precompiling a potential failed (the message carries torch's error)."""

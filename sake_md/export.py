@@ -16,11 +16,12 @@ import torch
 from torch import nn
 
 from .compile import graph_state, notify, trace, use_persistent_cache
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, CompileError, InputError
 from .model import SAKEPotential
 
 METADATA_KEY = "sake_md"
 FORMAT = "sake_md.aoti"
+MOLECULE_ALIASES = {"ethanol": "CH3CH2OH", "methanol": "CH3OH", "benzene": "C6H6", "water": "H2O"}
 
 
 class _Exported(nn.Module):
@@ -58,16 +59,46 @@ def export_package(potential: SAKEPotential, species, positions, mask, path, ver
             "torch_version": torch.__version__}
     notify(f"exporting {potential.config.variant} for {B} × {N} atoms ({meta['dtype']}, {device}) with "
            "AOTInductor: this builds the whole graph in C++ and takes a few minutes on one CPU core", verbose)
-    graph = trace(potential, species, positions, mask)
-    exported = torch.export.export(_Exported(graph, graph_state(potential)), (species, positions, mask),
-                                   strict=False)
-    from torch._inductor import aoti_compile_and_package
-
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.pt2")
-    aoti_compile_and_package(exported, package_path=str(tmp),
-                             inductor_configs={"aot_inductor.metadata": {METADATA_KEY: json.dumps(meta)}})
+    try:
+        from torch._inductor import aoti_compile_and_package
+
+        graph = trace(potential, species, positions, mask)
+        exported = torch.export.export(_Exported(graph, graph_state(potential)), (species, positions, mask),
+                                       strict=False)
+        aoti_compile_and_package(exported, package_path=str(tmp),
+                                 inductor_configs={"aot_inductor.metadata": {METADATA_KEY: json.dumps(meta)}})
+    except Exception as e:  # torch.export, inductor or the C++ toolchain
+        tmp.unlink(missing_ok=True)
+        first_line = (str(e).strip().splitlines() or [""])[0][:500]
+        raise CompileError(f"AOTInductor export failed with torch {torch.__version__}: {type(e).__name__}: "
+                           f"{first_line}. Use the checkpoint with compile=True instead.") from e
     tmp.replace(path)
     return path
+
+
+def export_for_atoms(checkpoint, structure: str, out, batch: int = 1, device="cpu", dtype=None,
+                     verbose: bool = True) -> Path:
+    """``sake-md compile``: the checkpoint, for batches of ``batch`` molecules of ``structure``'s size.
+
+    ``structure``: a file ASE reads, an ``ase.build.molecule`` name, or ethanol/methanol/benzene/water.
+    """
+    from .batch import atoms_to_batch
+    from .calculator import resolve_device, resolve_dtype
+    from .checkpoint import load_checkpoint
+    from .md.run import load_structure
+
+    if batch < 1:
+        raise InputError(f"--batch must be at least 1, got {batch}")
+    potential = load_checkpoint(checkpoint)
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype) if dtype is not None else potential.dtype
+    potential = potential.to(device=device, dtype=dtype).eval()
+    for p in potential.parameters():
+        p.requires_grad_(False)
+    atoms = load_structure(MOLECULE_ALIASES.get(structure, structure))
+    example = atoms_to_batch([atoms] * batch, potential, dtype, device)
+    return export_package(potential, example.species, example.positions, example.mask, out, verbose)
 
 
 def is_package(path) -> bool:
