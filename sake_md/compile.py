@@ -60,10 +60,22 @@ class _EnergyForces(nn.Module):
         return energy_forces(self.potential, species, positions, mask)
 
 
+def graph_inputs(potential: SAKEPotential) -> list[tuple[str, dict, str]]:
+    """Where the traced graph's weight inputs live, in its order: (name, owning module's parameter or
+    buffer dict, key). Reading ``d[key]`` at call time follows ``.to()``, ``load_state_dict`` and
+    reassigned parameters, and costs ~100x less than walking the module tree on every call."""
+    module = _EnergyForces(potential)
+    slots = []
+    for kind, named in (("_parameters", module.named_parameters()), ("_buffers", module.named_buffers())):
+        for name, _ in named:
+            owner, _, key = name.rpartition(".")
+            slots.append((name, getattr(module.get_submodule(owner), kind), key))
+    return slots
+
+
 def graph_state(potential: SAKEPotential) -> dict[str, torch.Tensor]:
     """Parameters and buffers in the order the traced graph takes them (detached: no autograd outside)."""
-    module = _EnergyForces(potential)
-    return {k: v.detach() for k, v in [*module.named_parameters(), *module.named_buffers()]}
+    return {name: d[key].detach() for name, d, key in graph_inputs(potential)}
 
 
 def trace(potential: SAKEPotential, species, positions, mask) -> torch.fx.GraphModule:
@@ -190,6 +202,7 @@ class CompiledPotential:
         self.verbose = verbose
         self.options = options
         self.graphs: dict[tuple, Callable] = {}
+        self._inputs = graph_inputs(potential)
         self.compiles = 0
         self.eager_reason: str | None = None
 
@@ -201,7 +214,7 @@ class CompiledPotential:
         positions = positions.detach().to(self.potential.dtype)
         if self.eager_reason is None:
             key = self.key(positions)
-            state = list(graph_state(self.potential).values())
+            state = [d[k] for _, d, k in self._inputs]  # under no_grad: no autograd even if they require grad
             graph = self.graphs.get(key)
             if graph is None:
                 graph = self._try_compile(key, state, species, positions, mask)
