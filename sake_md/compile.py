@@ -35,7 +35,8 @@ from torch import nn
 from .model import SAKEPotential
 
 AUTO_FACTOR = 3.0  # "auto" compiles when the eager run would take this many times the expected compile
-COLD_COMPILE_S = {"cpu": 150.0, "cuda": 90.0}  # first compile, MD17 configuration; a guess until measured
+COLD_COMPILE_S = {"cpu": 150.0, "cuda": 90.0}  # first compile, MD17 model (CPU: issue 8's trial; CUDA: a guess)
+WARM_FRACTION = 0.1  # a compile from torch's cache takes ~5-25 % of the first (146 s -> 8 s in issue 8's trial)
 Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict]
 
 
@@ -126,12 +127,14 @@ def _times_file() -> Path:
     return cache_root() / "compile_times.json"
 
 
-def recorded_compile_s(record_key: str) -> float | None:
-    """Seconds the last compile of this key took in any process, if one is recorded."""
+def recorded_compiles(record_key: str) -> dict:
+    """{"first": s, "cached": s}: the first compile of this key in any process, and the latest one after it
+    (which torch's cache served), where recorded."""
     try:
-        return float(json.loads(_times_file().read_text())[record_key])
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+        entry = json.loads(_times_file().read_text())[record_key]
+        return {k: float(v) for k, v in entry.items() if k in ("first", "cached")}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
 
 
 def record_compile_s(record_key: str, seconds: float):
@@ -139,21 +142,29 @@ def record_compile_s(record_key: str, seconds: float):
     path = _times_file()
     try:
         times = json.loads(path.read_text()) if path.exists() else {}
-        times[record_key] = round(seconds, 1)
+        entry = times.get(record_key) if isinstance(times.get(record_key), dict) else {}
+        entry["cached" if "first" in entry else "first"] = round(seconds, 1)
+        times[record_key] = entry
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(times, indent=0))
         tmp.replace(path)
-    except (OSError, ValueError, TypeError):
+    except (OSError, ValueError, TypeError, AttributeError):
         pass
 
 
-def expected_compile_s(potential: SAKEPotential, key: tuple) -> tuple[float, bool]:
-    """(seconds, warm): the last recorded compile of this key, else the cold estimate for the device."""
-    seconds = recorded_compile_s(compile_record_key(potential, key))
-    if seconds is not None:
-        return seconds, True
-    return COLD_COMPILE_S.get(torch.device(key[3]).type, COLD_COMPILE_S["cpu"]), False
+def expected_compile_s(potential: SAKEPotential, key: tuple) -> tuple[float, str]:
+    """(seconds, what the estimate rests on) for compiling ``key`` now.
+
+    A shape compiled before comes from torch's cache: the last such compile's time if recorded, else
+    ``WARM_FRACTION`` of the first one's. A new shape: ``COLD_COMPILE_S`` for the device.
+    """
+    times = recorded_compiles(compile_record_key(potential, key))
+    if "cached" in times:
+        return times["cached"], "from torch's cache, as last time"
+    if "first" in times:
+        return WARM_FRACTION * times["first"], f"from torch's cache; the first compile took {times['first']:.0f} s"
+    return COLD_COMPILE_S.get(torch.device(key[3]).type, COLD_COMPILE_S["cpu"]), "first compile of this shape"
 
 
 def notify(message: str, verbose: bool = True):
@@ -247,15 +258,11 @@ class CompiledPotential:
     def _compile(self, key, state, species, positions, mask):
         cache = use_persistent_cache()
         record = compile_record_key(self.potential, key)
-        seconds, warm = expected_compile_s(self.potential, key)
+        seconds, basis = expected_compile_s(self.potential, key)
         B, N, dtype, device, variant = key
         what = f"{variant} energy+forces for {B} × {N} atoms ({str(dtype).removeprefix('torch.')}, {device})"
-        if warm:
-            notify(f"compiling {what}; last time this took {seconds:.0f} s (cache {cache})", self.verbose)
-        else:
-            notify(f"compiling {what} for the first time: expect up to a few minutes (~{seconds:.0f} s for "
-                   f"the MD17 model on one CPU core); later runs reuse the cache in {cache} and start in "
-                   "seconds", self.verbose)
+        later = "" if "cache" in basis else "; a later process reuses torch's cache and takes a fraction of it"
+        notify(f"compiling {what}: expect ~{seconds:.0f} s ({basis}{later}; cache {cache})", self.verbose)
         start = time.perf_counter()
         graph = torch.compile(trace(self.potential, species, positions, mask), fullgraph=True, dynamic=False,
                               options=self.options if self.options is not None else default_options(device))
@@ -314,11 +321,11 @@ def make_predictor(potential: SAKEPotential, mode, species, positions, mask, cal
     if mode == "auto":
         key = (*positions.shape[:2], potential.dtype, positions.device, potential.config.variant)
         call_s = eager_call_s(potential, species, positions, mask)
-        compile_s, warm = expected_compile_s(potential, key)
+        compile_s, basis = expected_compile_s(potential, key)
         mode = should_compile(calls, call_s, compile_s)
         run = "an unknown number of" if calls is None else f"{calls} ×"
         notify(f"compile=auto: {run} calls of {call_s * 1e3:.1f} ms eager vs ~{compile_s:.0f} s to compile "
-               f"({'recorded' if warm else 'first time, estimated'}) -> "
+               f"({basis}) -> "
                f"{'compiling' if mode else 'eager'} (rule: eager time > {AUTO_FACTOR:g} × compile time)",
                verbose)
     if mode:

@@ -228,7 +228,7 @@ def test_auto_rule():
 
 
 def test_auto_decides_from_the_run_length(monkeypatch, capsys):
-    monkeypatch.setattr(sc, "expected_compile_s", lambda potential, key: (10.0, True))
+    monkeypatch.setattr(sc, "expected_compile_s", lambda potential, key: (10.0, "a test"))
     monkeypatch.setattr(sc, "eager_call_s", lambda *a, **k: 0.01)
     p = tiny()
     b = batch(p, molecules("CH3CH2OH"))
@@ -256,9 +256,14 @@ def test_compile_times_are_recorded(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     p = tiny()
     key = (1, 9, torch.float64, torch.device("cpu"), "sake")
-    assert sc.expected_compile_s(p, key) == (sc.COLD_COMPILE_S["cpu"], False)
-    sc.record_compile_s(sc.compile_record_key(p, key), 12.34)
-    assert sc.expected_compile_s(p, key) == (12.3, True)
+    assert sc.expected_compile_s(p, key)[0] == sc.COLD_COMPILE_S["cpu"]
+    record = sc.compile_record_key(p, key)
+    sc.record_compile_s(record, 120.0)  # the first compile: the next one should come from the cache
+    assert sc.expected_compile_s(p, key)[0] == pytest.approx(sc.WARM_FRACTION * 120.0)
+    sc.record_compile_s(record, 7.04)  # and then it did
+    assert sc.expected_compile_s(p, key)[0] == 7.0
+    other = (2, 9, torch.float64, torch.device("cpu"), "sake")
+    assert sc.expected_compile_s(p, other)[0] == sc.COLD_COMPILE_S["cpu"]
 
 
 # --- users of the compiled path ------------------------------------------------------------------------
