@@ -163,12 +163,12 @@ class CompiledTrainStep:
         self.compile_seconds: list[float] = []
 
     @classmethod
-    def for_trainer(cls, trainer) -> "CompiledTrainStep":
+    def for_trainer(cls, trainer, backend: str = "inductor") -> "CompiledTrainStep":
         """The compiled step of a ``Trainer``: its potential and this process's share of a full batch."""
         cfg, ctx = trainer.cfg, trainer.ctx
         global_batch = min(cfg.batch_size, len(trainer.train_set))
         frames = len(np.array_split(np.arange(global_batch), ctx.world)[ctx.rank])
-        return cls(trainer.potential, frames, int(trainer.train_set.n_atoms.max()), ctx, verbose=ctx.main)
+        return cls(trainer.potential, frames, int(trainer.train_set.n_atoms.max()), ctx, ctx.main, backend)
 
     @property
     def n_graphs(self) -> int:

@@ -23,6 +23,7 @@ from sake_md.cli import main
 from sake_md.compile_train import CompiledTrainStep, bucket_atoms, pad_batch
 from sake_md.data import frames_to_dataset, labelled_batch
 from sake_md.model import ModelConfig
+from sake_md.spatial import SPATIAL_BLOCKS
 from sake_md.train import PaperAdam, TrainConfig, Trainer, train
 
 from .test_data import emt_frames, write_npz
@@ -118,6 +119,21 @@ def test_compiled_step_gives_eager_gradients_and_loss_curve(trainers):
     for key, value in eager.potential.state_dict().items():
         torch.testing.assert_close(compiled.potential.state_dict()[key], value, rtol=0, atol=1e-10)
     assert any(not torch.equal(v, init[k]) for k, v in eager.potential.state_dict().items())
+
+
+@pytest.mark.parametrize("variant", list(SPATIAL_BLOCKS))
+def test_every_variant_traces_to_the_eager_gradients(npz, tmp_path, variant):
+    """The traced graph of every registered variant (run by the "eager" backend) = the eager step."""
+    model = ModelConfig(variant=variant, hidden=8, heads=2, layers=2, radial=8).to_dict()
+    trainer = Trainer(tiny_config(npz, tmp_path, model=model), distributed.Context(), CPU)
+    step = CompiledTrainStep.for_trainer(trainer, backend="eager")
+    lb = labelled_batch(trainer.train_set, np.arange(4), trainer.potential.species_index, torch.float64)
+    loss_c, de_c, df_c = step(lb, trainer.cfg)
+    g_c = grads(trainer.potential)
+    loss_e, de_e, df_e, g_e = eager_reference(trainer, lb, trainer.cfg)
+    assert not step.failed and float(loss_c) == pytest.approx(loss_e, rel=1e-12)
+    torch.testing.assert_close(df_c, df_e, rtol=0, atol=1e-10)
+    assert_same_grads(g_e, g_c)
 
 
 def test_partial_batch_is_padded_by_repeating_its_frames(trainers):
