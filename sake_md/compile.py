@@ -314,8 +314,8 @@ def make_predictor(potential: SAKEPotential, mode, species, positions, mask, cal
                    verbose: bool = True) -> Predictor:
     """``potential.predict`` with forces, compiled or not as ``mode`` (True, False, "auto") says.
 
-    "auto" times an eager call on this batch and applies ``should_compile`` to ``calls`` such calls; the
-    decision and its numbers are announced on stderr.
+    "auto" times an eager call on this batch and applies ``should_compile`` to ``calls`` such calls; a
+    decision to compile is announced on stderr with its numbers (staying eager costs nothing: silent).
     """
     mode = check_mode(mode)
     if mode == "auto":
@@ -325,9 +325,7 @@ def make_predictor(potential: SAKEPotential, mode, species, positions, mask, cal
         mode = should_compile(calls, call_s, compile_s)
         run = "an unknown number of" if calls is None else f"{calls} ×"
         notify(f"compile=auto: {run} calls of {call_s * 1e3:.1f} ms eager vs ~{compile_s:.0f} s to compile "
-               f"({basis}) -> "
-               f"{'compiling' if mode else 'eager'} (rule: eager time > {AUTO_FACTOR:g} × compile time)",
-               verbose)
+               f"({basis}) -> compiling (rule: eager time > {AUTO_FACTOR:g} × compile time)", verbose and mode)
     if mode:
         return CompiledPotential(potential, verbose)
     return lambda species, positions, mask: _eager(potential, species, positions, mask)
