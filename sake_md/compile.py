@@ -106,14 +106,27 @@ def cache_root() -> Path:
 
 def use_persistent_cache() -> str:
     """Point torch's compile cache at ``cache_root()/inductor`` unless the user chose a place; make sure
-    the FX graph and AOTAutograd caches are on. Returns the directory."""
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache_root() / "inductor"))
+    the FX graph and AOTAutograd caches are on. Returns the directory.
+
+    torch writes its own default (``/tmp/torchinductor_$USER``, lost on reboot) into the environment
+    the first time it asks for the cache, so that value counts as not chosen."""
+    current = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    if current is None or os.path.abspath(current) == _torch_default_cache_dir():
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(cache_root() / "inductor")
     import torch._functorch.config as functorch_config
     import torch._inductor.config as inductor_config
 
     inductor_config.fx_graph_cache = True
     functorch_config.enable_autograd_cache = True
     return os.environ["TORCHINDUCTOR_CACHE_DIR"]
+
+
+def _torch_default_cache_dir() -> str | None:
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # another torch: its default is only used when nothing is set, as ours
+        return None
+    return os.path.abspath(default_cache_dir())
 
 
 def compile_record_key(potential: SAKEPotential, key: tuple) -> str:
@@ -295,8 +308,9 @@ def eager_call_s(potential: SAKEPotential, species, positions, mask, repeats: in
     times = []
     for _ in range(repeats + 1):
         start = time.perf_counter()
-        with torch.enable_grad():
-            potential.predict(species, positions.detach().to(potential.dtype), mask, forces=True)
+        _eager(potential, species, positions, mask)
+        if positions.device.type == "cuda":
+            torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return min(times[1:])
 
@@ -318,13 +332,14 @@ def make_predictor(potential: SAKEPotential, mode, species, positions, mask, cal
     decision to compile is announced on stderr with its numbers (staying eager costs nothing: silent).
     """
     mode = check_mode(mode)
+    if mode == "auto" and calls is None:  # nothing to repay a compile against
+        mode = False
     if mode == "auto":
         key = (*positions.shape[:2], potential.dtype, positions.device, potential.config.variant)
         call_s = eager_call_s(potential, species, positions, mask)
         compile_s, basis = expected_compile_s(potential, key)
         mode = should_compile(calls, call_s, compile_s)
-        run = "an unknown number of" if calls is None else f"{calls} ×"
-        notify(f"compile=auto: {run} calls of {call_s * 1e3:.1f} ms eager vs ~{compile_s:.0f} s to compile "
+        notify(f"compile=auto: {calls} calls × {call_s * 1e3:.1f} ms eager vs ~{compile_s:.0f} s to compile "
                f"({basis}) -> compiling (rule: eager time > {AUTO_FACTOR:g} × compile time)", verbose and mode)
     if mode:
         return CompiledPotential(potential, verbose)

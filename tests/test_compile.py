@@ -87,17 +87,18 @@ def no_silent_recompiles():
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_compiled_equals_eager_float64(compiled, variant):
-    model = compiled(variant)
+def test_compiled_equals_eager(compiled, variant, dtype):
+    model = compiled(variant) if dtype == torch.float64 else sc.CompiledPotential(tiny(variant).float(), False)
     b = batch(model.potential, molecules("CH3CH2OH"))
     out = model(b.species, b.positions, b.mask)
     assert model.compiles == 1 and model.eager_reason is None
-    assert out["energy"].dtype == out["energies"].dtype == torch.float64
-    assert_same(out, eager(model.potential, b), torch.float64)
+    assert out["energy"].dtype == out["energies"].dtype == torch.float64 and out["forces"].dtype == dtype
+    assert_same(out, eager(model.potential, b), dtype)
     # other coordinates of the same shape: the same graph, and still the eager numbers
     b2 = batch(model.potential, molecules("CH3CH2OH", seed=7))
-    assert_same(model(b2.species, b2.positions, b2.mask), eager(model.potential, b2), torch.float64)
+    assert_same(model(b2.species, b2.positions, b2.mask), eager(model.potential, b2), dtype)
     assert model.compiles == 1
 
 
@@ -250,6 +251,11 @@ def test_persistent_cache_location(monkeypatch, tmp_path):
     assert inductor_config.fx_graph_cache
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
     assert sc.use_persistent_cache() == str(tmp_path / "mine")  # the user's choice wins
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    cache_dir()  # torch writes its /tmp default into the environment: not a user's choice
+    assert sc.use_persistent_cache() == str(tmp_path / "sake_md" / "inductor")
 
 
 def test_compile_times_are_recorded(monkeypatch, tmp_path):
