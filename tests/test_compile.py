@@ -357,3 +357,13 @@ def test_exported_package_loads_without_compiling(tmp_path, monkeypatch):
     too_big += ase.Atoms("H", positions=[[3.0, 3.0, 3.0]])
     with pytest.raises(Exception, match="compiled for"):
         calc.get_potential_energy(too_big)
+
+
+def test_compile_command_refuses_bad_arguments(tmp_path):
+    ckpt = str(save_checkpoint(tmp_path / "tiny.pt", tiny()))
+    result = CliRunner().invoke(main, ["compile", ckpt, "--out", str(tmp_path / "x.pt2")])
+    assert result.exit_code == 2 and "--molecule NAME or --atoms FILE" in result.output
+    result = CliRunner().invoke(main, ["compile", ckpt, "--molecule", "ethanol", "--out", str(tmp_path / "x.zip")])
+    assert result.exit_code == 1 and ".pt2" in result.output
+    result = CliRunner().invoke(main, ["compile", ckpt, "--molecule", "CH3Cl", "--out", str(tmp_path / "x.pt2")])
+    assert result.exit_code == 1 and "Cl" in result.output  # an element the model does not know
