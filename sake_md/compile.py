@@ -129,10 +129,11 @@ def _torch_default_cache_dir() -> str | None:
     return os.path.abspath(default_cache_dir())
 
 
-def compile_record_key(potential: SAKEPotential, key: tuple) -> str:
-    """What a compile's cost depends on: architecture, shapes, dtype, device type and torch's version."""
+def compile_record_key(potential: SAKEPotential, key: tuple, options: dict | None = None) -> str:
+    """What a compile's cost depends on: architecture, shapes, dtype, device, inductor options, torch."""
+    options = default_options(key[3]) if options is None else options
     text = json.dumps([potential.config.to_dict(), len(potential.atomic_numbers), [str(k) for k in key],
-                       torch.__version__], sort_keys=True)
+                       options, torch.__version__], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -166,13 +167,13 @@ def record_compile_s(record_key: str, seconds: float):
         pass
 
 
-def expected_compile_s(potential: SAKEPotential, key: tuple) -> tuple[float, str]:
+def expected_compile_s(potential: SAKEPotential, key: tuple, options: dict | None = None) -> tuple[float, str]:
     """(seconds, what the estimate rests on) for compiling ``key`` now.
 
     A shape compiled before comes from torch's cache: the last such compile's time if recorded, else
     ``WARM_FRACTION`` of the first one's. A new shape: ``COLD_COMPILE_S`` for the device.
     """
-    times = recorded_compiles(compile_record_key(potential, key))
+    times = recorded_compiles(compile_record_key(potential, key, options))
     if "cached" in times:
         return times["cached"], "from torch's cache, as last time"
     if "first" in times:
@@ -270,8 +271,8 @@ class CompiledPotential:
 
     def _compile(self, key, state, species, positions, mask):
         cache = use_persistent_cache()
-        record = compile_record_key(self.potential, key)
-        seconds, basis = expected_compile_s(self.potential, key)
+        record = compile_record_key(self.potential, key, self.options)
+        seconds, basis = expected_compile_s(self.potential, key, self.options)
         B, N, dtype, device, variant = key
         what = f"{variant} energy+forces for {B} × {N} atoms ({str(dtype).removeprefix('torch.')}, {device})"
         later = "" if "cache" in basis else "; a later process reuses torch's cache and takes a fraction of it"
