@@ -4,7 +4,13 @@ One step = forward, forces by autograd, loss MAE(F) + w·MAE(E), double backward
 step — the trainer's own functions. Uses rMD17 ethanol when present, else rattled copies of ASE's ethanol
 with random labels (the cost of the dense model does not depend on the values).
 
+``--compile`` also runs the compiled step (``sake_md.compile_train``: forward, forces, loss and
+gradients as one graph) and reports eager and compiled side by side, in interleaved rounds, with the
+compile time of the first compiled step (cold unless torch's on-disk cache already holds the graph).
+
     python benchmarks/bench_train.py [--threads 2] [--batch-size 32] [--steps 10] [--dtype float32]
+    python benchmarks/bench_train.py --compile --threads 1 --batch-size 32 [--device cuda]
+    python benchmarks/bench_train.py --compile --hidden 8 --layers 2 --steps 2 --rounds 1   # smoke run
 """
 
 import argparse
@@ -37,46 +43,87 @@ def ethanol_data(frames: int = 256) -> tuple[Dataset, str]:
                    "generated"), "generated ethanol (ase.build.molecule, rattled)"
 
 
-def main():
+def parse_args():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--steps", type=int, default=10, help="Timed steps per round and mode.")
+    ap.add_argument("--rounds", type=int, default=3, help="Interleaved eager/compiled rounds (with --compile).")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    args = ap.parse_args()
+    ap.add_argument("--device", default="cpu", help="cpu or cuda.")
+    ap.add_argument("--compile", action="store_true", help="Also time the compiled step, side by side.")
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--radial", type=int, default=50)
+    return ap.parse_args()
+
+
+def main():
+    args = parse_args()
     torch.set_num_threads(args.threads)
-    dtype = getattr(torch, args.dtype)
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", str(args.threads))
+    dtype, device = getattr(torch, args.dtype), torch.device(args.device)
     data, source = ethanol_data()
     cfg = TrainConfig(data=source, out="-", epochs=1, batch_size=args.batch_size, energy_weight=0.1)
     torch.manual_seed(0)
-    potential = SAKEPotential(data.species, ModelConfig(), float(data.energy.std()), float(data.energy.mean()))
-    potential = potential.to(dtype)
+    config = ModelConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, radial=args.radial)
+    potential = SAKEPotential(data.species, config, float(data.energy.std()), float(data.energy.mean()))
+    potential = potential.to(device=device, dtype=dtype)
     model = ForceModel(potential)
     opt = PaperAdam(potential.parameters(), 1e-4, cfg.betas, cfg.eps, cfg.weight_decay, cfg.clip)
     order = shuffled_order(len(data), 0, 0)
+    batch_list = []
+    for k in range(max(1, len(data) // args.batch_size)):
+        idx = order[k * args.batch_size:(k + 1) * args.batch_size]
+        batch_list.append(labelled_batch(data, idx, potential.species_index, dtype, device))
 
-    def step(k):
-        idx = order[(k * args.batch_size) % len(data):][:args.batch_size]
-        lb = labelled_batch(data, idx, potential.species_index, dtype)
+    def eager(lb):
         energy_model, forces = model(lb.batch.species, lb.batch.positions, lb.batch.mask)
         de, df = residuals(energy_model, forces, lb, potential)
         opt.zero_grad(set_to_none=True)
         loss_from(de, df, lb.batch.mask, cfg).backward()
-        opt.step()
-        return len(idx)
 
-    for k in range(args.warmup):
-        step(k)
-    times, samples = [], 0
-    for k in range(args.steps):
+    steps = {"eager": eager}
+    compiled = None
+    if args.compile:
+        from sake_md.compile_train import CompiledTrainStep
+
+        compiled = CompiledTrainStep(potential, args.batch_size, int(data.n_atoms.max()), verbose=True)
+        steps["compiled"] = lambda lb: compiled(lb, cfg)
+
+    def timed(step, k) -> float:
+        lb = batch_list[k % len(batch_list)]
+        if device.type == "cuda":
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
-        samples += step(args.warmup + k)
-        times.append(time.perf_counter() - t0)
-    per_step = float(np.median(times))
-    print(f"torch {torch.__version__}, {args.threads} threads, {args.dtype}, data: {source}")
-    print(f"batch {args.batch_size}: median {per_step * 1e3:.0f} ms/step, {args.batch_size / per_step:.1f} samples/s "
-          f"(mean over {args.steps} steps: {samples / sum(times):.1f} samples/s)")
+        step(lb)
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    first = {name: timed(step, 0) for name, step in steps.items()}  # includes compiling
+    for step in steps.values():
+        for k in range(args.warmup):
+            timed(step, k + 1)
+    times = {name: [] for name in steps}
+    for _ in range(args.rounds if args.compile else 1):
+        for name, step in steps.items():
+            times[name] += [timed(step, args.warmup + 1 + k) for k in range(args.steps)]
+
+    print(f"torch {torch.__version__}, {args.threads} threads, {device}, {args.dtype}, data: {source}, "
+          f"model H={args.hidden} K={args.heads} layers={args.layers} radial={args.radial}")
+    per_step = {name: float(np.median(t)) for name, t in times.items()}
+    for name, t in per_step.items():
+        print(f"{name:9s} batch {args.batch_size}: median {t * 1e3:.1f} ms/step, {args.batch_size / t:.1f} samples/s "
+              f"(over {len(times[name])} steps)")
+    if compiled is not None:
+        failed = " (compile FAILED: eager fallback)" if compiled.failed else ""
+        print(f"compiled/eager speed-up: {per_step['eager'] / per_step['compiled']:.2f}x{failed}")
+        print(f"first compiled step: {first['compiled']:.1f} s (trace + compile; cold unless torch's cache holds "
+              f"this graph), first eager step: {first['eager']:.2f} s")
 
 
 if __name__ == "__main__":

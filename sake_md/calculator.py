@@ -11,6 +11,8 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .batch import atoms_to_batch
 from .checkpoint import load_checkpoint
+from .compile import CompiledPotential, check_mode, make_predictor
+from .export import PackagedPotential, is_package
 from .model import SAKEPotential
 from .neighbours import VerletNeighbours
 
@@ -50,8 +52,15 @@ def check_keywords(calculator: type, kwargs: dict):
 class SAKECalculator(Calculator):
     """ASE calculator for a SAKE potential.
 
-    ``model`` is a checkpoint path or a ``SAKEPotential``. ``dtype`` defaults to the checkpoint's.
-    Energies are in eV, forces in eV/Å. ``energies`` are per-atom energies that sum to ``energy``.
+    ``model`` is a checkpoint path, a ``SAKEPotential`` or a precompiled ``.pt2`` package (``sake-md
+    compile``; its device and dtype are fixed). ``dtype`` defaults to the checkpoint's. Energies are in
+    eV, forces in eV/Å. ``energies`` are per-atom energies that sum to ``energy``.
+
+    ``compile``: True compiles energy+forces (``sake_md.compile``; minutes the first time for a shape,
+    seconds later), False evaluates eagerly, "auto" compiles when ``expected_calls`` calls would take
+    eager longer than 3× the expected compile time (decided at the first call; never without
+    ``expected_calls``). Compilation applies to dense (molecular) models.
+
     A model in sparse mode (trained with a cutoff, or a dense one given ``cutoff`` in Å) takes periodic
     structures and gives ``stress`` (eV/Å³) when all three directions are periodic; its neighbour list
     is reused between calls with a ``skin`` in Å (see ``sake_md.neighbours.VerletNeighbours``).
@@ -59,10 +68,16 @@ class SAKECalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "energies"]
 
-    def __init__(self, model: str | Path | SAKEPotential, device: str = "cpu", dtype=None, cutoff: float | None = None,
+    def __init__(self, model: str | Path | SAKEPotential, device: str = "cpu", dtype=None, compile=False,
+                 expected_calls: int | None = None, verbose: bool = True, cutoff: float | None = None,
                  skin: float = 0.5, **kwargs):
         check_keywords(type(self), kwargs)
         super().__init__(**kwargs)
+        self.compile_mode, self.expected_calls, self.verbose = check_mode(compile), expected_calls, verbose
+        self.neighbours = None
+        if is_package(model):
+            self._load_package(model, device, dtype)
+            return
         potential = model if isinstance(model, SAKEPotential) else load_checkpoint(model)
         potential = potential.with_cutoff(cutoff)
         self.neighbours = None if potential.cutoff is None else VerletNeighbours(potential.cutoff, skin)
@@ -73,6 +88,18 @@ class SAKECalculator(Calculator):
         self.potential = potential.to(device=self.device, dtype=self.dtype).eval()
         for p in self.potential.parameters():
             p.requires_grad_(False)
+        dense = self.potential.cutoff is None
+        self.evaluator = CompiledPotential(self.potential, verbose) if compile is True and dense else None
+
+    def _load_package(self, path, device, dtype):
+        self.potential = self.evaluator = PackagedPotential(path)
+        self.device, self.dtype = self.potential.device, self.potential.dtype
+        asked = {"device": None if device in ("auto", None) else torch.device(device).type,
+                 "dtype": None if dtype is None else str(resolve_dtype(dtype)).removeprefix("torch.")}
+        for name, value in asked.items():
+            have = str(getattr(self, name)).removeprefix("torch.").split(":")[0]
+            if value is not None and value != have:
+                raise ValueError(f"{path} was compiled for {name} {have}; asked for {value}")
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -95,13 +122,16 @@ class SAKECalculator(Calculator):
             chunk = atoms_list[start:start + batch_size]
             batch = atoms_to_batch(chunk, self.potential, self.dtype, self.device)
             stress = forces and batch.pbc is not None and bool(batch.pbc.all())
-            table = None
-            if neighbours is not None and len(chunk) == 1:
-                a = chunk[0]
-                table = neighbours.table(a.numbers, a.positions, a.cell.array, a.pbc, self.device)
-            with torch.enable_grad():
-                out = self.potential.predict(batch.species, batch.positions, batch.mask, forces=forces,
-                                             cell=batch.cell, pbc=batch.pbc, stress=stress, neighbours=table)
+            if self.potential.cutoff is None:
+                out = self._evaluate(batch, forces)
+            else:  # sparse mode: neighbour tables change from call to call, so it runs eagerly
+                table = None
+                if neighbours is not None and len(chunk) == 1:
+                    a = chunk[0]
+                    table = neighbours.table(a.numbers, a.positions, a.cell.array, a.pbc, self.device)
+                with torch.enable_grad():
+                    out = self.potential.predict(batch.species, batch.positions, batch.mask, forces=forces,
+                                                 cell=batch.cell, pbc=batch.pbc, stress=stress, neighbours=table)
             energy = out["energy"].cpu().numpy()
             energies = out["energies"].cpu().numpy()
             f = out["forces"].detach().to(torch.float64).cpu().numpy() if forces else None
@@ -114,6 +144,14 @@ class SAKECalculator(Calculator):
                     res["stress"] = out["stress"][b].detach().to(torch.float64).cpu().numpy()
                 results.append(res)
         return results
+
+    def _evaluate(self, batch, forces: bool) -> dict:
+        if not forces and not isinstance(self.potential, PackagedPotential):
+            return self.potential.predict(batch.species, batch.positions, batch.mask, forces=False)
+        if self.evaluator is None:  # compile=False or "auto": decided on the first batch
+            self.evaluator = make_predictor(self.potential, self.compile_mode, batch.species, batch.positions,
+                                            batch.mask, self.expected_calls, self.verbose)
+        return self.evaluator(batch.species, batch.positions, batch.mask)
 
     def predict_arrays(self, atoms_list, batch_size: int = 32) -> tuple[np.ndarray, list[np.ndarray]]:
         """Energies (M,) and a list of force arrays, for evaluation code."""

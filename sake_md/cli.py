@@ -96,6 +96,9 @@ def format_summary(summary: dict, indent: int = 0) -> str:
 @click.option("--energy-unit", help="Energy unit of the file (default: kcal/mol for npz, eV otherwise).")
 @click.option("--length-unit", help="Length unit of the file (default: Å).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt (its config.json wins).")
+@click.option("--compile", "compile", is_flag=True,
+              help="Compile forward, forces, loss and gradients into one graph (minutes to compile on a CPU; "
+                   "pads the last partial batch of an epoch by repeating its frames).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(**options):
     """Train a potential; writes config.json, metrics.jsonl, last.pt and best.pt to --out.
@@ -222,10 +225,14 @@ def curves(runs, plot):
               help="Committee only: stop (exit status 4) when the largest per-atom force deviation passes this.")
 @click.option("--warn-force-std", type=float, metavar="EV_PER_A",
               help="Committee only: warn once when the largest per-atom force deviation passes this.")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="Compile energy+forces into one graph (minutes the first time for a molecule size, seconds "
+                   "from torch's cache later). Default: auto, compile when the run's eager time would exceed "
+                   "3x the expected compile time.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.pass_context
 def run_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs, steps, seed, traj, log, interval,
-                reference, device, dtype, threads, max_force_std, warn_force_std, no_progress):
+                reference, device, dtype, threads, max_force_std, warn_force_std, compile_, no_progress):
     """Molecular dynamics of one molecule with ASE's integrators.
 
     Stops when a bond deviates more than 0.5 Å from its reference (exit status 3), or, for a committee,
@@ -238,7 +245,7 @@ def run_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs,
     settings = MDSettings(ensemble, temperature_k, timestep_fs, steps, interval, seed,
                           max_force_std=max_force_std, warn_force_std=warn_force_std)
     summary = run_from_files(potential, structure, reference, settings, traj or None, log or None, device, dtype,
-                             progress=not no_progress)
+                             progress=not no_progress, compile=_compile_mode(compile_))
     for line in summary.lines(timestep_fs):
         click.echo(line)
     ctx.exit(summary.exit_status)
@@ -259,8 +266,13 @@ def run_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs,
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), help="[default: each checkpoint's]")
 @click.option("--threads", type=int, help="torch.set_num_threads.")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="Compile energy+forces into one graph (minutes the first time for a molecule size, seconds "
+                   "from torch's cache later). Default: auto, compile when the run's eager time would exceed "
+                   "3x the expected compile time.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def compare(checkpoints, preset, runs, reference, test, time_text, out, seed, device, dtype, threads, no_progress):
+def compare(checkpoints, preset, runs, reference, test, time_text, out, seed, device, dtype, threads, compile_,
+            no_progress):
     """MD stability of CHECKPOINTS (after Fu et al. 2023): stability time, h(r) error, force error, speed."""
     from .md.compare import compare as run_compare
     from .md.compare import format_table, write_outputs
@@ -269,7 +281,7 @@ def compare(checkpoints, preset, runs, reference, test, time_text, out, seed, de
     _set_threads(threads)
     time_ps = parse_time_ps(time_text) if time_text else PRESETS[preset].time_ps
     results, h_ref = run_compare(list(checkpoints), reference, test, preset, runs, time_ps, seed, device, dtype,
-                                 progress=not no_progress)
+                                 progress=not no_progress, compile=_compile_mode(compile_))
     click.echo(format_table(results, time_ps))
     settings = {"preset": preset, "time_ps": time_ps, "runs": runs or PRESETS[preset].runs, "seed": seed,
                 "reference": reference, "test": test, "checkpoints": list(checkpoints)}
@@ -300,6 +312,34 @@ def study_command(ctx, study_file, **options):
     from .study import run_study
 
     ctx.exit(run_study(study_file, echo=click.echo, **options))
+
+
+@main.command("compile")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The package to write (.pt2).")
+@click.option("--molecule", help="An ase.build.molecule name (or ethanol, benzene): the package's size.")
+@click.option("--atoms", "atoms_file", type=click.Path(dir_okay=False),
+              help="A structure file ASE reads (last frame), instead of --molecule.")
+@click.option("--batch", type=int, default=1, show_default=True, help="Molecules per call (B).")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), help="[default: the checkpoint's]")
+def compile_command(checkpoint, out, molecule, atoms_file, batch, device, dtype):
+    """Precompile CHECKPOINT for one molecule size into a .pt2 (AOTInductor) that loads without compiling.
+
+    The package evaluates batches of up to --batch molecules of up to as many atoms as the given
+    molecule (smaller ones are padded): SAKECalculator("x.pt2") or sake-md run --potential x.pt2.
+    """
+    from .export import export_for_atoms
+
+    if (molecule is None) == (atoms_file is None):
+        raise click.UsageError("give --molecule NAME or --atoms FILE")
+    path = export_for_atoms(checkpoint, molecule or atoms_file, out, batch, device, dtype)
+    click.echo(f"wrote {path}")
+
+
+def _compile_mode(flag):
+    """--compile -> True, --no-compile -> False, neither -> "auto"."""
+    return "auto" if flag is None else flag
 
 
 def _set_threads(threads):

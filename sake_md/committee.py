@@ -213,9 +213,10 @@ def as_numpy(t: torch.Tensor) -> np.ndarray:
     return t.detach().to(torch.float64).cpu().numpy()
 
 
-def make_calculator(models: Sequence[str | Path | SAKEPotential], device: str = "cpu", dtype=None):
-    """``SAKECalculator`` for one potential, ``CommitteeCalculator`` for several."""
+def make_calculator(models: Sequence[str | Path | SAKEPotential], device: str = "cpu", dtype=None, **single):
+    """``SAKECalculator`` for one potential (``single``: its options, e.g. compile), ``CommitteeCalculator``
+    for several (evaluated eagerly)."""
     models = list(models)
     if len(models) == 1:
-        return SAKECalculator(models[0], device=device, dtype=dtype)
+        return SAKECalculator(models[0], device=device, dtype=dtype, **single)
     return CommitteeCalculator(models, device=device, dtype=dtype)

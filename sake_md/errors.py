@@ -23,3 +23,7 @@ class ConfigError(SakeMDError, ValueError):
 
 class CommitteeError(SakeMDError, ValueError):
     """Potentials that cannot form a committee (different species, units or dtypes)."""
+
+
+class CompileError(SakeMDError):
+    """Exporting or precompiling a potential failed (the message carries torch's error)."""

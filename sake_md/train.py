@@ -88,6 +88,7 @@ class TrainConfig:
     length_unit: str | None = None
     refit_shift: bool = True  # at the end, re-centre best.pt's energy shift on the training split
     progress: bool = True
+    compile: bool = False  # the training step as one compiled graph (sake_md.compile_train)
 
     def __post_init__(self):
         if self.recipe not in RECIPES:
@@ -305,6 +306,13 @@ class Trainer:
         self.optimizer = PaperAdam(self.potential.parameters(), cfg.lr_start, cfg.betas, cfg.eps, cfg.weight_decay,
                                    cfg.clip, cfg.amsgrad)
         self.average = WeightAverage(self.potential, cfg.ema_decay) if cfg.ema_decay else None
+        self.step = self.eager_step
+        if cfg.compile and self.potential.cutoff is not None:
+            raise SakeMDError("--compile trains dense (molecular) models; a model with --cutoff trains eagerly")
+        if cfg.compile:
+            from .compile_train import CompiledTrainStep
+
+            self.step = CompiledTrainStep.for_trainer(self)
 
     def build_potential(self) -> SAKEPotential:
         torch.manual_seed(self.cfg.seed)
@@ -367,12 +375,7 @@ class Trainer:
             lb = labelled_batch(self.train_set, idx, species_index, self.dtype, self.device)
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(self.progress(), self.cfg)
-            energy_model, forces = self.model(lb.batch.species, lb.batch.positions, lb.batch.mask, lb.batch.cell,
-                                              lb.batch.pbc)
-            de, df = residuals(energy_model, forces, lb, self.potential)
-            loss = loss_from(de, df, lb.batch.mask, self.loss_settings())
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss, de, df = self.step(lb, self.loss_settings())
             self.optimizer.step()
             if self.average is not None:
                 self.average.update()
@@ -383,6 +386,16 @@ class Trainer:
             if bar is not None:
                 bar.set_postfix_str(f"loss {float(loss.detach()):.3f}", refresh=False)
         return errors.summary(self.ctx, "train")
+
+    def eager_step(self, lb: LabelledBatch, cfg: TrainConfig):
+        """Forward, forces, loss and its gradients (into p.grad) for one batch -> loss, de, df."""
+        energy_model, forces = self.model(lb.batch.species, lb.batch.positions, lb.batch.mask, lb.batch.cell,
+                                          lb.batch.pbc)
+        de, df = residuals(energy_model, forces, lb, self.potential)
+        loss = loss_from(de, df, lb.batch.mask, cfg)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        return loss, de, df
 
     def validate(self) -> dict:
         """Errors on this process's share of the validation frames, summed over processes."""

@@ -135,7 +135,7 @@ def test_sigterm_leaves_readable_trajectory_and_log(tmp_path):
     # no forces and 0.01 K: nothing can collapse for thousands of steps, so only the signal stops the run
     quiet = str(save_checkpoint(tmp_path / "quiet.pt", small_potential(energy_scale=0.0)))
     traj, log = tmp_path / "md.extxyz", tmp_path / "md.log"
-    cmd = [sys.executable, "-m", "sake_md.cli", "run", "--potential", quiet, "--steps", "1000000",
+    cmd = [sys.executable, "-m", "sake_md.cli", "run", "--potential", quiet, "--steps", "1000000", "--no-compile",
            "--temperature-K", "0.01", "--interval", "1", "--traj", str(traj), "--log", str(log), "--no-progress"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -20,8 +20,10 @@ def model_names(paths) -> list[str]:
 
 
 def compare(checkpoints, reference, test=None, preset="mdsim-md17", runs=None, time_ps=None, seed=0,
-            device="cpu", dtype=None, progress=False) -> tuple[list[StabilityResult], np.ndarray]:
-    """Run the protocol for each checkpoint. Returns the results and the reference h(r) (500,)."""
+            device="cpu", dtype=None, progress=False, compile="auto") -> tuple[list[StabilityResult], np.ndarray]:
+    """Run the protocol for each checkpoint. Returns the results and the reference h(r) (500,).
+
+    ``compile``: True, False or "auto" (compile when the run is long enough to repay it; ``SAKEForces``)."""
     p = PRESETS[preset]
     ref = read_reference(reference)
     test_data = read_reference(test) if test else None
@@ -35,7 +37,8 @@ def compare(checkpoints, reference, test=None, preset="mdsim-md17", runs=None, t
     for name, potential in zip(model_names(checkpoints), potentials, strict=True):
         if dtype is not None:
             potential = potential.to(resolve_dtype(dtype))
-        result = run_stability(potential, ref, start, p, runs or p.runs, time_ps, seed, device, name, progress)
+        result = run_stability(potential, ref, start, p, runs or p.runs, time_ps, seed, device, name, progress,
+                               compile)
         if test_data is not None and test_data.forces is not None:
             result.force_mae_meV_A, result.force_rmse_meV_A = force_errors(potential, test_data, device)
         results.append(result)

@@ -19,6 +19,7 @@ import torch
 from ase import units
 
 from ..batch import atoms_to_batch
+from ..compile import make_predictor
 from ..errors import InputError
 from ..model import SAKEPotential
 
@@ -212,28 +213,36 @@ class SAKEForces:
     """A ``SAKEPotential`` as a force model for a fixed padded batch of replicas.
 
     ``species`` and ``mask`` are (B, N); positions are cast to the potential's dtype for the call and
-    forces come back in it (``update_forces`` casts them to the state's dtype).
+    forces come back in it (``update_forces`` casts them to the state's dtype). ``compile``: True,
+    False or "auto" (``sake_md.compile.make_predictor``: compile when ``expected_calls`` eager calls
+    would take longer than 3× the expected compile time); the batch's shape is fixed, so it compiles once.
     """
 
-    def __init__(self, potential: SAKEPotential, species: torch.Tensor, mask: torch.Tensor):
+    def __init__(self, potential: SAKEPotential, species: torch.Tensor, mask: torch.Tensor, compile=False,
+                 expected_calls: int | None = None, positions: torch.Tensor | None = None, verbose: bool = True):
         self.potential = potential.eval()
         for p in self.potential.parameters():
             p.requires_grad_(False)
         self.species, self.mask = species, mask
+        if compile == "auto" and positions is None:
+            raise ValueError("compile='auto' times an eager call and needs example positions (B, N, 3)")
+        example = positions if positions is not None else torch.zeros(*mask.shape, 3)
+        self.predict = make_predictor(self.potential, compile, species, example.to(mask.device), mask,
+                                      expected_calls, verbose)
 
     @classmethod
-    def for_atoms(cls, potential: SAKEPotential, atoms_list, device="cpu") -> "SAKEForces":
+    def for_atoms(cls, potential: SAKEPotential, atoms_list, device="cpu", compile=False,
+                  expected_calls: int | None = None) -> "SAKEForces":
         """Validate the structures against the potential (unknown elements raise ``InputError``) and pad them."""
         batch = atoms_to_batch(atoms_list, potential, potential.dtype, device)
         if batch.pbc is not None:
             raise InputError("batched replicas integrate molecules only; for periodic structures use "
                              "SAKECalculator with ASE's integrators")
-        return cls(potential.to(device), batch.species, batch.mask)
+        return cls(potential.to(device), batch.species, batch.mask, compile, expected_calls, batch.positions)
 
     def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Shape: (B, N, 3) -> energy (B,) float64, forces (B, N, 3)."""
-        with torch.enable_grad():  # predict() detaches the positions and asks for their gradient itself
-            out = self.potential.predict(self.species, positions.detach().to(self.potential.dtype), self.mask)
+        out = self.predict(self.species, positions, self.mask)
         return out["energy"], out["forces"]
 
 

@@ -401,18 +401,23 @@ class _Recorder:
 
 def run_from_files(potential=None, structure: str | None = None, reference=None,
                    settings: MDSettings | None = None, traj=None, log=None, device="cpu", dtype=None,
-                   progress: bool = True) -> RunSummary:
+                   progress: bool = True, compile="auto") -> RunSummary:
     """What ``sake-md run`` does: resolve the potential (default: the shipped one; several: a committee)
-    and the structure (default: ethanol), optionally reference bond lengths from a dataset, then ``run_md``."""
+    and the structure (default: ethanol), optionally reference bond lengths from a dataset, then ``run_md``.
+
+    ``compile``: True, False or "auto" (compile when the run's steps would take eager longer than 3× the
+    expected compile time; ``sake_md.compile.should_compile``). A committee is evaluated eagerly."""
     from ..committee import make_calculator
     from .reference import read_reference
 
+    settings = settings or MDSettings()
     potentials = list(potential) if isinstance(potential, (list, tuple)) else [potential] if potential else []
-    calc = make_calculator(potentials or [shipped_potential()], device=device, dtype=dtype)
+    calc = make_calculator(potentials or [shipped_potential()], device=device, dtype=dtype, compile=compile,
+                           expected_calls=settings.steps + 1)
     atoms = load_structure(structure)
     criterion = None
     if reference is not None:
         ref = read_reference(reference)
         ref.check_same_molecule(atoms.numbers)
         criterion = BondCriterion.from_atoms(atoms, ref.positions)
-    return run_md(atoms, calc, settings or MDSettings(), traj, log, criterion, progress)
+    return run_md(atoms, calc, settings, traj, log, criterion, progress)

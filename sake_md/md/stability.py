@@ -143,18 +143,19 @@ class _Monitor:
 
 
 def protocol_setup(potential: SAKEPotential, reference: ReferenceData, start: ReferenceData,
-                   preset: StabilityPreset, runs: int, seed: int = 0, device="cpu"):
+                   preset: StabilityPreset, runs: int, seed: int = 0, device="cpu", compile=False,
+                   expected_calls: int | None = None):
     """The protocol's starting point: ``runs`` distinct start frames of ``start`` (drawn with ``seed``), their
-    replica state with Maxwell–Boltzmann momenta, the force model, the Nosé–Hoover integrator and the bond
-    criteria (reference lengths: the mean over ``reference``). Returns (frames, model, state, integrator,
-    criteria)."""
+    replica state with Maxwell–Boltzmann momenta, the force model (``compile`` as ``SAKEForces``), the
+    Nosé–Hoover integrator and the bond criteria (reference lengths: the mean over ``reference``). Returns
+    (frames, model, state, integrator, criteria)."""
     reference.check_same_molecule(start.numbers, f"start set {start.source}")
     if runs > len(start):
         raise InputError(f"{runs} runs need {runs} distinct start frames; {start.source} has {len(start)}")
     rng = np.random.default_rng(seed)
     frames = sorted(int(k) for k in rng.choice(len(start), runs, replace=False))
     atoms_list = [start.atoms(k) for k in frames]
-    model = SAKEForces.for_atoms(potential, atoms_list, device)
+    model = SAKEForces.for_atoms(potential, atoms_list, device, compile, expected_calls=expected_calls)
     state = ReplicaState.from_atoms(atoms_list, torch.float64, device)
     generator = torch.Generator(device=device).manual_seed(seed)
     maxwell_boltzmann(state, preset.temperature_K, generator)
@@ -166,11 +167,13 @@ def protocol_setup(potential: SAKEPotential, reference: ReferenceData, start: Re
 
 def run_stability(potential: SAKEPotential, reference: ReferenceData, start: ReferenceData,
                   preset: StabilityPreset, runs: int, time_ps: float | None = None, seed: int = 0,
-                  device="cpu", name: str = "model", progress: bool = False) -> StabilityResult:
-    """Run the protocol for one potential: ``runs`` replicas from random frames of ``start``."""
-    frames, model, state, integrator, criteria = protocol_setup(potential, reference, start, preset, runs, seed,
-                                                                device)
+                  device="cpu", name: str = "model", progress: bool = False, compile=False) -> StabilityResult:
+    """Run the protocol for one potential: ``runs`` replicas from random frames of ``start``.
+
+    ``compile`` (True, False, "auto") as ``SAKEForces``; "auto" weighs the run's steps."""
     steps = preset.steps(time_ps)
+    frames, model, state, integrator, criteria = protocol_setup(potential, reference, start, preset, runs, seed,
+                                                                device, compile, expected_calls=steps + 1)
     bar = _progress_bar(steps, name) if progress else None
     monitor = _Monitor(criteria, preset.timestep_fs / 1000.0, bar)
     t0 = time.perf_counter()

@@ -1,0 +1,302 @@
+"""The compiled training step: forward, forces, loss and parameter gradients as ONE compiled graph.
+
+One function of (parameters, buffers, species, positions, mask, energy and force labels, loss
+weights) runs the model through ``torch.func.functional_call``, takes forces with
+``create_graph=True``, forms the residuals and the loss with the trainer's own ``residuals`` and
+``loss_from`` (the one definition of the loss) and differentiates the loss by the parameters. It is
+traced with ``make_fx`` (fake tensors, so nothing is computed and data-dependent Python branches
+fail loudly instead of being baked in) into a single aten graph, which ``torch.compile(fullgraph=True,
+dynamic=False)`` compiles. The optimiser step stays eager; gradients are written into ``p.grad``
+(under DDP they are all-reduced and averaged here, as DDP would).
+
+Shapes are fixed, so every graph serves one (frames, atoms) shape:
+
+* **Frames.** Full batches have a fixed size. The last, partial batch of an epoch is **padded** to
+  that size by repeating its own frames (as ``DistributedSampler`` pads): no frame is dropped, no
+  extra compile, and no empty frame (whose 1/N would be inf) enters the graph. Those repeats weigh
+  double in that one step's loss; the running train errors count each real frame once.
+* **Atoms.** Data of one molecule is never padded. With mixed sizes a batch's atom count is rounded
+  up to a multiple of ``ATOM_BUCKET`` (capped at the largest molecule of the data), so at most
+  ceil(N_max / 8) graphs are compiled; padding atoms are masked as everywhere in sake_md.
+
+Float fields of the config that the loss reads (energy and force weights, ...) are inputs of the
+graph, so a weight changed between epochs does not recompile; any other field it reads (a loss kind,
+a flag) is a constant of the graph and a change makes a new one. If compiling fails, training goes
+on eagerly after one warning.
+"""
+
+import dataclasses
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+from torch.func import functional_call
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from . import distributed
+from . import train as training  # its loss_from and residuals, looked up at call time: one definition
+from .batch import Batch
+from .data import LabelledBatch
+
+ATOM_BUCKET = 8
+
+
+def bucket_atoms(n: int, n_max: int, step: int = ATOM_BUCKET) -> int:
+    """Padded atom count for a batch whose largest molecule has ``n`` atoms.
+
+    ``n`` rounded up to a multiple of ``step``, never above ``n_max`` (the data's largest molecule),
+    so data of one molecule keeps its exact size.
+    """
+    return max(n, min(-(-n // step) * step, n_max))
+
+
+def pad_batch(lb: LabelledBatch, frames: int, atoms: int) -> LabelledBatch:
+    """Pad ``lb`` (b, n) to (frames, atoms): extra frames repeat the batch's own frames cyclically,
+    extra atoms are padding (mask False, species 0, zero positions and forces)."""
+    b, n = lb.batch.species.shape
+    if (b, n) == (frames, atoms):
+        return lb
+    rows = torch.arange(frames, device=lb.energy.device) % b
+
+    def grow(t: torch.Tensor) -> torch.Tensor:
+        out = t.new_zeros((b, atoms, *t.shape[2:]))
+        out[:, :n] = t
+        return out[rows]
+
+    batch = Batch(grow(lb.batch.species), grow(lb.batch.positions), grow(lb.batch.mask))
+    return LabelledBatch(batch, lb.energy[rows], grow(lb.forces), np.asarray(lb.indices)[rows.cpu().numpy()])
+
+
+def weight_names(cfg) -> tuple[str, ...]:
+    """The config's numeric (float-typed) fields: these enter the graph as tensors."""
+    names = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, float) or (f.type is float and isinstance(value, int) and not isinstance(value, bool)):
+            names.append(f.name)
+    return tuple(names)
+
+
+class TracedSettings:
+    """``cfg`` as ``loss_from`` sees it while traced: named weights are graph tensors, every other
+    field read is recorded in ``constants`` (it becomes part of the graph)."""
+
+    def __init__(self, cfg, weights: dict):
+        self._cfg, self._weights, self.constants = cfg, weights, {}
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name in self._weights:
+            return self._weights[name]
+        value = getattr(self._cfg, name)
+        self.constants[name] = value
+        return value
+
+
+def _compile(graph: torch.fx.GraphModule, backend: str = "inductor"):
+    """The compiler (a separate function so that tests can make it fail)."""
+    return torch.compile(graph, backend=backend, fullgraph=True, dynamic=False)
+
+
+class BatchLoss(nn.Module):
+    """The trainer's loss of one labelled batch, as a module around the potential: ``functional_call``
+    on it swaps parameters and buffers in everywhere (model and reference energies alike)."""
+
+    def __init__(self, potential):
+        super().__init__()
+        self.model = training.ForceModel(potential)
+
+    def forward(self, species, positions, mask, energy, forces, settings):
+        """Shape: (B, N), (B, N, 3), (B, N), (B,), (B, N, 3) -> loss (), de (B,), df (B, N, 3), with graph."""
+        energy_model, predicted = self.model(species, positions, mask)
+        labelled = LabelledBatch(Batch(species, positions, mask), energy, forces, None)
+        de, df = training.residuals(energy_model, predicted, labelled, self.model.potential)
+        return training.loss_from(de, df, mask, settings), de, df
+
+
+class CompiledGraph:
+    """One compiled step for one shape: flat tensors in, (loss, de, df, *grads of used params) out."""
+
+    def __init__(self, fn, used: list[bool], weights: tuple[str, ...], constants: dict):
+        self.fn, self.used, self.weights, self.constants = fn, used, weights, constants
+        self.calls = 0
+
+    def matches(self, cfg, weights: tuple[str, ...]) -> bool:
+        if self.weights not in ((), weights):  # () : the loss's floats are constants of this graph
+            return False
+        return all(_same(getattr(cfg, k, _MISSING), v) for k, v in self.constants.items())
+
+
+_MISSING = object()
+
+
+def _same(a, b) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # e.g. arrays: compare as text
+        return repr(a) == repr(b)
+
+
+class CompiledTrainStep:
+    """``step(lb, cfg) -> (loss, de, df)`` like ``Trainer.eager_step``, through compiled graphs.
+
+    ``frames``: the (local) batch size of full batches; smaller batches are padded to it. ``n_max``:
+    the largest molecule of the data (caps the atom buckets). ``backend``: torch.compile's
+    ("eager" or "aot_eager" to debug the traced graph without inductor). Graphs are kept per shape in
+    ``self.graphs``. If tracing or compiling fails, the same step function runs eagerly from then on.
+    Under DDP (``ctx.active``) every step, compiled or not, averages the gradients with one all-reduce,
+    so processes never disagree about collectives.
+    """
+
+    def __init__(self, potential, frames: int, n_max: int, ctx: distributed.Context | None = None,
+                 verbose: bool = True, backend: str = "inductor"):
+        self.potential, self.frames, self.n_max, self.backend = potential, frames, n_max, backend
+        self.ctx = ctx or distributed.Context()
+        self.verbose = verbose
+        self.module = BatchLoss(potential)
+        self.graphs: dict[tuple, list[CompiledGraph]] = {}
+        self.failed = False
+        self.compile_seconds: list[float] = []
+
+    @classmethod
+    def for_trainer(cls, trainer, backend: str = "inductor") -> "CompiledTrainStep":
+        """The compiled step of a ``Trainer``: its potential and this process's share of a full batch."""
+        cfg, ctx = trainer.cfg, trainer.ctx
+        global_batch = min(cfg.batch_size, len(trainer.train_set))
+        frames = len(np.array_split(np.arange(global_batch), ctx.world)[ctx.rank])
+        return cls(trainer.potential, frames, int(trainer.train_set.n_atoms.max()), ctx, ctx.main, backend)
+
+    @property
+    def n_graphs(self) -> int:
+        return sum(len(g) for g in self.graphs.values())
+
+    # ---- the step ------------------------------------------------------------------------------
+    def __call__(self, lb: LabelledBatch, cfg):
+        if self.failed:
+            return self.eager(lb, cfg)
+        b, n = lb.batch.species.shape
+        padded = pad_batch(lb, max(b, self.frames), bucket_atoms(n, max(self.n_max, n)))
+        names = weight_names(cfg)
+        graph = self.find(padded, cfg, names)
+        if graph is None:
+            try:
+                graph = self.build(padded, cfg, names)
+                out = self.run(graph, padded, cfg)
+            except Exception as err:  # anything the tracer or compiler cannot do: go on eagerly
+                self.failed = True
+                first = (str(err).strip().splitlines() or [""])[0][:300]
+                warnings.warn(f"compiling the training step failed ({type(err).__name__}: {first}); "
+                              f"training eagerly", RuntimeWarning, stacklevel=2)
+                return self.eager(lb, cfg)
+        else:
+            out = self.run(graph, padded, cfg)
+        loss, de, df, grads = out
+        self.write_grads(graph.used, grads)
+        return loss, de[:b], df[:b, :n]
+
+    def eager(self, lb: LabelledBatch, cfg):
+        """The same step function, run eagerly on the unpadded batch."""
+        params = [p.detach().requires_grad_(True) for p in self.module.parameters()]
+        used, settings = [], []
+        loss, de, df, *grads = self.step_function(cfg, (), used, settings)(*self.inputs(params, lb, cfg, ()))
+        self.write_grads(used, grads)
+        return loss, de, df
+
+    def find(self, lb: LabelledBatch, cfg, names) -> CompiledGraph | None:
+        for graph in self.graphs.get(self.shape_key(lb), []):
+            if graph.matches(cfg, names):
+                return graph
+        return None
+
+    def shape_key(self, lb: LabelledBatch) -> tuple:
+        p = self.potential
+        return (tuple(lb.batch.positions.shape), lb.batch.positions.dtype, lb.batch.positions.device,
+                p.energy_scale, p.energy_shift)
+
+    def inputs(self, params, lb: LabelledBatch, cfg, names) -> list[torch.Tensor]:
+        """The step function's flat inputs: parameters, buffers, the batch, its labels, the loss weights."""
+        dtype = lb.batch.positions.dtype
+        weights = torch.tensor([float(getattr(cfg, k)) for k in names], dtype=dtype, device=lb.energy.device)
+        buffers = [b for _, b in self.module.named_buffers()]
+        b = lb.batch
+        return [*params, *buffers, b.species, b.positions, b.mask, lb.energy, lb.forces, weights]
+
+    def run(self, graph: CompiledGraph, lb: LabelledBatch, cfg):
+        params = [p.detach() for p in self.module.parameters()]
+        start = time.perf_counter()
+        with torch.no_grad():
+            loss, de, df, *grads = graph.fn(*self.inputs(params, lb, cfg, graph.weights))
+        if graph.calls == 0:  # torch.compile compiles on the first call
+            self.compile_seconds[-1] += time.perf_counter() - start
+            if self.verbose:
+                print(f"compiled the training step in {self.compile_seconds[-1]:.0f} s", file=sys.stderr, flush=True)
+        graph.calls += 1
+        return loss, de, df, grads
+
+    def write_grads(self, used: list[bool], grads) -> None:
+        """Set p.grad (None where the loss does not reach a parameter, as eager autograd leaves it);
+        under DDP, average over processes with one all-reduce, as DDP does."""
+        params = list(self.module.parameters())
+        it = iter(grads)
+        full = [next(it) if u else None for u in used]
+        if self.ctx.active:
+            full = [torch.zeros_like(p) if g is None else g for p, g in zip(params, full, strict=True)]
+            flat = torch.cat([g.reshape(-1) for g in full])
+            torch.distributed.all_reduce(flat)
+            flat /= self.ctx.world
+            full = [t.view_as(p) for t, p in zip(flat.split([p.numel() for p in params]), params, strict=True)]
+        for p, g in zip(params, full, strict=True):
+            p.grad = None if g is None else g.detach()
+
+    # ---- tracing and compiling ------------------------------------------------------------------
+    def step_function(self, cfg, names: tuple[str, ...], used: list, settings: list):
+        """The step as a function of flat tensors (see ``inputs``) -> (loss, de, df, *grads of the used
+        parameters). ``used`` and ``settings`` receive which parameters got a gradient and the config
+        view that the loss read."""
+        param_names = [k for k, _ in self.module.named_parameters()]
+        buffer_names = [k for k, _ in self.module.named_buffers()]
+        n_p, n_b = len(param_names), len(buffer_names)
+        module = self.module
+
+        def step(*flat):
+            ps, bs = flat[:n_p], flat[n_p:n_p + n_b]
+            species, positions, mask, energy, forces, weights = flat[n_p + n_b:]
+            state = {**dict(zip(param_names, ps, strict=True)), **dict(zip(buffer_names, bs, strict=True))}
+            view = TracedSettings(cfg, {k: weights[i] for i, k in enumerate(names)})
+            settings.append(view)
+            loss, de, df = functional_call(module, state, (species, positions, mask, energy, forces, view))
+            grads = torch.autograd.grad(loss, ps, allow_unused=True)
+            used[:] = [g is not None for g in grads]
+            return (loss.detach(), de.detach(), df.detach(), *[g for g in grads if g is not None])
+
+        return step
+
+    def build(self, lb: LabelledBatch, cfg, names) -> CompiledGraph:
+        """Trace the step for this shape and these settings; compile it (torch compiles on the first call)."""
+        B, N = lb.batch.species.shape
+        if self.verbose:
+            print(f"compiling the training step for batches of {B} frames x {N} atoms ({lb.batch.positions.dtype}); "
+                  f"on a CPU this takes minutes the first time, torch's compile cache makes later runs faster",
+                  file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        try:
+            traced, used, constants = self.trace(lb, cfg, names)
+        except Exception:  # the loss branches on a weight's value: make the weights constants of the graph
+            names = ()
+            traced, used, constants = self.trace(lb, cfg, names)
+        graph = CompiledGraph(_compile(traced, self.backend), used, names, constants)
+        self.compile_seconds.append(time.perf_counter() - start)
+        self.graphs.setdefault(self.shape_key(lb), []).append(graph)
+        return graph
+
+    def trace(self, lb: LabelledBatch, cfg, names):
+        """make_fx on fake tensors -> (graph module, used parameters, config constants the loss read)."""
+        params = [p.detach().requires_grad_(True) for p in self.module.parameters()]
+        used, settings = [], []
+        traced = make_fx(self.step_function(cfg, names, used, settings), tracing_mode="fake")(
+            *self.inputs(params, lb, cfg, names))
+        return traced, list(used), dict(settings[-1].constants)
