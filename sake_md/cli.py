@@ -6,6 +6,7 @@ import click
 
 from .errors import SakeMDError
 from .spatial import SPATIAL_BLOCKS
+from .train import LOSSES, RECIPES, describe_recipe
 
 
 class Group(click.Group):
@@ -54,30 +55,31 @@ def format_summary(summary: dict, indent: int = 0) -> str:
               help="Model variant (registry sake_md.spatial.SPATIAL_BLOCKS).")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Training file (npz, extxyz, ASE db).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--recipe", type=click.Choice(["paper", "budget"]), default=None,
-              help="paper: batch 4, 5000 epochs; budget: schedule over --time-budget. Default: budget if "
-                   "--time-budget is given, else paper.")
+@click.option("--recipe", type=click.Choice(list(RECIPES)), default=None,
+              help="Preset settings (each option below overrides it): "
+                   + "; ".join(f"{name}: {describe_recipe(name)}" for name in RECIPES)
+                   + ". Default: budget if --time-budget is given, else paper.")
 @click.option("--time-budget", help="Wall-clock budget, e.g. 30m, 1h30m.")
 @click.option("--epochs", type=int, help="Number of epochs (instead of a time budget).")
 @click.option("--test", type=click.Path(dir_okay=False), help="Test file evaluated with best.pt at the end.")
 @click.option("--valid", "n_valid", type=int, default=50, show_default=True, help="Frames held out for validation.")
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float, help="Peak learning rate [1e-3].")
-@click.option("--lr-start", type=float, help="Learning rate at the start of the warm-up [1e-6].")
-@click.option("--warmup-fraction", type=float, help="Fraction of the run spent warming up [0.1].")
-@click.option("--decay-end", type=float, help="Fraction of the run where the cosine reaches 0 [0.9].")
-@click.option("--weight-decay", type=float, help="Coupled L2 added to the gradient [1e-5].")
-@click.option("--clip", type=float, help="Elementwise gradient clip [1.0].")
-@click.option("--energy-weight", type=float, help="Weight of MAE(E) in the loss, kcal/mol units [0.001].")
-@click.option("--force-weight", type=float, help="Weight of the force term in the loss [1.0].")
-@click.option("--loss", type=click.Choice(["mae", "mse", "huber"]), help="Loss form [mae].")
-@click.option("--huber-delta", type=float, help="Huber δ in kcal/mol(/Å) [0.5].")
-@click.option("--energy-per-atom/--total-energy", default=None, help="Energy term per atom [total energy].")
-@click.option("--stage-fraction", type=float, help="Final fraction of the run with --stage-energy-weight [0].")
+@click.option("--batch-size", type=int, help="Frames per optimiser step [recipe].")
+@click.option("--lr", type=float, help="Peak learning rate [recipe].")
+@click.option("--lr-start", type=float, help="Learning rate at the start of the warm-up [recipe].")
+@click.option("--warmup-fraction", type=float, help="Fraction of the run spent warming up [recipe].")
+@click.option("--decay-end", type=float, help="Fraction of the run where the cosine reaches 0 [recipe].")
+@click.option("--weight-decay", type=float, help="Coupled L2 added to the gradient [recipe].")
+@click.option("--clip", type=float, help="Elementwise gradient clip [recipe].")
+@click.option("--energy-weight", type=float, help="Weight of the energy term, kcal/mol units [recipe].")
+@click.option("--force-weight", type=float, help="Weight of the force term, kcal/mol/Å units [recipe].")
+@click.option("--loss", type=click.Choice(LOSSES), help="Loss form [recipe].")
+@click.option("--huber-delta", type=float, help="Huber δ in kcal/mol(/Å) [recipe].")
+@click.option("--energy-per-atom/--total-energy", default=None, help="Energy term per atom or per frame [recipe].")
+@click.option("--stage-fraction", type=float, help="Final fraction of the run with --stage-energy-weight [recipe].")
 @click.option("--stage-energy-weight", type=float, help="Energy weight in the final stage.")
-@click.option("--amsgrad/--no-amsgrad", default=None, help="AMSGrad instead of Adam [Adam].")
+@click.option("--amsgrad/--no-amsgrad", default=None, help="AMSGrad instead of Adam [recipe].")
 @click.option("--ema-decay", type=float, help="Validate and save an exponential moving average of the weights "
-                                              "with this decay, e.g. 0.99 [off].")
+                                              "with this decay, e.g. 0.99 [recipe].")
 @click.option("--hidden", type=int, default=64, show_default=True)
 @click.option("--heads", type=int, default=4, show_default=True)
 @click.option("--layers", type=int, default=6, show_default=True)
