@@ -6,7 +6,8 @@ weights) runs the model through ``torch.func.functional_call``, takes forces wit
 ``loss_from`` (the one definition of the loss) and differentiates the loss by the parameters. It is
 traced with ``make_fx`` (fake tensors, so nothing is computed and data-dependent Python branches
 fail loudly instead of being baked in) into a single aten graph, which ``torch.compile(fullgraph=True,
-dynamic=False)`` compiles. The optimiser step stays eager; gradients are written into ``p.grad``
+dynamic=False)`` compiles with the inductor options and the persistent cache of compiled inference
+(``sake_md.compile``). The optimiser step stays eager; gradients are written into ``p.grad``
 (under DDP they are all-reduced and averaged here, as DDP would).
 
 Shapes are fixed, so every graph serves one (frames, atoms) shape:
@@ -97,9 +98,18 @@ class TracedSettings:
         return value
 
 
-def _compile(graph: torch.fx.GraphModule, backend: str = "inductor"):
-    """The compiler (a separate function so that tests can make it fail)."""
-    return torch.compile(graph, backend=backend, fullgraph=True, dynamic=False)
+def _compile(graph: torch.fx.GraphModule, backend: str, device: torch.device):
+    """torch.compile with sake_md's inductor settings and persistent cache (``sake_md.compile``);
+    a separate function so that tests can make it fail."""
+    if backend != "inductor":
+        return torch.compile(graph, backend=backend, fullgraph=True, dynamic=False)
+    from .compile import compiler_unavailable, default_options, use_persistent_cache
+
+    reason = compiler_unavailable(device)
+    if reason:
+        raise RuntimeError(reason)
+    use_persistent_cache()
+    return torch.compile(graph, fullgraph=True, dynamic=False, options=default_options(device))
 
 
 class BatchLoss(nn.Module):
@@ -233,7 +243,8 @@ class CompiledTrainStep:
         if graph.calls == 0:  # torch.compile compiles on the first call
             self.compile_seconds[-1] += time.perf_counter() - start
             if self.verbose:
-                print(f"compiled the training step in {self.compile_seconds[-1]:.0f} s", file=sys.stderr, flush=True)
+                print(f"sake_md: compiled the training step in {self.compile_seconds[-1]:.0f} s", file=sys.stderr,
+                      flush=True)
         graph.calls += 1
         return loss, de, df, grads
 
@@ -279,16 +290,16 @@ class CompiledTrainStep:
         """Trace the step for this shape and these settings; compile it (torch compiles on the first call)."""
         B, N = lb.batch.species.shape
         if self.verbose:
-            print(f"compiling the training step for batches of {B} frames x {N} atoms ({lb.batch.positions.dtype}); "
-                  f"on a CPU this takes minutes the first time, torch's compile cache makes later runs faster",
-                  file=sys.stderr, flush=True)
+            print(f"sake_md: compiling the training step for batches of {B} frames x {N} atoms "
+                  f"({lb.batch.positions.dtype}); minutes on a CPU the first time, torch's cache makes later runs "
+                  f"faster", file=sys.stderr, flush=True)
         start = time.perf_counter()
         try:
             traced, used, constants = self.trace(lb, cfg, names)
         except Exception:  # the loss branches on a weight's value: make the weights constants of the graph
             names = ()
             traced, used, constants = self.trace(lb, cfg, names)
-        graph = CompiledGraph(_compile(traced, self.backend), used, names, constants)
+        graph = CompiledGraph(_compile(traced, self.backend, lb.batch.positions.device), used, names, constants)
         self.compile_seconds.append(time.perf_counter() - start)
         self.graphs.setdefault(self.shape_key(lb), []).append(graph)
         return graph
