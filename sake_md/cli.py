@@ -98,9 +98,10 @@ def format_summary(summary: dict, indent: int = 0) -> str:
 @click.option("--energy-unit", help="Energy unit of the file (default: kcal/mol for npz, eV otherwise).")
 @click.option("--length-unit", help="Length unit of the file (default: Å).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt (its config.json wins).")
-@click.option("--compile", "compile", is_flag=True,
-              help="Compile forward, forces, loss and gradients into one graph (minutes to compile on a CPU; "
-                   "pads the last partial batch of an epoch by repeating its frames).")
+@click.option("--compile/--no-compile", "compile", default=None,
+              help="Compile forward, forces, loss and gradients into one graph (minutes to compile on a CPU, "
+                   "seconds from torch's cache; pads the last partial batch of an epoch by repeating its "
+                   "frames); falls back to eager with a warning [recipe].")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(**options):
     """Train a potential; writes config.json, metrics.jsonl, last.pt and best.pt to --out.

@@ -46,7 +46,8 @@ RECIPES = {
     # Measured lever by lever on rMD17 (docs/recipe.md): small batches, the MAE loss with a per-atom energy
     # term of equal weight, an EMA of the weights, and a cosine laid over the whole budget.
     "budget": {"batch_size": 4, "epochs": None, "time_budget": 1800.0, "lr": 1e-3, "warmup_fraction": 0.05,
-               "decay_end": 1.0, "loss": "mae", "energy_per_atom": True, "energy_weight": 1.0, "ema_decay": 0.99},
+               "decay_end": 1.0, "loss": "mae", "energy_per_atom": True, "energy_weight": 1.0, "ema_decay": 0.99,
+               "compile": True},
 }
 LOSSES = ("mae", "mse", "huber")
 

@@ -92,8 +92,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(npz, tmp_path):
 
 def test_time_budget_plans_the_schedule_and_stops(npz, tmp_path):
     out = tmp_path / "budget"
+    assert TrainConfig.preset("budget", "d.npz", "o").compile  # the compiled step is part of the recipe
     cfg = TrainConfig.preset("budget", str(npz), str(out), time_budget=3.0, model=SMALL, n_valid=4, batch_size=4,
-                             progress=False)
+                             progress=False, compile=False)
     assert cfg.epochs is None and cfg.batch_size == 4 and cfg.energy_weight == 1.0 and cfg.ema_decay == 0.99
     train(cfg)
     data = read_checkpoint(out / "last.pt")
