@@ -23,7 +23,7 @@ import torch
 
 from sake_md.data import Dataset, labelled_batch, read_dataset, shuffled_order
 from sake_md.model import ModelConfig, SAKEPotential
-from sake_md.train import ForceModel, PaperAdam, TrainConfig, loss_from, residuals
+from sake_md.train import EnergyAndForces, PaperAdam, TrainConfig, loss_from, residuals
 
 RMD17 = Path(os.environ.get("SAKE_MD_RMD17", Path(__file__).resolve().parents[2] / "shared/data/rmd17"))
 
@@ -71,7 +71,7 @@ def main():
     config = ModelConfig(hidden=args.hidden, layers=args.layers, heads=args.heads, radial=args.radial)
     potential = SAKEPotential(data.species, config, float(data.energy.std()), float(data.energy.mean()))
     potential = potential.to(device=device, dtype=dtype)
-    model = ForceModel(potential)
+    model = EnergyAndForces(potential)
     opt = PaperAdam(potential.parameters(), 1e-4, cfg.betas, cfg.eps, cfg.weight_decay, cfg.clip)
     order = shuffled_order(len(data), 0, 0)
     batch_list = []

@@ -1,7 +1,7 @@
 """The cost table of the ablation family, in one run: parameters, ms per energy+forces call (ethanol and
 aspirin, batch 1 and 32, float32 and float64) and training samples/s (ethanol, batch 32, float32).
 
-A training step is the trainer's own (``ForceModel``, ``residuals``, ``loss_from``, ``PaperAdam``: forces
+A training step is the trainer's own (``EnergyAndForces``, ``residuals``, ``loss_from``, ``PaperAdam``: forces
 with the graph kept, MAE(F) + w·MAE(E), double backward, coupled L2 + clip + Adam) on the data of
 ``bench_train.py`` (rMD17 ethanol when present).
 
@@ -25,7 +25,7 @@ from sake_md.batch import atoms_to_batch
 from sake_md.data import labelled_batch
 from sake_md.model import ModelConfig, SAKEPotential, count_parameters
 from sake_md.spatial import SPATIAL_BLOCKS
-from sake_md.train import ForceModel, PaperAdam, TrainConfig, loss_from, residuals
+from sake_md.train import EnergyAndForces, PaperAdam, TrainConfig, loss_from, residuals
 
 CASES = [(mol, batch, dtype) for mol in ("ethanol", "aspirin") for batch in (1, 32)
          for dtype in (torch.float32, torch.float64)]
@@ -51,7 +51,7 @@ def training_step(variant: str, batch_size: int = 32, dtype=torch.float32):
     torch.manual_seed(0)
     potential = SAKEPotential(data.species, ModelConfig(variant=variant), float(data.energy.std()),
                               float(data.energy.mean())).to(dtype)
-    model = ForceModel(potential)
+    model = EnergyAndForces(potential)
     opt = PaperAdam(potential.parameters(), 1e-4, cfg.betas, cfg.eps, cfg.weight_decay, cfg.clip)
     lb = labelled_batch(data, np.arange(batch_size), potential.species_index, dtype)
 

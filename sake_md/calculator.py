@@ -12,29 +12,10 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from .batch import atoms_to_batch
 from .checkpoint import load_checkpoint
 from .compile import CompiledPotential, check_mode, make_predictor
+from .devices import resolve_device, resolve_dtype
 from .export import PackagedPotential, is_package
 from .model import SAKEPotential
 from .neighbours import VerletNeighbours
-
-DTYPES = {"float32": torch.float32, "float64": torch.float64, torch.float32: torch.float32,
-          torch.float64: torch.float64}
-
-
-def resolve_device(device: str | torch.device = "cpu") -> torch.device:
-    """"auto" picks CUDA when available; asking for CUDA without it is an error, not a silent fallback."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but PyTorch sees no CUDA GPU; use device='cpu' or 'auto'")
-    return device
-
-
-def resolve_dtype(dtype) -> torch.dtype:
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
 
 
 def check_keywords(calculator: type, kwargs: dict):

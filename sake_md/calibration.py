@@ -15,7 +15,8 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from .data import read_dataset
-from .evaluate import N_BOOTSTRAP, STATISTICS, format_report, per_frame_terms, statistics
+from .evaluate import N_BOOTSTRAP, format_report, per_frame_terms, statistics
+from .predict import STATISTICS, statistic
 
 N_BINS = 10
 
@@ -52,9 +53,8 @@ def member_errors(data, predictions: list[dict], labels: list[str]) -> list[dict
     for m, label in enumerate(labels):
         energy = np.array([p["committee_energy"][m] for p in predictions])
         terms = per_frame_terms(data, energy, [p["committee_forces"][m] for p in predictions])
-        values = {name: 1e3 * float(np.sqrt(terms[num].sum() / terms[den].sum()) if root
-                                    else terms[num].sum() / terms[den].sum())
-                  for name, (num, den, root) in STATISTICS.items()}
+        totals = {k: float(v.sum()) for k, v in terms.items()}
+        values = {name: statistic(totals, name) for name in STATISTICS}
         rows.append({"checkpoint": label, **values})
     return rows
 

@@ -1,12 +1,20 @@
 """``sake-md``: one entry point, each subcommand a thin wrapper over a library function."""
 
 import json
+from dataclasses import fields
 
 import click
 
+from .devices import DTYPE_NAMES
 from .errors import SakeMDError
+from .md.run import ENSEMBLES, MDSettings
+from .md.stability import PRESETS
+from .model import ModelConfig
 from .spatial import SPATIAL_BLOCKS
-from .train import LOSSES, RECIPES, describe_recipe
+from .train import LOSSES, RECIPES, TrainConfig, describe_recipe
+
+MODEL, MD = ModelConfig(), MDSettings()  # the library's defaults, shown in the help
+TRAIN = {f.name: f.default for f in fields(TrainConfig)}
 
 
 class Group(click.Group):
@@ -51,7 +59,7 @@ def format_summary(summary: dict, indent: int = 0) -> str:
 
 
 @main.command()
-@click.option("--model", "variant", type=click.Choice(list(SPATIAL_BLOCKS)), default="sake", show_default=True,
+@click.option("--model", "variant", type=click.Choice(list(SPATIAL_BLOCKS)), default=MODEL.variant, show_default=True,
               help="Model variant (registry sake_md.spatial.SPATIAL_BLOCKS).")
 @click.option("--data", required=True, type=click.Path(dir_okay=False), help="Training file (npz, extxyz, ASE db).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
@@ -62,7 +70,8 @@ def format_summary(summary: dict, indent: int = 0) -> str:
 @click.option("--time-budget", help="Wall-clock budget, e.g. 30m, 1h30m.")
 @click.option("--epochs", type=int, help="Number of epochs (instead of a time budget).")
 @click.option("--test", type=click.Path(dir_okay=False), help="Test file evaluated with best.pt at the end.")
-@click.option("--valid", "n_valid", type=int, default=50, show_default=True, help="Frames held out for validation.")
+@click.option("--valid", "n_valid", type=int, default=TRAIN["n_valid"], show_default=True,
+              help="Frames held out for validation.")
 @click.option("--batch-size", type=int, help="Frames per optimiser step [recipe].")
 @click.option("--lr", type=float, help="Peak learning rate [recipe].")
 @click.option("--lr-start", type=float, help="Learning rate at the start of the warm-up [recipe].")
@@ -80,17 +89,17 @@ def format_summary(summary: dict, indent: int = 0) -> str:
 @click.option("--amsgrad/--no-amsgrad", default=None, help="AMSGrad instead of Adam [recipe].")
 @click.option("--ema-decay", type=float, help="Validate and save an exponential moving average of the weights "
                                               "with this decay, e.g. 0.99 [recipe].")
-@click.option("--hidden", type=int, default=64, show_default=True)
-@click.option("--heads", type=int, default=4, show_default=True)
-@click.option("--layers", type=int, default=6, show_default=True)
-@click.option("--radial", type=int, default=50, show_default=True, help="Radial basis functions.")
+@click.option("--hidden", type=int, default=MODEL.hidden, show_default=True)
+@click.option("--heads", type=int, default=MODEL.heads, show_default=True)
+@click.option("--layers", type=int, default=MODEL.layers, show_default=True)
+@click.option("--radial", type=int, default=MODEL.radial, show_default=True, help="Radial basis functions.")
 @click.option("--cutoff", type=float, help="Neighbour-list (sparse) mode with this cutoff in Å, e.g. 5.0: needed "
               "for periodic data (extxyz with a lattice, ASE db with pbc) and for large systems [default: dense, "
               "all pairs of each molecule].")
 @click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
               help="Variant option, repeatable, e.g. --model-option lmax=2 for sake-sh.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--seed", type=int, default=TRAIN["seed"], show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default=TRAIN["dtype"], show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--threads", type=int, help="torch.set_num_threads for each process.")
 @click.option("--energy-key", default="energy", show_default=True, help="extxyz/db energy key.")
@@ -108,7 +117,7 @@ def train(**options):
 
     Under torchrun, each process trains on its share of every batch (DistributedDataParallel).
     """
-    from .train import config_from_options
+    from .cli_options import config_from_options
     from .train import train as run_training
 
     if options["time_budget"] and options["epochs"]:
@@ -204,23 +213,24 @@ def curves(runs, plot):
               help="Checkpoint [default: the shipped potentials/sake_ethanol.pt]; repeat it for a committee "
                    "(mean forces, deviation logged).")
 @click.option("--structure", help="A file ASE reads (last frame) or an ase.build.molecule name [CH3CH2OH].")
-@click.option("--ensemble", type=click.Choice(["nve", "langevin", "nose-hoover", "bussi"]), default="langevin",
-              show_default=True, help="ASE integrator: VelocityVerlet, Langevin, NoseHooverChainNVT, Bussi.")
-@click.option("--temperature-K", "temperature_k", type=float, default=300.0, show_default=True,
+@click.option("--ensemble", type=click.Choice(ENSEMBLES), default=MD.ensemble, show_default=True,
+              help="ASE integrator (nve: VelocityVerlet, langevin: Langevin, nose-hoover: NoseHooverChainNVT, "
+                   "bussi: Bussi).")
+@click.option("--temperature-K", "temperature_k", type=float, default=MD.temperature_K, show_default=True,
               help="Thermostat and initial Maxwell–Boltzmann temperature.")
-@click.option("--timestep-fs", type=float, default=0.5, show_default=True)
-@click.option("--steps", type=int, default=1000, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--timestep-fs", type=float, default=MD.timestep_fs, show_default=True)
+@click.option("--steps", type=int, default=MD.steps, show_default=True)
+@click.option("--seed", type=int, default=MD.seed, show_default=True)
 @click.option("--traj", type=click.Path(dir_okay=False), default="md.extxyz", show_default=True,
               help="Trajectory, .extxyz/.xyz or ASE .traj by suffix; '' for none.")
 @click.option("--log", type=click.Path(dir_okay=False), default="md.log", show_default=True,
               help="Energy log, one line per frame; '' for none.")
-@click.option("--interval", type=int, default=10, show_default=True, help="Steps between frames.")
+@click.option("--interval", type=int, default=MD.interval, show_default=True, help="Steps between frames.")
 @click.option("--reference", type=click.Path(dir_okay=False),
-              help="Dataset (rMD17 npz, extxyz, ...) whose mean bond lengths are the collapse references "
+              help="Dataset (npz, extxyz, ASE db; labels optional) whose mean bond lengths are the collapse references "
                    "[default: the first frame].")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), help="[default: the checkpoint's]")
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: the checkpoint's]")
 @click.option("--threads", type=int, default=1, show_default=True,
               help="torch.set_num_threads. One molecule is dispatch-bound: a second thread gains nothing "
                    "idle and can be many times slower on a loaded machine.")
@@ -256,18 +266,20 @@ def run_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs,
 
 @main.command()
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--preset", type=click.Choice(["mdsim-md17"]), default="mdsim-md17", show_default=True,
-              help="Nosé–Hoover 500 K, 0.5 fs, 300 ps, a frame every 100 steps (spec/protocols.md).")
-@click.option("--runs", type=int, help="Runs per model, from different start frames [preset: 5].")
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=next(iter(PRESETS)), show_default=True,
+              help="; ".join(f"{p.name}: Nosé–Hoover {p.temperature_K:g} K, {p.timestep_fs:g} fs, {p.time_ps:g} ps, "
+                             f"a frame every {p.frame_interval} steps, {p.runs} runs" for p in PRESETS.values())
+              + " (spec/protocols.md).")
+@click.option("--runs", type=int, help="Runs per model, from different start frames [preset].")
 @click.option("--reference", required=True, type=click.Path(dir_okay=False),
-              help="Reference dataset (rMD17 npz, extxyz, ...): bond lengths and h(r).")
+              help="Reference dataset (npz, extxyz, ASE db; labels optional): bond lengths and h(r).")
 @click.option("--test", type=click.Path(dir_okay=False),
               help="Test set: start frames and the force error [default: start from --reference].")
-@click.option("--time", "time_text", help="Run length, e.g. 10ps [preset: 300ps].")
+@click.option("--time", "time_text", help="Run length, e.g. 10ps [preset].")
 @click.option("--out", type=click.Path(file_okay=False), default="md_compare", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), help="[default: each checkpoint's]")
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: each checkpoint's]")
 @click.option("--threads", type=int, help="torch.set_num_threads.")
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="Compile energy+forces into one graph (minutes the first time for a molecule size, seconds "
@@ -277,9 +289,9 @@ def run_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs,
 def compare(checkpoints, preset, runs, reference, test, time_text, out, seed, device, dtype, threads, compile_,
             no_progress):
     """MD stability of CHECKPOINTS (after Fu et al. 2023): stability time, h(r) error, force error, speed."""
+    from .cli_options import parse_time_ps
     from .md.compare import compare as run_compare
     from .md.compare import format_table, write_outputs
-    from .md.stability import PRESETS, parse_time_ps
 
     _set_threads(threads)
     time_ps = parse_time_ps(time_text) if time_text else PRESETS[preset].time_ps
@@ -325,7 +337,7 @@ def study_command(ctx, study_file, **options):
               help="A structure file ASE reads (last frame), instead of --molecule.")
 @click.option("--batch", type=int, default=1, show_default=True, help="Molecules per call (B).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--dtype", type=click.Choice(["float32", "float64"]), help="[default: the checkpoint's]")
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: the checkpoint's]")
 def compile_command(checkpoint, out, molecule, atoms_file, batch, device, dtype):
     """Precompile CHECKPOINT for one molecule size into a .pt2 (AOTInductor) that loads without compiling.
 

@@ -33,8 +33,9 @@ from ase.data import chemical_symbols
 from torch.func import functional_call, stack_module_state, vmap
 
 from .batch import atoms_to_batch
-from .calculator import SAKECalculator, check_keywords, resolve_device, resolve_dtype
+from .calculator import SAKECalculator, check_keywords
 from .checkpoint import UNITS, load_checkpoint
+from .devices import resolve_device, resolve_dtype
 from .errors import CommitteeError
 from .model import SAKEPotential, compute_forces
 

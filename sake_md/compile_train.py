@@ -118,7 +118,7 @@ class BatchLoss(nn.Module):
 
     def __init__(self, potential):
         super().__init__()
-        self.model = training.ForceModel(potential)
+        self.model = training.EnergyAndForces(potential)
 
     def forward(self, species, positions, mask, energy, forces, settings):
         """Shape: (B, N), (B, N, 3), (B, N), (B,), (B, N, 3) -> loss (), de (B,), df (B, N, 3), with graph."""

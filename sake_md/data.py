@@ -10,6 +10,8 @@ Readers (``read_dataset`` dispatches on the file name):
 
 Everything is converted to eV, Å and eV/Å in ``convert_units`` (the one place) and checked by
 ``validate`` before any training starts; bad data raises ``DataError`` naming the file and frame.
+``labelled=False`` (MD reference frames, which need positions only) reads frames without energy or
+force labels too; missing labels are NaN.
 """
 
 from collections.abc import Iterator, Sequence
@@ -99,10 +101,11 @@ def convert_units(dataset: Dataset, energy_unit: str, length_unit: str) -> Datas
 
 
 def read_dataset(path, energy_key: str = "energy", forces_key: str = "forces", energy_unit: str | None = None,
-                 length_unit: str | None = None, validate_data: bool = True) -> Dataset:
+                 length_unit: str | None = None, validate_data: bool = True, labelled: bool = True) -> Dataset:
     """Read, convert to eV/Å and validate a labelled data file (format from the suffix).
 
     ``energy_unit``/``length_unit`` default to the format's: kcal/mol and Å for npz, eV and Å otherwise.
+    ``labelled=False`` also accepts frames without labels (their energy and forces are NaN).
     """
     path = Path(path)
     if not path.exists():
@@ -111,21 +114,21 @@ def read_dataset(path, energy_key: str = "energy", forces_key: str = "forces", e
         raise DataError(f"{path} is a directory, not a data file")
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        data, units = read_npz(path)
+        data, units = read_npz(path, labelled)
     elif suffix in EXTXYZ_SUFFIXES:
-        data, units = read_extxyz(path, energy_key, forces_key), ("eV", "Å")
+        data, units = read_extxyz(path, energy_key, forces_key, labelled), ("eV", "Å")
     elif suffix in DB_SUFFIXES:
-        data, units = read_ase_db(path, energy_key, forces_key), ("eV", "Å")
+        data, units = read_ase_db(path, energy_key, forces_key, labelled), ("eV", "Å")
     else:
         raise DataError(f"{path}: unknown data format {suffix!r}; expected .npz (rMD17/sGDML), "
                         f"{'/'.join(EXTXYZ_SUFFIXES)} (extended XYZ) or {'/'.join(DB_SUFFIXES)} (ASE database)")
     data = convert_units(data, energy_unit or units[0], length_unit or units[1])
     if validate_data:
-        validate(data)
+        validate(data, labelled)
     return data
 
 
-def read_npz(path: Path) -> tuple[Dataset, tuple[str, str]]:
+def read_npz(path: Path, labelled: bool = True) -> tuple[Dataset, tuple[str, str]]:
     """rMD17/sGDML arrays -> Dataset in the file's units, and those units (energy, length)."""
     try:
         npz = np.load(path, allow_pickle=False)
@@ -133,14 +136,18 @@ def read_npz(path: Path) -> tuple[Dataset, tuple[str, str]]:
         raise DataError(f"{path} cannot be read as a numpy .npz file ({e})") from None
     with npz:
         found = list(npz.keys())
-        names = next((keys for keys in NPZ_KEYS.values() if all(k in found for k in keys)), None)
+        needed = 4 if labelled else 2  # unlabelled: atomic numbers and coordinates suffice
+        names = next((keys for keys in NPZ_KEYS.values() if all(k in found for k in keys[:needed])), None)
         if names is None:
-            expected = " or ".join("/".join(k) for k in NPZ_KEYS.values())
+            expected = " or ".join("/".join(k[:needed]) for k in NPZ_KEYS.values())
             raise DataError(f"{path}: missing keys; expected {expected}, found: {', '.join(found) or 'none'}")
-        z, coords, energies, forces = (np.asarray(npz[k]) for k in names)
+        z, coords = np.asarray(npz[names[0]]), np.asarray(npz[names[1]])
+        energies, forces = (np.asarray(npz[k]) if k in found else None for k in names[2:])
         units = (_npz_unit(npz, "e_unit", "kcal/mol"), _npz_unit(npz, "r_unit", "Å"))
-    coords, forces = _frames_array(path, "coordinates", coords), _frames_array(path, "forces", forces)
+    coords = _frames_array(path, "coordinates", coords)
     m = len(coords)
+    energies = np.full(m, np.nan) if energies is None else energies
+    forces = _frames_array(path, "forces", np.full(coords.shape, np.nan) if forces is None else forces)
     energies = energies.reshape(-1) if energies.size == m else energies
     if z.ndim != 1 or energies.shape != (m,) or forces.shape != coords.shape or coords.shape[1] != len(z):
         raise DataError(f"{path}: inconsistent shapes: atomic numbers {z.shape}, coordinates {coords.shape}, "
@@ -164,17 +171,17 @@ def _frames_array(path: Path, what: str, array: np.ndarray) -> np.ndarray:
     return array
 
 
-def read_extxyz(path: Path, energy_key: str, forces_key: str) -> Dataset:
+def read_extxyz(path: Path, energy_key: str, forces_key: str, labelled: bool = True) -> Dataset:
     import ase.io
 
     try:
         frames = ase.io.read(path, index=":", format="extxyz")
     except Exception as e:  # ASE raises many types for malformed text
         raise DataError(f"{path} cannot be read as extended XYZ ({type(e).__name__}: {e})") from None
-    return frames_to_dataset(frames, energy_key, forces_key, str(path))
+    return frames_to_dataset(frames, energy_key, forces_key, str(path), labelled)
 
 
-def read_ase_db(path: Path, energy_key: str, forces_key: str) -> Dataset:
+def read_ase_db(path: Path, energy_key: str, forces_key: str, labelled: bool = True) -> Dataset:
     import ase.db
 
     try:
@@ -191,11 +198,12 @@ def read_ase_db(path: Path, energy_key: str, forces_key: str) -> Dataset:
                 target = atoms.info if key == energy_key else atoms.arrays
                 target[key] = np.asarray(value) if key == forces_key else value
         frames.append(atoms)
-    return frames_to_dataset(frames, energy_key, forces_key, str(path))
+    return frames_to_dataset(frames, energy_key, forces_key, str(path), labelled)
 
 
-def frames_to_dataset(frames, energy_key: str, forces_key: str, source: str) -> Dataset:
-    """ASE Atoms with labels -> Dataset (units unchanged). Labels may sit in info/arrays or in atoms.calc."""
+def frames_to_dataset(frames, energy_key: str, forces_key: str, source: str, labelled: bool = True) -> Dataset:
+    """ASE Atoms with labels -> Dataset (units unchanged). Labels may sit in info/arrays or in atoms.calc;
+    with ``labelled=False`` missing ones are NaN."""
     if not frames:
         raise DataError(f"{source} holds no structures")
     energies, forces = [], []
@@ -203,6 +211,9 @@ def frames_to_dataset(frames, energy_key: str, forces_key: str, source: str) -> 
         results = atoms.calc.results if atoms.calc is not None else {}
         energy = atoms.info.get(energy_key, results.get(energy_key))
         force = atoms.arrays.get(forces_key, results.get(forces_key))
+        if not labelled:
+            energy = np.nan if energy is None else energy
+            force = np.full((len(atoms), 3), np.nan) if force is None else force
         for key, value, where in ((energy_key, energy, atoms.info), (forces_key, force, atoms.arrays)):
             if value is None:
                 found = sorted(set(where) | set(results) - {"numbers", "positions"})
@@ -225,8 +236,9 @@ def _scalar(value, source: str, m: int, key: str) -> float:
         raise DataError(f"{source}: frame {m}: {key!r} must be one number, got {value!r}") from None
 
 
-def validate(data: Dataset) -> None:
-    """Shapes, atomic numbers and finiteness of every frame; the first problem raises ``DataError``."""
+def validate(data: Dataset, labelled: bool = True) -> None:
+    """Shapes, atomic numbers and finiteness of every frame (of the labels too, when ``labelled``); the
+    first problem raises ``DataError``."""
     if len(data) == 0:
         raise DataError(f"{data.source} holds no frames")
     for m, (z, x, f) in enumerate(zip(data.numbers, data.positions, data.forces, strict=True)):
@@ -240,7 +252,7 @@ def validate(data: Dataset) -> None:
             raise DataError(f"{data.source}: frame {m} has invalid atomic numbers {sorted(set(z.tolist()))}")
         if not np.isfinite(x).all():
             raise DataError(f"{data.source}: frame {m} has non-finite positions")
-        if not np.isfinite(f).all():
+        if labelled and not np.isfinite(f).all():
             raise DataError(f"{data.source}: frame {m} has non-finite force labels")
         if data.pbc is not None and data.pbc[m].any():
             try:
@@ -248,7 +260,7 @@ def validate(data: Dataset) -> None:
             except InputError as e:
                 raise DataError(f"{data.source}: {e}") from None
     bad = np.flatnonzero(~np.isfinite(data.energy))
-    if bad.size:
+    if labelled and bad.size:
         raise DataError(f"{data.source}: frame {bad[0]} has a non-finite energy label "
                         f"({bad.size} frame(s) in all: {bad[:10].tolist()})")
 

@@ -1,7 +1,8 @@
 """Errors of a potential on a labelled data file, with bootstrap 95% intervals over frames.
 
 Energy MAE/RMSE in meV and meV/atom (per frame: |ΔE| / N), force MAE/RMSE in meV/Å over all
-force components. Predictions come from ``SAKECalculator.predict``.
+force components. Predictions come from ``sake_md.predict.predict`` (batches of the dataset straight
+into the model, no ASE calculator), errors from its ``frame_terms`` and ``STATISTICS``.
 """
 
 from pathlib import Path
@@ -9,33 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset, read_dataset
+from .predict import STATISTICS, frame_terms, predict
 
 N_BOOTSTRAP = 2000
 
 
-def predict_dataset(calculator, data: Dataset, batch_size: int = 64) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Predicted energies (M,) in eV and forces [(N_m, 3)] in eV/Å."""
-    return calculator.predict_arrays(data.to_atoms(), batch_size=batch_size)
-
-
 def per_frame_terms(data: Dataset, energy: np.ndarray, forces: list[np.ndarray]) -> dict:
-    """Per-frame sums from which every statistic (and its bootstrap) is a ratio of totals. Shapes (M,)."""
-    de = energy - data.energy
-    df = [f - ref for f, ref in zip(forces, data.forces, strict=True)]
-    n = data.n_atoms.astype(np.float64)
-    return {"abs_e": np.abs(de), "sq_e": de ** 2, "abs_e_atom": np.abs(de) / n, "sq_e_atom": (de / n) ** 2,
-            "abs_f": np.array([np.abs(d).sum() for d in df]), "sq_f": np.array([(d ** 2).sum() for d in df]),
-            "n_f": 3.0 * n, "one": np.ones_like(n)}
-
-
-STATISTICS = {  # name: (numerator, denominator, root)
-    "energy_mae_meV": ("abs_e", "one", False),
-    "energy_rmse_meV": ("sq_e", "one", True),
-    "energy_mae_meV_per_atom": ("abs_e_atom", "one", False),
-    "energy_rmse_meV_per_atom": ("sq_e_atom", "one", True),
-    "force_mae_meV_A": ("abs_f", "n_f", False),
-    "force_rmse_meV_A": ("sq_f", "n_f", True),
-}
+    """``predict.frame_terms`` of predictions against the labels of ``data``. Shapes (M,)."""
+    return frame_terms(energy - data.energy, [f - ref for f, ref in zip(forces, data.forces, strict=True)],
+                       data.n_atoms)
 
 
 def statistics(terms: dict, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict:
@@ -57,14 +40,14 @@ def evaluate(checkpoint, data_path, batch_size: int = 64, energy_key: str = "ene
              energy_unit: str | None = None, length_unit: str | None = None, device: str = "cpu",
              n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, return_predictions: bool = False):
     """The error report of ``checkpoint`` on ``data_path`` (and, optionally, the predictions)."""
-    from .calculator import SAKECalculator
     from .checkpoint import load_checkpoint
+    from .devices import resolve_device
     from .model import count_parameters
 
     potential, meta = load_checkpoint(checkpoint, with_metadata=True)
     data = read_dataset(data_path, energy_key, forces_key, energy_unit, length_unit)
-    calculator = SAKECalculator(potential, device=device)
-    energy, forces = predict_dataset(calculator, data, batch_size)
+    potential = potential.to(resolve_device(device)).eval().requires_grad_(False)
+    energy, forces = predict(potential, data, batch_size)
     report = {"checkpoint": str(checkpoint), "data": str(data_path), "frames": len(data),
               "atoms": int(data.n_atoms.sum()), "variant": meta.get("variant", meta["config"]["variant"]),
               "parameters": count_parameters(potential), "dtype": meta.get("dtype"),

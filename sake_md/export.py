@@ -84,8 +84,8 @@ def export_for_atoms(checkpoint, structure: str, out, batch: int = 1, device="cp
     ``structure``: a file ASE reads, an ``ase.build.molecule`` name, or ethanol/methanol/benzene/water.
     """
     from .batch import atoms_to_batch
-    from .calculator import resolve_device, resolve_dtype
     from .checkpoint import load_checkpoint
+    from .devices import resolve_device, resolve_dtype
     from .md.run import load_structure
 
     if batch < 1:

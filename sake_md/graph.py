@@ -1,5 +1,5 @@
-"""The two graphs a SAKE layer runs on: ``Graph``, all pairs of a padded molecule (the paper's model),
-and ``NeighbourGraph``, a padded table of the neighbours within a cutoff (the sparse mode, for
+"""The two pair structures a SAKE layer runs on: ``PairMasks``, the masks of all pairs of a padded molecule
+(the paper's model), and ``NeighbourGraph``, a padded table of the neighbours within a cutoff (the sparse mode, for
 periodic and large systems). Both are computed once per forward pass and offer the layer the same
 five things: ``edge_vectors``, ``senders``, ``pair_weight``, ``attention`` and ``inv_n``; the pair axis
 holds the N atoms of the molecule in one and the K neighbour slots of each atom in the other, so
@@ -35,8 +35,9 @@ from .geometry import distances, edge_vectors, neighbour_mask, smooth_cutoff
 MASKED_LOGIT = -1e5  # the reference subtracts 1e5 on the diagonal; exp() of it underflows to 0
 
 
-class Graph(NamedTuple):
-    """All pairs of padded molecules, computed once per forward pass.
+class PairMasks(NamedTuple):
+    """The masks of all pairs of padded molecules (no edge list: every pair is an edge), computed once per
+    forward pass.
 
     Shapes: pair_weight (B, N, N, 1) 1.0 for pairs of distinct real atoms, masked_logits (B, N, N, 1)
     True where attention is excluded, inv_n (B, 1, 1, 1) 1 / number of real atoms.
@@ -47,7 +48,7 @@ class Graph(NamedTuple):
     inv_n: torch.Tensor
 
     @classmethod
-    def from_mask(cls, mask: torch.Tensor, dtype: torch.dtype) -> "Graph":
+    def from_mask(cls, mask: torch.Tensor, dtype: torch.dtype) -> "PairMasks":
         """Shape: mask (B, N)."""
         pairs = neighbour_mask(mask).unsqueeze(-1)
         inv_n = 1.0 / mask.sum(-1).to(dtype).view(-1, 1, 1, 1)

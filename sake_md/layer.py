@@ -1,7 +1,7 @@
 """One SAKE layer (spec §1-§7): edge embedding, semantic attention, a swappable spatial block,
 the residual node update and the velocity/position update.
 
-The layer runs on a ``Graph`` (all pairs: pair axis = N atoms) or a ``NeighbourGraph`` (sparse mode:
+The layer runs on ``PairMasks`` (all pairs: pair axis = N atoms) or a ``NeighbourGraph`` (sparse mode:
 pair axis = K neighbour slots); see ``sake_md.graph``."""
 
 import torch
@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .geometry import distances, unit_vectors
-from .graph import MASKED_LOGIT, Graph, NeighbourGraph  # noqa: F401  (Graph, MASKED_LOGIT: re-exported)
+from .graph import MASKED_LOGIT, NeighbourGraph, PairMasks  # noqa: F401  (PairMasks, MASKED_LOGIT: re-exported)
 from .modules import ExpNormalRBF, linear, mlp
 
 
@@ -35,7 +35,7 @@ class SAKELayer(nn.Module):
         if spatial.moves_atoms and velocity_input:
             self.velocity_mlp = mlp(hidden, hidden, 1, last_activation=False, bias_out=False)
 
-    def edge_features(self, h: torch.Tensor, d: torch.Tensor, graph: Graph | NeighbourGraph) -> torch.Tensor:
+    def edge_features(self, h: torch.Tensor, d: torch.Tensor, graph: PairMasks | NeighbourGraph) -> torch.Tensor:
         """h_ij (§1). Every concatenation [h_j ‖ h_i ‖ ...] is applied as split matrix products, so
         the per-node parts cost O(N), not O(N²), and come from ONE product with the stacked weights.
 
@@ -50,11 +50,11 @@ class SAKELayer(nn.Module):
         e = e + graph.senders(e_j) + (e_i + self.edge_in.bias).unsqueeze(2)
         return self.edge_out(F.silu(e))
 
-    def attention(self, h_ij: torch.Tensor, graph: Graph | NeighbourGraph) -> torch.Tensor:
+    def attention(self, h_ij: torch.Tensor, graph: PairMasks | NeighbourGraph) -> torch.Tensor:
         """Semantic attention a_ij^k, a softmax over j (§2-§3). Shape: (B, N, N|K, H) -> (B, N, N|K, K)."""
         return graph.attention(F.celu(self.semantic(h_ij), alpha=2.0))
 
-    def forward(self, h, x, v, graph: Graph | NeighbourGraph):
+    def forward(self, h, x, v, graph: PairMasks | NeighbourGraph):
         """Shape: h (B, N, H), x (B, N, 3), v (B, N, 3) or None -> h' (B, N, H), x' (B, N, 3), v' or None."""
         r = graph.edge_vectors(x)
         d = distances(r)

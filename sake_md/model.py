@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ConfigError, InputError
-from .graph import Graph, NeighbourGraph, NeighbourTable
+from .graph import NeighbourGraph, NeighbourTable, PairMasks
 from .layer import SAKELayer
 from .modules import linear, mlp
 from .spatial import SPATIAL_BLOCKS
@@ -78,14 +78,14 @@ class SAKE(nn.Module):
         self.embedding_out = mlp(c.hidden, c.hidden, 1, last_activation=False)
 
     def forward(self, species: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
-                graph: Graph | NeighbourGraph | None = None) -> torch.Tensor:
+                graph: PairMasks | NeighbourGraph | None = None) -> torch.Tensor:
         """Shape: species (B, N), positions (B, N, 3), mask (B, N) -> y (B, N), zero at padding.
 
         ``graph`` defaults to all pairs of each molecule (dense mode).
         """
         # h⁰ = W_e onehot(z) + b_e, as a row lookup instead of a product with a one-hot
         h = F.embedding(species, self.embedding_in.weight.t()) + self.embedding_in.bias
-        graph = Graph.from_mask(mask, positions.dtype) if graph is None else graph
+        graph = PairMasks.from_mask(mask, positions.dtype) if graph is None else graph
         x, v = positions, None
         for layer in self.layers:
             h, x, v = layer(h, x, v, graph)

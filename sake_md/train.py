@@ -24,7 +24,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -36,9 +35,10 @@ from torch import nn
 
 from . import distributed
 from .checkpoint import potential_from_dict, read_checkpoint, save_checkpoint
-from .data import Dataset, LabelledBatch, batches, labelled_batch, read_dataset, shuffled_order, split
+from .data import Dataset, LabelledBatch, labelled_batch, read_dataset, shuffled_order, split
 from .errors import DataError, SakeMDError
 from .model import ModelConfig, SAKEPotential, count_parameters
+from .predict import ErrorSums, predict, predict_batches
 from .units import KCAL_PER_MOL
 
 RECIPES = {
@@ -144,30 +144,6 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def config_from_options(options: dict) -> TrainConfig:
-    """Command-line options (``sake-md train``) -> TrainConfig; None means "the recipe's default"."""
-    o = dict(options)
-    model = ModelConfig(**{k: o.pop(k) for k in ("hidden", "heads", "layers", "radial")},
-                        variant=o.pop("variant"), options=o.pop("model_options", None) or {},
-                        cutoff=o.pop("cutoff", None)).to_dict()
-    budget = o.pop("time_budget")
-    recipe = o.pop("recipe") or ("budget" if budget else "paper")
-    o["progress"] = not o.pop("no_progress")
-    return TrainConfig.preset(recipe, o.pop("data"), o.pop("out"), model=model,
-                              time_budget=parse_duration(budget) if budget else None, **o)
-
-
-def parse_duration(text: str) -> float:
-    """'30m', '1h30m', '90s', '2h' or a number of seconds -> seconds."""
-    text = str(text).strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)\s*([hms])", text)
-    if not parts or "".join(f"{a}{b}" for a, b in parts) != text.replace(" ", ""):
-        raise SakeMDError(f"cannot read the duration {text!r}; use e.g. 30m, 1h30m, 90s")
-    return sum(float(a) * {"h": 3600, "m": 60, "s": 1}[b] for a, b in parts)
-
-
 def learning_rate(progress: float, cfg: TrainConfig) -> float:
     """Warm-up, cosine decay, then zero. ``progress`` ∈ [0, 1] of the planned run."""
     p = min(max(progress, 0.0), 1.0)
@@ -196,8 +172,9 @@ class PaperAdam(torch.optim.Adam):
         return super().step(closure)
 
 
-class ForceModel(nn.Module):
-    """The unit that DistributedDataParallel wraps: (species, positions, mask) -> (energy_model, forces)."""
+class EnergyAndForces(nn.Module):
+    """The potential's energy and forces, with the autograd graph kept for the loss; the unit that
+    DistributedDataParallel wraps: (species, positions, mask) -> (energy_model, forces)."""
 
     def __init__(self, potential: SAKEPotential):
         super().__init__()
@@ -207,27 +184,6 @@ class ForceModel(nn.Module):
         """Shape: (B, N), (B, N, 3), (B, N) [, (B, 3, 3), (B, 3)] -> (B,), (B, N, 3), both with graph."""
         out = self.potential.predict(species, positions, mask, forces=True, training=True, cell=cell, pbc=pbc)
         return out["energy_model"], out["forces"]
-
-
-class Errors:
-    """Running sums for energy (per frame) and force (per component) MAE/RMSE, in eV and eV/Å."""
-
-    def __init__(self):
-        self.sums = torch.zeros(6, dtype=torch.float64)  # |dE|, dE², frames, |dF|, dF², components
-
-    def add(self, de: torch.Tensor, df: torch.Tensor, mask: torch.Tensor) -> None:
-        de, df = de.detach().to(torch.float64).cpu(), df.detach().to(torch.float64).cpu()
-        n_comp = 3.0 * float(mask.sum())
-        self.sums += torch.tensor([de.abs().sum(), (de * de).sum(), len(de), df.abs().sum(), (df * df).sum(),
-                                   n_comp], dtype=torch.float64)
-
-    def summary(self, ctx, prefix: str) -> dict:
-        s = distributed.all_sum(ctx, self.sums)
-        e_n, f_n = max(float(s[2]), 1.0), max(float(s[5]), 1.0)
-        return {f"{prefix}_energy_mae_meV": 1e3 * float(s[0]) / e_n,
-                f"{prefix}_energy_rmse_meV": 1e3 * math.sqrt(float(s[1]) / e_n),
-                f"{prefix}_force_mae_meV_A": 1e3 * float(s[3]) / f_n,
-                f"{prefix}_force_rmse_meV_A": 1e3 * math.sqrt(float(s[4]) / f_n)}
 
 
 def residuals(energy_model, forces, lb: LabelledBatch, potential: SAKEPotential):
@@ -308,7 +264,7 @@ class Trainer:
         self.state = {"epoch": 0, "step": 0, "planned_epochs": cfg.epochs or 0, "seconds": 0.0,
                       "epoch_seconds": [], "best_val_force_mae_meV_A": None, "best_epoch": None}
         self.potential = self.build_potential().to(device=device, dtype=self.dtype)
-        self.model = ForceModel(self.potential)
+        self.model = EnergyAndForces(self.potential)
         if ctx.active:
             ids = [device.index] if device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
@@ -376,7 +332,7 @@ class Trainer:
 
     def train_epoch(self, bar=None) -> dict:
         self.model.train()
-        errors = Errors()
+        errors = ErrorSums()
         order = shuffled_order(len(self.train_set), self.cfg.seed, self.state["epoch"])
         species_index = self.potential.species_index
         t0 = time.perf_counter()
@@ -389,12 +345,12 @@ class Trainer:
             if self.average is not None:
                 self.average.update()
             self.state["step"] += 1
-            errors.add(de, df, lb.batch.mask)
+            errors.add_batch(de, df, lb.batch.mask)
             if k == 2 and self.state["epoch"] == 0 and self.cfg.time_budget is not None:
                 self.replan(step_seconds=(time.perf_counter() - t0) / 3)
             if bar is not None:
                 bar.set_postfix_str(f"loss {float(loss.detach()):.3f}", refresh=False)
-        return errors.summary(self.ctx, "train")
+        return self.summary(errors, "train")
 
     def eager_step(self, lb: LabelledBatch, cfg: TrainConfig):
         """Forward, forces, loss and its gradients (into p.grad) for one batch -> loss, de, df."""
@@ -409,16 +365,17 @@ class Trainer:
     def validate(self) -> dict:
         """Errors on this process's share of the validation frames, summed over processes."""
         self.model.eval()
-        errors = Errors()
+        errors = ErrorSums()
         share = np.array_split(np.arange(len(self.valid_set)), self.ctx.world)[self.ctx.rank]
-        for lb in batches(self.valid_set, max(self.cfg.batch_size, 32), self.potential.species_index, self.dtype,
-                          self.device, order=share):
-            with torch.enable_grad():
-                out = self.potential.predict(lb.batch.species, lb.batch.positions, lb.batch.mask, cell=lb.batch.cell,
-                                             pbc=lb.batch.pbc)
+        for lb, out in predict_batches(self.potential, self.valid_set, max(self.cfg.batch_size, 32), order=share):
             de, df = residuals(out["energy_model"], out["forces"], lb, self.potential)
-            errors.add(de, df, lb.batch.mask)
-        return errors.summary(self.ctx, "val")
+            errors.add_batch(de, df, lb.batch.mask)
+        return self.summary(errors, "val")
+
+    def summary(self, errors: ErrorSums, prefix: str) -> dict:
+        """Energy and force MAE/RMSE (meV, meV/Å) over all processes, as ``{prefix}_energy_mae_meV`` etc."""
+        names = ("energy_mae_meV", "energy_rmse_meV", "force_mae_meV_A", "force_rmse_meV_A")
+        return errors.summary(names, f"{prefix}_", lambda sums: distributed.all_sum(self.ctx, sums))
 
     # ---- the run ---------------------------------------------------------------------------------
     def fit(self, on_epoch_end=None) -> dict:
@@ -531,7 +488,7 @@ def load_split(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
 
 
 def resolve_training_device(name: str, ctx_local_rank: int = 0) -> torch.device:
-    from .calculator import resolve_device
+    from .devices import resolve_device
 
     device = resolve_device(name)
     return torch.device("cuda", ctx_local_rank) if device.type == "cuda" else device
@@ -584,14 +541,8 @@ def read_config(out: Path) -> TrainConfig:
 
 def energy_offset(potential: SAKEPotential, data: Dataset, batch_size: int = 64) -> float:
     """Mean of E_ref − E_pred over ``data`` in eV (float64), energies only."""
-    device = next(potential.parameters()).device
-    total = 0.0
-    for lb in batches(data, batch_size, potential.species_index, potential.dtype, device):
-        with torch.no_grad():
-            out = potential.predict(lb.batch.species, lb.batch.positions, lb.batch.mask, forces=False,
-                                    cell=lb.batch.cell, pbc=lb.batch.pbc)
-        total += float((lb.energy - out["energy"]).sum())
-    return total / len(data)
+    energy, _ = predict(potential, data, batch_size, forces=False)
+    return float((data.energy - energy).sum()) / len(data)
 
 
 def refit_energy_shift(checkpoint, train_set: Dataset) -> float:

@@ -31,3 +31,26 @@ def test_misspelled_model_option_is_a_clear_error(tmp_path):
     assert "Traceback" not in result.output
     result = CliRunner().invoke(main, args[:3] + ["--model-option", "lmax"] + args[5:] + TINY)
     assert result.exit_code != 0 and "expected KEY=VALUE" in result.output
+
+
+def test_choices_and_defaults_come_from_the_library():
+    """A new ensemble, preset or dtype, or a new model default, reaches the CLI without a second edit."""
+    import sake_md.cli as cli
+    from sake_md.devices import DTYPE_NAMES
+    from sake_md.md.run import ENSEMBLES, MDSettings
+    from sake_md.md.stability import PRESETS
+    from sake_md.model import ModelConfig
+
+    def option(command, name):
+        (p,) = [p for p in main.commands[command].params if p.name == name]
+        return p
+
+    assert list(option("run", "ensemble").type.choices) == list(ENSEMBLES)
+    assert option("run", "ensemble").default == MDSettings().ensemble
+    assert option("run", "steps").default == MDSettings().steps
+    assert list(option("compare", "preset").type.choices) == list(PRESETS)
+    for command in ("train", "run", "compare", "compile"):
+        assert list(option(command, "dtype").type.choices) == list(DTYPE_NAMES)
+    for name in ("hidden", "heads", "layers", "radial"):
+        assert option("train", name).default == getattr(ModelConfig(), name)
+    assert cli.TRAIN["n_valid"] == option("train", "n_valid").default

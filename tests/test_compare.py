@@ -10,10 +10,11 @@ from click.testing import CliRunner
 from sake_md import SAKECalculator
 from sake_md.checkpoint import save_checkpoint
 from sake_md.cli import main
+from sake_md.cli_options import parse_time_ps
 from sake_md.errors import DataError, InputError
 from sake_md.md.rdf import BINS, h_of_r, hr_error
 from sake_md.md.reference import read_reference
-from sake_md.md.stability import PRESETS, StabilityPreset, force_errors, parse_time_ps, run_stability
+from sake_md.md.stability import PRESETS, StabilityPreset, force_errors, run_stability
 from sake_md.units import KCAL_PER_MOL
 
 from .physics import small_potential

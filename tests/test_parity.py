@@ -103,11 +103,11 @@ def test_parity_layer_by_layer(parity_npz):
     species = torch.from_numpy(Z["ethanol/h0"].argmax(-1))[None]
     x = torch.from_numpy(Z["ethanol/x"])[None]
     mask = torch.ones_like(species, dtype=torch.bool)
-    from sake_md.layer import Graph
+    from sake_md.layer import PairMasks
 
     h = torch.nn.functional.embedding(species, model.embedding_in.weight.t()) + model.embedding_in.bias
     np.testing.assert_allclose(h[0].detach().numpy(), Z["ethanol/f64/embed_h"], atol=1e-12)
-    v, graph = None, Graph.from_mask(mask, torch.float64)
+    v, graph = None, PairMasks.from_mask(mask, torch.float64)
     with torch.no_grad():
         for i, layer in enumerate(model.layers, start=1):
             h, x, v = layer(h, x, v, graph)

@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from sake_md.checkpoint import load_checkpoint, read_checkpoint
+from sake_md.cli_options import parse_duration
 from sake_md.errors import DataError, SakeMDError
 from sake_md.model import ModelConfig
-from sake_md.train import PaperAdam, TrainConfig, energy_offset, learning_rate, load_split, parse_duration, train
+from sake_md.train import PaperAdam, TrainConfig, energy_offset, learning_rate, load_split, train
 
 from .test_data import emt_frames, write_npz
 

@@ -1,4 +1,4 @@
-"""Cheap analytic force models in torch, for checking integrators (any ``ForceModel`` works in the engine).
+"""Cheap analytic force models in torch, for checking integrators (any ``ForceField`` works in the engine).
 
 Shapes: positions (B, N, 3) -> energy (B,) float64, forces (B, N, 3). Units: eV, Å.
 """

@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 
 from ..batch import check_structure
-from ..calculator import resolve_device, resolve_dtype
 from ..checkpoint import load_checkpoint
+from ..devices import resolve_device, resolve_dtype
 from .rdf import BINS, h_of_r
 from .reference import read_reference
 from .stability import PRESETS, StabilityResult, force_errors, run_stability

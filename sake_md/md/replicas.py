@@ -23,7 +23,8 @@ from ..compile import make_predictor
 from ..errors import InputError
 from ..model import SAKEPotential
 
-ForceModel = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# a force field of the batched engine: positions (B, N, 3) -> (energies (B,), forces (B, N, 3))
+ForceField = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -87,7 +88,7 @@ def drift(state: ReplicaState, dt: float):
     state.positions += dt * state.momenta / state.masses
 
 
-def update_forces(state: ReplicaState, model: ForceModel):
+def update_forces(state: ReplicaState, model: ForceField):
     """Forces and energies of the current positions: one call of ``model`` for the whole batch."""
     energy, forces = model(state.positions)
     state.energy = energy
@@ -112,7 +113,7 @@ class VelocityVerlet:
     def __init__(self, timestep: float):
         self.dt = timestep
 
-    def step(self, state: ReplicaState, model: ForceModel):
+    def step(self, state: ReplicaState, model: ForceField):
         half_kick(state, self.dt)
         drift(state, self.dt)
         update_forces(state, model)
@@ -126,7 +127,7 @@ class LangevinBAOAB:
     def __init__(self, timestep: float, temperature_K: float, friction: float, generator=None):
         self.dt, self.temperature_K, self.friction, self.generator = timestep, temperature_K, friction, generator
 
-    def step(self, state: ReplicaState, model: ForceModel):
+    def step(self, state: ReplicaState, model: ForceField):
         half_kick(state, self.dt)
         drift(state, 0.5 * self.dt)
         o_step(state, self.dt, self.friction, self.temperature_K, self.generator)
@@ -165,7 +166,7 @@ class NoseHooverChain:
         state.thermostat.setdefault("xi", zeros.clone())
         state.thermostat.setdefault("v_xi", zeros.clone())
 
-    def step(self, state: ReplicaState, model: ForceModel):
+    def step(self, state: ReplicaState, model: ForceField):
         self.init(state)
         chain_half_step(state, self.dt, self.kT, self.masses(state))
         half_kick(state, self.dt)
@@ -249,7 +250,7 @@ class SAKEForces:
 class StackedForces:
     """Several force models, each for a contiguous block of replicas: one call per model per step."""
 
-    def __init__(self, models: Sequence[ForceModel], sizes: Sequence[int]):
+    def __init__(self, models: Sequence[ForceField], sizes: Sequence[int]):
         if len(models) != len(sizes):
             raise ValueError(f"{len(models)} models but {len(sizes)} block sizes")
         self.models, self.sizes = list(models), [int(s) for s in sizes]
@@ -265,7 +266,7 @@ class StackedForces:
 
 # --- the loop ----------------------------------------------------------------------------------------
 
-def simulate(state: ReplicaState, integrator, model: ForceModel, steps: int, interval: int = 1,
+def simulate(state: ReplicaState, integrator, model: ForceField, steps: int, interval: int = 1,
              observer: Callable[[int, ReplicaState], bool | None] | None = None) -> int:
     """Integrate ``steps`` steps; call ``observer(step, state)`` every ``interval`` steps (and at step 0).
 

@@ -18,7 +18,7 @@ import torch
 
 from ..errors import InputError
 from ..model import SAKEPotential
-from .reference import ReferenceData
+from .reference import MoleculeFrames
 from .replicas import simulate
 from .stability import StabilityPreset, StabilityResult, _Monitor, _result, protocol_setup
 
@@ -28,7 +28,7 @@ STATE_VERSION = 1
 class SegmentedStability:
     """One potential's protocol run, advanced segment by segment; ``save``/``load`` hold its whole state."""
 
-    def __init__(self, potential: SAKEPotential, reference: ReferenceData, start: ReferenceData,
+    def __init__(self, potential: SAKEPotential, reference: MoleculeFrames, start: MoleculeFrames,
                  preset: StabilityPreset, runs: int, seed: int = 0, device="cpu", name: str = "model"):
         self.frames, self.model, self.state, self.integrator, criteria = protocol_setup(
             potential, reference, start, preset, runs, seed, device)

@@ -7,7 +7,6 @@ and, while intact, the frame's distances enter the run's h(r).
 """
 
 import math
-import re
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -19,7 +18,7 @@ from ..errors import InputError
 from ..model import SAKEPotential
 from .bonds import BondCriterion
 from .rdf import BINS, density, distance_counts, h_of_r, hr_error
-from .reference import ReferenceData
+from .reference import MoleculeFrames
 from .replicas import NoseHooverChain, ReplicaState, SAKEForces, maxwell_boltzmann, simulate
 
 
@@ -42,17 +41,6 @@ class StabilityPreset:
 
 
 PRESETS = {"mdsim-md17": StabilityPreset("mdsim-md17")}
-
-_TIME_UNITS = {"fs": 1e-3, "ps": 1.0, "ns": 1e3}
-
-
-def parse_time_ps(text: str) -> float:
-    """'10ps', '500fs', '0.3ns' or a bare number of ps -> ps."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(fs|ps|ns)?\s*", str(text))
-    if not m or float(m.group(1)) <= 0:
-        raise InputError(f"cannot read the time {text!r}; write e.g. 10ps, 500fs or 0.3ns")
-    return float(m.group(1)) * _TIME_UNITS[m.group(2) or "ps"]
-
 
 @dataclass
 class RunRecord:
@@ -142,7 +130,7 @@ class _Monitor:
         return all(c is not None for c in self.collapse)
 
 
-def protocol_setup(potential: SAKEPotential, reference: ReferenceData, start: ReferenceData,
+def protocol_setup(potential: SAKEPotential, reference: MoleculeFrames, start: MoleculeFrames,
                    preset: StabilityPreset, runs: int, seed: int = 0, device="cpu", compile=False,
                    expected_calls: int | None = None):
     """The protocol's starting point: ``runs`` distinct start frames of ``start`` (drawn with ``seed``), their
@@ -165,7 +153,7 @@ def protocol_setup(potential: SAKEPotential, reference: ReferenceData, start: Re
     return frames, model, state, integrator, criteria
 
 
-def run_stability(potential: SAKEPotential, reference: ReferenceData, start: ReferenceData,
+def run_stability(potential: SAKEPotential, reference: MoleculeFrames, start: MoleculeFrames,
                   preset: StabilityPreset, runs: int, time_ps: float | None = None, seed: int = 0,
                   device="cpu", name: str = "model", progress: bool = False, compile=False) -> StabilityResult:
     """Run the protocol for one potential: ``runs`` replicas from random frames of ``start``.
@@ -190,7 +178,7 @@ def _progress_bar(steps: int, name: str):
     return tqdm(total=steps, unit="step", desc=name, dynamic_ncols=True)
 
 
-def _result(name, monitor: _Monitor, frames, reference: ReferenceData, preset, steps, wall, device, dtype):
+def _result(name, monitor: _Monitor, frames, reference: MoleculeFrames, preset, steps, wall, device, dtype):
     h_ref = h_of_r(reference.positions)
     dt_ps = preset.timestep_fs / 1000.0
     records = []
@@ -204,13 +192,15 @@ def _result(name, monitor: _Monitor, frames, reference: ReferenceData, preset, s
                            str(dtype).removeprefix("torch."))
 
 
-def force_errors(potential: SAKEPotential, test: ReferenceData, device="cpu") -> tuple[float, float]:
-    """Force MAE and RMSE over all components of the test set, in meV/Å (``SAKECalculator.predict``)."""
-    from ..calculator import SAKECalculator
+def force_errors(potential: SAKEPotential, test: MoleculeFrames, device="cpu") -> tuple[float, float]:
+    """Force MAE and RMSE over all components of the test set, in meV/Å (``sake_md.predict``)."""
+    from ..devices import resolve_device
+    from ..predict import ErrorSums, predict
 
     if test.forces is None:
         raise InputError(f"the test set {test.source} has no forces")
-    calc = SAKECalculator(potential, device=device)
-    predicted = np.stack([o["forces"] for o in calc.predict([test.atoms(k) for k in range(len(test))])])
-    diff = (predicted - test.forces) * 1000.0
-    return float(np.abs(diff).mean()), float(np.sqrt(np.square(diff).mean()))
+    energy, forces = predict(potential.to(resolve_device(device)), test.dataset, batch_size=32)
+    errors = ErrorSums()
+    errors.add(energy - test.dataset.energy, [f - ref for f, ref in zip(forces, test.forces, strict=True)],
+               test.dataset.n_atoms)
+    return tuple(errors.summary(("force_mae_meV_A", "force_rmse_meV_A")).values())

@@ -12,7 +12,7 @@ then compared in a report regenerated from the records alone. ``sake-md study ST
 import json
 import os
 
-from ..calculator import resolve_device
+from ..devices import resolve_device
 from ..errors import ConfigError, DataError
 from .definition import Run, Study, load_study
 from .report import load_records, write_report

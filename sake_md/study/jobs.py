@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..calculator import resolve_device, resolve_dtype
 from ..checkpoint import load_checkpoint, read_checkpoint
+from ..devices import resolve_device, resolve_dtype
 from ..errors import ConfigError, SakeMDError
 from ..md.rdf import h_of_r
 from ..md.reference import read_reference

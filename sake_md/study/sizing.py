@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..calculator import resolve_device
+from ..devices import resolve_device
 from ..distributed import Context
 from ..md.reference import read_reference
 from ..md.replicas import simulate

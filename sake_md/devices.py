@@ -1,0 +1,24 @@
+"""Device and dtype names -> torch objects, for every entry point (calculator, training, compare, study)."""
+
+import torch
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64, torch.float32: torch.float32,
+          torch.float64: torch.float64}
+DTYPE_NAMES = tuple(k for k in DTYPES if isinstance(k, str))
+
+
+def resolve_device(device: str | torch.device = "cpu") -> torch.device:
+    """"auto" picks CUDA when available; asking for CUDA without it is an error, not a silent fallback."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was requested but PyTorch sees no CUDA GPU; use device='cpu' or 'auto'")
+    return device
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
