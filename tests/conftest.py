@@ -30,3 +30,11 @@ def parity_npz():
     import numpy as np
 
     return np.load(PARITY)
+
+
+@pytest.fixture(scope="module")
+def npz(tmp_path_factory):
+    """12 EMT-labelled frames of small molecules as an rMD17-style npz (the training tests' data)."""
+    from .test_data import emt_frames, write_npz
+
+    return write_npz(tmp_path_factory.mktemp("data") / "emt.npz", emt_frames(12, seed=3))

@@ -24,26 +24,19 @@ from sake_md.compile_train import CompiledTrainStep, bucket_atoms, pad_batch
 from sake_md.data import frames_to_dataset, labelled_batch
 from sake_md.model import ModelConfig
 from sake_md.spatial import SPATIAL_BLOCKS
-from sake_md.train import PaperAdam, TrainConfig, Trainer, train
+from sake_md.train import PaperAdam, Trainer, train
 
-from .test_data import emt_frames, write_npz
-from .test_train import free_port, log_rows
+from .test_data import emt_frames
+from .test_train import free_port, log_rows, small_config, train_until_killed
 
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 TINY = ModelConfig(hidden=8, heads=2, layers=2, radial=8).to_dict()
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory):
-    return write_npz(tmp_path_factory.mktemp("data") / "emt.npz", emt_frames(12, seed=3))
-
-
 def tiny_config(data, out, **overrides):
-    settings = dict(model=TINY, n_valid=4, epochs=3, batch_size=4, lr=3e-3, warmup_fraction=0.0, decay_end=1.0,
-                    dtype="float64", progress=False, energy_weight=0.1)
-    settings.update(overrides)
-    return TrainConfig(data=str(data), out=str(out), **settings)
+    """test_train's settings with the tiny model and 3 epochs."""
+    return small_config(data, out, **{"model": TINY, "epochs": 3, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -221,16 +214,8 @@ def test_train_compile_with_resume_matches_an_eager_run(npz, tmp_path):
     straight = tmp_path / "eager"
     train(tiny_config(npz, straight))
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_two(trainer, row):
-        if row["epoch"] == 2:
-            raise Killed
-
     out = tmp_path / "compiled"
-    with pytest.raises(Killed):
-        train(tiny_config(npz, out, compile=True), on_epoch_end=kill_after_two)
+    train_until_killed(tiny_config(npz, out, compile=True))
     args = ["train", "--data", str(npz), "--out", str(out), "--resume", "--no-progress"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output

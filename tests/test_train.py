@@ -16,14 +16,7 @@ from sake_md.errors import DataError, SakeMDError
 from sake_md.model import ModelConfig
 from sake_md.train import PaperAdam, TrainConfig, energy_offset, learning_rate, load_split, train
 
-from .test_data import emt_frames, write_npz
-
 SMALL = ModelConfig(hidden=16, heads=2, layers=2, radial=16).to_dict()
-
-
-@pytest.fixture(scope="module")
-def npz(tmp_path_factory):
-    return write_npz(tmp_path_factory.mktemp("data") / "emt.npz", emt_frames(12, seed=3))
 
 
 def small_config(data, out, **overrides):
@@ -31,6 +24,21 @@ def small_config(data, out, **overrides):
                     dtype="float64", progress=False, energy_weight=0.1)
     settings.update(overrides)
     return TrainConfig(data=str(data), out=str(out), **settings)
+
+
+class Killed(Exception):
+    pass
+
+
+def train_until_killed(cfg, epoch: int = 2) -> None:
+    """Train ``cfg`` and kill the run after ``epoch`` (as a SIGKILL would: last.pt of that epoch stays)."""
+
+    def kill(trainer, row):
+        if row["epoch"] == epoch:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(cfg, on_epoch_end=kill)
 
 
 def log_rows(out):
@@ -67,16 +75,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(npz, tmp_path):
     straight = tmp_path / "straight"
     train(small_config(npz, straight))
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_two(trainer, row):
-        if row["epoch"] == 2:
-            raise Killed
-
     resumed = tmp_path / "resumed"
-    with pytest.raises(Killed):
-        train(small_config(npz, resumed), on_epoch_end=kill_after_two)
+    train_until_killed(small_config(npz, resumed))
     assert read_checkpoint(resumed / "last.pt")["extra"]["state"]["epoch"] == 2
     with pytest.raises(SakeMDError, match="--resume"):
         train(small_config(npz, resumed))
@@ -178,16 +178,8 @@ def test_resume_with_ema_amsgrad_and_energy_stage_is_exact(npz, tmp_path):
     straight = tmp_path / "straight"
     train(small_config(npz, straight, **NEW_RECIPE))
 
-    class Killed(Exception):
-        pass
-
-    def kill_after_two(trainer, row):
-        if row["epoch"] == 2:
-            raise Killed
-
     resumed = tmp_path / "resumed"
-    with pytest.raises(Killed):
-        train(small_config(npz, resumed, **NEW_RECIPE), on_epoch_end=kill_after_two)
+    train_until_killed(small_config(npz, resumed, **NEW_RECIPE))
     saved = json.loads((resumed / "config.json").read_text())
     assert {k: saved[k] for k in NEW_RECIPE} == NEW_RECIPE
     train(TrainConfig.from_dict(saved), resume=True)
