@@ -527,6 +527,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
         if cfg.test and ctx.main:
             attach_test_metrics(out / "best.pt", cfg.test, energy_key=cfg.energy_key, forces_key=cfg.forces_key,
                                 energy_unit=cfg.energy_unit, length_unit=cfg.length_unit)
+        distributed.barrier(ctx)  # every process leaves the group together, after rank 0's final writes
     finally:
         distributed.teardown(ctx)
     return out / "best.pt"
