@@ -46,6 +46,10 @@ def measure(args) -> dict:
     from sake_md.neighbours import batch_table
 
     torch.set_num_threads(args.threads)
+    if not args.default_allocator:
+        from sake_md.allocator import keep_freed_memory
+
+        keep_freed_memory()  # what SAKECalculator does for a sparse model
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     baseline_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     atoms = supercell(args.single)
@@ -128,7 +132,8 @@ def run_size(args, n: int) -> dict:
     """Measure one size in a fresh process (its own peak memory); a size that fails is reported, not fatal."""
     cmd = [sys.executable, __file__, "--single", str(n)] + [
         f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
-        if k not in ("single", "sizes", "json") and v is not None]
+        if k not in ("single", "sizes", "json", "default_allocator") and v is not None]
+    cmd += ["--default-allocator"] if args.default_allocator else []
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"atoms": n, "error": (proc.stderr.strip().splitlines() or ["killed"])[-1][:200]}
@@ -161,6 +166,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--mace-model", help="A MACE model file: time MACECalculator on the same structures.")
     ap.add_argument("--json", help="Write the rows to this file.")
+    ap.add_argument("--default-allocator", action="store_true",
+                    help="Leave glibc's allocator as it is (sake_md.allocator: super-linear time at large N).")
     ap.add_argument("--single", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.single is not None:

@@ -9,6 +9,7 @@ import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
 
+from .allocator import keep_freed_memory
 from .batch import atoms_to_batch
 from .checkpoint import load_checkpoint
 from .compile import CompiledPotential, check_mode, make_predictor
@@ -64,6 +65,7 @@ class SAKECalculator(Calculator):
         self.neighbours = None if potential.cutoff is None else VerletNeighbours(potential.cutoff, skin)
         if self.neighbours is not None:
             self.implemented_properties = [*self.implemented_properties, "stress"]
+            keep_freed_memory()  # large systems: linear cost instead of page faults on every call
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype) if dtype is not None else potential.dtype
         self.potential = potential.to(device=self.device, dtype=self.dtype).eval()

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
+from .allocator import keep_freed_memory
 from .checkpoint import potential_from_dict, read_checkpoint, save_checkpoint
 from .data import Dataset, LabelledBatch, labelled_batch, read_dataset, shuffled_order, split
 from .errors import DataError, SakeMDError
@@ -272,6 +273,8 @@ class Trainer:
                                    cfg.clip, cfg.amsgrad)
         self.average = WeightAverage(self.potential, cfg.ema_decay) if cfg.ema_decay else None
         self.step = self.eager_step
+        if self.potential.cutoff is not None:
+            keep_freed_memory()  # see sake_md.allocator
         if cfg.compile and self.potential.cutoff is not None:
             raise SakeMDError("--compile trains dense (molecular) models; a model with --cutoff trains eagerly")
         if cfg.compile:

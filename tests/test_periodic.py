@@ -445,3 +445,20 @@ def test_run_command_takes_a_periodic_structure_file(copper_model, tmp_path):
     result = CliRunner().invoke(main, ["run", "--potential", str(dense), "--structure", str(tmp_path / "cu.cif"),
                                        "--steps", "1", "--traj", "", "--log", "", "--no-progress"])
     assert result.exit_code == 1 and "periodic" in result.output and "--cutoff" in result.output
+
+
+def test_sparse_calculators_keep_freed_memory(monkeypatch):
+    """A sparse model switches glibc to keeping freed memory (linear cost at large N); a dense one does not."""
+    import sys
+
+    from sake_md import allocator, calculator
+
+    calls = []
+    monkeypatch.setattr(calculator, "keep_freed_memory", lambda: calls.append(1) or True)
+    potential = SAKEPotential([1, 8], ModelConfig(hidden=8, heads=2, layers=2, radial=8))
+    SAKECalculator(potential)
+    assert calls == []
+    SAKECalculator(potential, cutoff=4.0)
+    assert calls == [1]
+    if sys.platform.startswith("linux"):
+        assert allocator.keep_freed_memory() and allocator.keep_freed_memory()  # applied once, idempotent

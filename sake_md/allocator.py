@@ -1,0 +1,30 @@
+"""Keep freed memory inside the process (glibc), so that large systems do not fault their buffers in again.
+
+With glibc's defaults, a freed buffer above the mmap threshold goes back to the operating system and the
+next call page-faults a fresh one in. For the sparse model's (N, K, C) tensors that made the cost per atom
+grow with N: N^1.29 from 500 to 5,324 atoms on one core, the elementwise kernels slowing down as their
+buffers grew (README, "Periodic and large systems"). Raising the mmap and trim thresholds and padding
+the heap keeps the memory in the process: the time becomes linear (N^0.99) and 2.3x shorter at 5,324
+atoms, for a higher peak resident memory. Sparse-mode calculators and training switch it on.
+"""
+
+import ctypes
+import ctypes.util
+import sys
+
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters
+SETTINGS = ((M_MMAP_THRESHOLD, 2**31 - 1), (M_TRIM_THRESHOLD, 2**31 - 1), (M_TOP_PAD, 1 << 30))
+_active = False
+
+
+def keep_freed_memory() -> bool:
+    """Apply ``SETTINGS`` with glibc's ``mallopt`` once per process; False where that is unavailable."""
+    global _active
+    if _active or not sys.platform.startswith("linux"):
+        return _active
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    _active = all(mallopt(key, value) == 1 for key, value in SETTINGS)
+    return _active
