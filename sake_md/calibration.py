@@ -96,7 +96,7 @@ def format_committee_report(report: dict) -> str:
     """The error table of the mean, each member's errors and the calibration tables."""
     lines = [format_report(report), "", f"{'member':40s} {'force MAE':>10s} {'force RMSE':>11s} {'E MAE':>9s}"]
     for row in report["member_errors"]:
-        lines.append(f"{Path(row['checkpoint']).name:40s} {row['force_mae_meV_A']:10.3f} "
+        lines.append(f"{_short(row['checkpoint']):40s} {row['force_mae_meV_A']:10.3f} "
                      f"{row['force_rmse_meV_A']:11.3f} {row['energy_mae_meV']:9.3f}")
     for key, what, unit in (("forces", "per-atom force deviation σ_F against |ΔF| of the mean", "meV/Å"),
                             ("energy", "per-frame energy deviation σ_E against |ΔE| of the mean", "meV")):
@@ -141,3 +141,13 @@ def calibration_plot(path, report: dict, arrays: dict, max_points: int = 20000, 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return Path(path)
+
+
+def _short(path: str, width: int = 40) -> str:
+    """The path's last parts that fit ``width`` (members are often ``run_x/best.pt``, ``run_y/best.pt``)."""
+    parts = Path(path).parts
+    for k in range(len(parts)):
+        text = str(Path(*parts[k:]))
+        if len(text) <= width:
+            return text
+    return "…" + str(path)[-(width - 1):]
