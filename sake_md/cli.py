@@ -314,6 +314,11 @@ def compare(checkpoints, preset, runs, reference, test, time_text, out, seed, de
               help="Jobs side by side, one thread and one core each (never more than the cores available).")
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--data-dir", type=click.Path(file_okay=False), help="Folder of the rMD17 files [the study file's].")
+@click.option("--stack", is_flag=True,
+              help="Train runs of one variant, molecule size and epochs together, one job per group (for a GPU).")
+@click.option("--precompile", is_flag=True,
+              help="With --stack: compile every group's step side by side first; queued groups start from the cache.")
+@click.option("--train-only", is_flag=True, help="Train (and test) only; no MD stage.")
 @click.option("--report-only", is_flag=True, help="Only regenerate the report from the records.")
 @click.option("--publish", is_flag=True, help="Copy each cell's median-validation model to potentials/ with a card.")
 @click.option("--size", is_flag=True, help="Measure speed and print epochs and CPU-hours; runs nothing.")

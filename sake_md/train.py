@@ -166,10 +166,14 @@ class PaperAdam(torch.optim.Adam):
 
     @torch.no_grad()
     def step(self, closure=None):
-        for group in self.param_groups:
-            for p in group["params"]:
-                g = torch.zeros_like(p) if p.grad is None else p.grad
-                p.grad = (g + self.coupled_decay * p).clamp_(-self.clip, self.clip)
+        for group in self.param_groups:  # a few foreach kernels, not three per parameter
+            params = group["params"]
+            grads = torch._foreach_mul(params, self.coupled_decay)
+            torch._foreach_add_(grads, [torch.zeros_like(p) if p.grad is None else p.grad for p in params])
+            torch._foreach_clamp_min_(grads, -self.clip)
+            torch._foreach_clamp_max_(grads, self.clip)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
         return super().step(closure)
 
 
@@ -229,8 +233,7 @@ class WeightAverage:
 
     @torch.no_grad()
     def update(self) -> None:
-        for avg, p in zip(self.shadow, self.module.parameters(), strict=True):
-            avg.lerp_(p, 1.0 - self.decay)
+        torch._foreach_lerp_(self.shadow, list(self.module.parameters()), 1.0 - self.decay)
 
     @contextlib.contextmanager
     def swapped(self):
@@ -451,7 +454,7 @@ class Trainer:
                 "recipe": cfg.recipe, "epochs": s["epoch"], "planned_epochs": s["planned_epochs"],
                 "seconds": round(s["seconds"], 1), "samples_per_s": round(n_seen / max(s["seconds"], 1e-9), 1),
                 "processes": self.ctx.world, "device": str(self.device), "dtype": cfg.dtype,
-                "best_epoch": s["best_epoch"],
+                "best_epoch": s["best_epoch"], "stacked": s.get("stacked", 1),
                 "settings": {k: v for k, v in cfg.to_dict().items() if k not in ("data", "out", "test", "progress")}}
 
     def restore(self) -> None:
@@ -525,15 +528,21 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
                   f"{ctx.world} process(es), {device}, {cfg.dtype}", flush=True)
         trainer.fit(on_epoch_end)
         distributed.barrier(ctx)
-        if cfg.refit_shift and ctx.main:
-            refit_energy_shift(out / "best.pt", trainer.train_set)
-        if cfg.test and ctx.main:
-            attach_test_metrics(out / "best.pt", cfg.test, energy_key=cfg.energy_key, forces_key=cfg.forces_key,
-                                energy_unit=cfg.energy_unit, length_unit=cfg.length_unit)
+        if ctx.main:
+            finalize(cfg, out, trainer.train_set)
         distributed.barrier(ctx)  # every process leaves the group together, after rank 0's final writes
     finally:
         distributed.teardown(ctx)
     return out / "best.pt"
+
+
+def finalize(cfg: TrainConfig, out: Path, train_set: Dataset) -> None:
+    """The end of a run: re-centre best.pt's energy shift on the training split, attach the test errors."""
+    if cfg.refit_shift:
+        refit_energy_shift(out / "best.pt", train_set, cfg.device)
+    if cfg.test:
+        attach_test_metrics(out / "best.pt", cfg.test, energy_key=cfg.energy_key, forces_key=cfg.forces_key,
+                            energy_unit=cfg.energy_unit, length_unit=cfg.length_unit, device=cfg.device)
 
 
 def read_config(out: Path) -> TrainConfig:
@@ -549,16 +558,18 @@ def energy_offset(potential: SAKEPotential, data: Dataset, batch_size: int = 64)
     return float((data.energy - energy).sum()) / len(data)
 
 
-def refit_energy_shift(checkpoint, train_set: Dataset) -> float:
+def refit_energy_shift(checkpoint, train_set: Dataset, device: str = "cpu") -> float:
     """Add the mean training-set energy residual to the checkpoint's energy shift; returns it (eV).
 
     An MAE force loss leaves the constant energy offset to the small energy term, so it wanders
     during training; this least-squares constant (training frames only) removes that offset.
     """
     from .checkpoint import load_checkpoint
+    from .devices import resolve_device
 
     potential, data = load_checkpoint(checkpoint, with_metadata=True)
-    offset = energy_offset(potential, train_set)
+    offset = energy_offset(potential.to(resolve_device(device)), train_set)
+    potential = potential.cpu()
     potential.energy_shift += offset
     training = dict(data.get("training") or {})
     training["energy_shift_refit_eV"] = training.get("energy_shift_refit_eV", 0.0) + offset
@@ -566,12 +577,12 @@ def refit_energy_shift(checkpoint, train_set: Dataset) -> float:
     return offset
 
 
-def attach_test_metrics(checkpoint, test, **read_options) -> dict:
-    """Evaluate ``checkpoint`` on the file ``test`` and store the report under ``metrics["test"]``."""
+def attach_test_metrics(checkpoint, test, device: str = "cpu", **read_options) -> dict:
+    """Evaluate ``checkpoint`` on the file ``test`` (on ``device``) and store the report under ``metrics["test"]``."""
     from .checkpoint import load_checkpoint
     from .evaluate import evaluate
 
-    report = evaluate(checkpoint, test, **read_options)
+    report = evaluate(checkpoint, test, device=device, **read_options)
     potential, data = load_checkpoint(checkpoint, with_metadata=True)
     metrics = dict(data.get("metrics") or {})
     metrics["test"] = report

@@ -56,6 +56,7 @@ energy_weight = 0.1
 runs = 5
 time_ps = 0.1
 segment_ps = 0.05
+compile = false
 
 [molecules.ethanol]
 epochs = 2
@@ -311,8 +312,9 @@ def test_study_file_refuses_misspellings_and_bad_selections(tmp_path):
 
 
 def test_jobs_never_exceed_cores():
-    assert job_slots(2, {0, 1, 2, 3}) == [0, 1]
-    assert job_slots(4, {3}) == [3]
+    assert job_slots(2, {0, 1, 2, 3}) == [(0,), (1,)]
+    assert job_slots(4, {3}) == [(3,)]
+    assert job_slots(3, set(range(8)), spread=True) == [(0, 1, 2), (3, 4, 5), (6, 7)]
 
 
 def test_dry_run_size_and_missing_data(tmp_path):
@@ -340,3 +342,27 @@ def test_a_failing_job_is_reported_and_the_rest_kept(tmp_path):
     assert study.record_path(run, "train").exists() and not study.record_path(run, "md").exists()
     assert "distinct start frames" in (study.run_dir(run) / "job.log").read_text()
     assert "ethanol/sake-no-spatial/seed0 (md)" in (study.out / "README.md").read_text()
+
+
+def test_stacked_study_trains_a_group_together_then_finishes_each_run(tmp_path):
+    """--stack --train-only: one job trains both seeds together; a later plain invocation only runs their MD."""
+    toml = tiny_study(tmp_path, variants=("sake-no-spatial",))
+    toml.write_text(toml.read_text().replace("seeds = [0]", "seeds = [0, 1]")
+                    .replace('recipe = "budget"', 'recipe = "budget"\ncompile = false'))
+    result = invoke(toml, "--stack", "--train-only", "--precompile", "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    assert "compiling the training steps of 1 group(s) side by side" in result.output
+    assert "start 2 runs together: ethanol/sake-no-spatial/seed0, ethanol/sake-no-spatial/seed1" in result.output
+    study = load_study(toml)
+    curves = []
+    for run in study.select():
+        record = json.loads(study.record_path(run, "train").read_text())
+        assert record["cost"]["trained_together"] == 2 and record["cost"]["epochs"] == 2
+        assert record["test"]["frames"] == 8
+        curves.append([row["val_force_mae_meV_A"] for row in record["validation_curve"]])
+        assert not study.record_path(run, "md").exists()
+    assert curves[0] != curves[1]  # two seeds: their own splits and initialisations
+    result = invoke(toml, "--jobs", "2")
+    assert result.exit_code == 0, result.output
+    assert "2 runs selected, 0 done, 2 to run (0 to train)" in result.output
+    assert all(study.record_path(r, "md").exists() for r in study.select())

@@ -29,9 +29,10 @@ class SegmentedStability:
     """One potential's protocol run, advanced segment by segment; ``save``/``load`` hold its whole state."""
 
     def __init__(self, potential: SAKEPotential, reference: MoleculeFrames, start: MoleculeFrames,
-                 preset: StabilityPreset, runs: int, seed: int = 0, device="cpu", name: str = "model"):
+                 preset: StabilityPreset, runs: int, seed: int = 0, device="cpu", name: str = "model",
+                 compile=False, expected_calls: int | None = None):
         self.frames, self.model, self.state, self.integrator, criteria = protocol_setup(
-            potential, reference, start, preset, runs, seed, device)
+            potential, reference, start, preset, runs, seed, device, compile, expected_calls)
         self.reference, self.preset, self.device, self.name = reference, preset, device, name
         self.dtype = potential.dtype
         self.monitor = _Monitor(criteria, preset.timestep_fs / 1000.0)

@@ -22,9 +22,15 @@ __all__ = ["Run", "Study", "load_study", "run_study", "write_report"]
 
 def run_study(study_file, variants=(), molecules=(), seeds=(), jobs: int = 2, device: str = "cpu", data_dir=None,
               report_only: bool = False, publish: bool = False, size: bool = False, dry_run: bool = False,
-              stretch: bool = False, echo=print) -> int:
+              stretch: bool = False, stack: bool = False, train_only: bool = False, precompile: bool = False,
+              echo=print) -> int:
     """Run what is missing of the selection, then regenerate the report. Returns the exit status: 0, 1 if a job
-    failed, 130 or 143 when stopped by Ctrl-C or SIGTERM (the jobs are stopped too; the report is not written)."""
+    failed, 130 or 143 when stopped by Ctrl-C or SIGTERM (the jobs are stopped too; the report is not written).
+
+    ``stack``: the runs still to train go in groups that share a model configuration, molecule size and
+    epochs, each group one job training its runs together (``sake_md.stacked``; what makes a GPU pay
+    at batch 4). ``precompile`` (with ``stack``): first compile every group's step side by side into torch's
+    cache, so that groups queued behind ``jobs`` start without compiling. ``train_only``: no MD stage."""
     from .jobs import write_json  # not at import time: ``python -m sake_md.study.jobs`` runs that module
 
     study = load_study(study_file, data_dir)
@@ -36,7 +42,8 @@ def run_study(study_file, variants=(), molecules=(), seeds=(), jobs: int = 2, de
         device = str(resolve_device(device))
         if size:
             return _size(study, runs, device, echo)
-        todo = [r for r in runs if not all(study.record_path(r, s).exists() for s in ("train", "md"))]
+        stages = ("train",) if train_only else ("train", "md")
+        todo = [r for r in runs if not all(study.record_path(r, s).exists() for s in stages)]
         _warn_stale(study, runs, device, echo)
         echo(f"{study.name}: {len(runs)} runs selected, {len(runs) - len(todo)} done, {len(todo)} to run "
              f"({sum(not study.record_path(r, 'train').exists() for r in todo)} to train); records in {study.records}")
@@ -49,8 +56,14 @@ def run_study(study_file, variants=(), molecules=(), seeds=(), jobs: int = 2, de
         if todo:
             from .runner import Terminated, run_jobs
 
+            options = ("--train-only",) if train_only else ()
+            units = stacked_groups(study, todo) if stack else todo
             try:
-                codes = run_jobs(study, todo, jobs, device, echo)
+                if stack and precompile:
+                    groups = [u for u in units if len(u) > 1]
+                    echo(f"compiling the training steps of {len(groups)} group(s) side by side")
+                    run_jobs(study, groups, len(groups), device, echo, ("--stack", "--compile-only"))
+                codes = run_jobs(study, units, jobs, device, echo, (*options, "--stack") if stack else options)
             except (KeyboardInterrupt, Terminated) as e:
                 echo("study stopped; run the same command again to resume")
                 return 130 if isinstance(e, KeyboardInterrupt) else 143
@@ -69,6 +82,24 @@ def run_study(study_file, variants=(), molecules=(), seeds=(), jobs: int = 2, de
         for path in publish_cells(load_records(study.records), study.out, study.potentials, source):
             echo(f"published {path}")
     return status
+
+
+def stacked_groups(study: Study, runs: list[Run]) -> list[list[Run]]:
+    """``runs`` in groups that can train together: one variant, molecule size and number of epochs; runs
+    that are trained already stay alone (their job only finishes them)."""
+    from ..data import read_dataset
+
+    sizes, groups, alone = {}, {}, []
+    for run in runs:
+        if study.record_path(run, "train").exists():
+            alone.append([run])
+            continue
+        if run.molecule not in sizes:
+            data = read_dataset(study.data_file(run.molecule, "train"))
+            sizes[run.molecule] = tuple(sorted(set(data.n_atoms.tolist())))
+        key = (run.variant, sizes[run.molecule], study.molecules[run.molecule].epochs)
+        groups.setdefault(key, []).append(run)
+    return [*groups.values(), *alone]
 
 
 def _check_data(study: Study, runs: list[Run]) -> None:

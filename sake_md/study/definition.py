@@ -142,7 +142,8 @@ class Study:
 # ---- reading -----------------------------------------------------------------------------------------
 DEFAULTS = {
     "data": {"train": "rmd17_{molecule}_train_01.npz", "test": "rmd17_{molecule}_test_01.npz", "n_valid": 50},
-    "md": {"preset": "mdsim-md17", "runs": 5, "time_ps": 10.0, "segment_ps": 1.0, "seed": 0, "dtype": None},
+    "md": {"preset": "mdsim-md17", "runs": 5, "time_ps": 10.0, "segment_ps": 1.0, "seed": 0, "dtype": None,
+           "compile": True},
     "report": {"baseline": "sake", "alpha": 0.05, "ef_repeats": 20},
     "sizing": {"target_minutes": 30.0, "steps": 3, "md_steps": 10},
     "paths": {"root": ".", "data_dir": "../shared/data/rmd17", "out": "study", "potentials": "potentials"},

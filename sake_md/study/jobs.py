@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import __version__
+from .. import __version__, distributed
 from ..checkpoint import load_checkpoint, read_checkpoint
 from ..devices import resolve_device, resolve_dtype
 from ..errors import ConfigError, SakeMDError
@@ -32,7 +32,7 @@ from ..md.replicas import SAKEForces
 from ..md.segments import SegmentedStability, run_segmented
 from ..md.stability import PRESETS
 from ..model import count_parameters
-from ..train import read_config, train
+from ..train import Trainer, read_config, train
 from .definition import Run, Study, load_study
 
 # settings that may differ between a killed run and its resumption: where files are, where it runs
@@ -77,13 +77,70 @@ class CostLedger:
         return entry
 
 
-def run_job(study: Study, run: Run, device: str = "cpu", on_epoch_end=None, on_segment=None) -> None:
-    """Both stages of ``run``, each skipped when its record exists."""
+def run_job(study: Study, run: Run, device: str = "cpu", on_epoch_end=None, on_segment=None, md: bool = True) -> None:
+    """Both stages of ``run`` (training alone without ``md``), each skipped when its record exists."""
     torch.set_num_threads(1)
     if not study.record_path(run, "train").exists():
         write_json(study.record_path(run, "train"), train_stage(study, run, device, on_epoch_end))
-    if not study.record_path(run, "md").exists():
+    if md and not study.record_path(run, "md").exists():
         write_json(study.record_path(run, "md"), md_stage(study, run, device, on_segment))
+
+
+def run_stacked(study: Study, runs: list[Run], device: str = "cpu", md: bool = True, on_epoch_end=None) -> None:
+    """Train the runs of ``runs`` that have no record yet together (``sake_md.stacked``), then finish each
+    one as ``run_job`` does (energy shift, test errors, timing, record; MD unless ``md`` is False).
+
+    Runs that cannot go together (started alone and now at different epochs) are trained one by one."""
+    torch.set_num_threads(1)
+    todo = [r for r in runs if not study.record_path(r, "train").exists()]
+    if len(todo) > 1:
+        epochs = {r: _epochs_done(study, r) for r in todo}
+        if len(set(epochs.values())) == 1:
+            stacked_training(study, todo, device, on_epoch_end)
+    for run in runs:
+        run_job(study, run, device, md=md)
+
+
+def compile_stacked(study: Study, runs: list[Run], device: str = "cpu") -> float | None:
+    """Compile the stacked training step of ``runs`` into torch's on-disk cache, writing nothing else, so
+    that their training job later starts from the cache (``--precompile``). Returns the compile seconds."""
+    from ..stacked import StackedTraining
+
+    torch.set_num_threads(1)
+    cfgs = [study.train_config(r, device) for r in runs]
+    device = resolve_device(device)
+    trainers = [Trainer(cfg, distributed.Context(), device) for cfg in cfgs]
+    stack = StackedTraining(trainers)
+    index, _ = stack.epoch_index(0)
+    stack.build(stack.train_frames.take(index[0]), trainers[0].loss_settings())
+    return stack.compile_seconds
+
+
+def _epochs_done(study: Study, run: Run) -> int:
+    last = study.run_dir(run) / "train" / "last.pt"
+    return int(read_checkpoint(last)["extra"]["state"]["epoch"]) if last.exists() else 0
+
+
+def stacked_training(study: Study, runs: list[Run], device: str = "cpu", on_epoch_end=None) -> None:
+    """The training of ``runs`` (no records yet, all at one epoch) in one stacked process; each run's CPU
+    and wall seconds are those of the whole process (they are shared)."""
+    from ..stacked import train_stacked
+
+    cfgs = [study.train_config(r, device) for r in runs]
+    resume = (Path(cfgs[0].out) / "last.pt").exists()
+    for run, cfg in zip(runs, cfgs, strict=True):
+        out = Path(cfg.out)
+        if resume:
+            _check_unchanged(read_config(out).to_dict(), cfg.to_dict(), run, out)
+            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    ledgers = {cfg.out: CostLedger(study.run_dir(r) / "cost.json", "train") for r, cfg in zip(runs, cfgs, strict=True)}
+
+    def epoch_end(trainer, row):
+        ledgers[trainer.cfg.out].save()
+        if on_epoch_end is not None:
+            on_epoch_end(trainer, row)
+
+    train_stacked(cfgs, resume=resume, on_epoch_end=epoch_end, finalize=False)
 
 
 # ---- training --------------------------------------------------------------------------------------------
@@ -113,7 +170,8 @@ def train_stage(study: Study, run: Run, device: str = "cpu", on_epoch_end=None) 
     return {"kind": "train", "run": run.to_dict(), "sake_md_version": __version__, "finished": _now(),
             "config": portable(cfg.to_dict(), root), "parameters": count_parameters(potential),
             "cost": {**cost, "epochs": t["epochs"], "train_seconds": t["seconds"],
-                     "samples_per_s": t["samples_per_s"], "device": t["device"], "threads": 1},
+                     "samples_per_s": t["samples_per_s"], "device": t["device"], "threads": 1,
+                     "trained_together": t.get("stacked", 1)},
             "validation_curve": rows,
             "best": {"epoch": data["training"]["best_epoch"], **data["metrics"]["validation"]},
             "test": {"data": os.path.relpath(cfg.test, root), **test},
@@ -161,8 +219,10 @@ def md_stage(study: Study, run: Run, device: str = "cpu", on_segment=None) -> di
     reference_file, start_file = study.data_file(run.molecule, "train"), study.data_file(run.molecule, "test")
     reference, start = read_reference(reference_file), read_reference(start_file)
     horizons = study.md_horizons(run)
-    protocol = SegmentedStability(potential, reference, start, PRESETS[md["preset"]], md["runs"], md["seed"],
-                                  resolve_device(device), run.key)
+    preset = PRESETS[md["preset"]]
+    steps = int(round(max(horizons) * 1000.0 / preset.timestep_fs))
+    protocol = SegmentedStability(potential, reference, start, preset, md["runs"], md["seed"],
+                                  resolve_device(device), run.key, compile=md["compile"], expected_calls=steps)
 
     def segment_end(r):
         ledger.save()
@@ -208,14 +268,24 @@ def parse_run(key: str) -> Run:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sake_md.study.jobs", description="One run of a study.")
+    ap = argparse.ArgumentParser(prog="python -m sake_md.study.jobs", description="Runs of a study.")
     ap.add_argument("study")
-    ap.add_argument("run", help="MOLECULE/VARIANT/seedK")
+    ap.add_argument("runs", nargs="+", help="MOLECULE/VARIANT/seedK")
     ap.add_argument("--data-dir")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--stack", action="store_true", help="train the runs together (one model configuration)")
+    ap.add_argument("--train-only", action="store_true", help="no MD stage")
+    ap.add_argument("--compile-only", action="store_true", help="with --stack: only compile the step into the cache")
     args = ap.parse_args(argv)
     try:
-        run_job(load_study(args.study, args.data_dir), parse_run(args.run), args.device)
+        study, runs = load_study(args.study, args.data_dir), [parse_run(r) for r in args.runs]
+        if args.stack and args.compile_only:
+            compile_stacked(study, runs, args.device)
+        elif args.stack:
+            run_stacked(study, runs, args.device, md=not args.train_only)
+        else:
+            for run in runs:
+                run_job(study, run, args.device, md=not args.train_only)
     except SakeMDError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -14,63 +14,81 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+
 from .definition import Run, Study
 
 THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
               "TORCHINDUCTOR_COMPILE_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def job_slots(jobs: int, cores=None) -> list[int]:
-    """The cores to pin ``jobs`` jobs to, one each; fewer when fewer cores are available."""
+def job_slots(jobs: int, cores=None, spread: bool = False) -> list[tuple[int, ...]]:
+    """The cores to pin ``jobs`` jobs to: one each (fewer jobs when fewer cores are available), or with
+    ``spread`` (GPU jobs, whose CPU work is launching kernels and compiling them) all cores shared out."""
     cores = sorted(os.sched_getaffinity(0) if cores is None else cores)
-    return cores[:max(1, min(jobs, len(cores)))]
+    n = max(1, min(jobs, len(cores)))
+    if not spread:
+        return [(c,) for c in cores[:n]]
+    return [tuple(int(c) for c in part) for part in np.array_split(cores, n)]
 
 
-def job_command(study: Study, run: Run, device: str) -> list[str]:
-    return [sys.executable, "-m", "sake_md.study.jobs", str(study.path), run.key, "--data-dir",
-            str(study.data_dir), "--device", device]
+def job_command(study: Study, runs: list[Run], device: str, options=()) -> list[str]:
+    return [sys.executable, "-m", "sake_md.study.jobs", str(study.path), *(r.key for r in runs), "--data-dir",
+            str(study.data_dir), "--device", device, *options]
 
 
-def job_env() -> dict:
-    """The environment of a job: one thread everywhere, and this copy of sake_md first on the path."""
+def job_env(cores: int = 1) -> dict:
+    """The environment of a job: one thread everywhere (``cores`` compile workers), and this copy of
+    sake_md first on the path."""
     package_root = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH")
-    return {**os.environ, **THREAD_ENV, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
+    return {**os.environ, **THREAD_ENV, "TORCHINDUCTOR_COMPILE_THREADS": str(cores),
+            "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
 
 
 @dataclass
 class Job:
-    run: Run
-    core: int
+    runs: list[Run]
+    cores: tuple[int, ...]
     process: subprocess.Popen
     started: float
     log: object
+
+    @property
+    def label(self) -> str:
+        return job_label(self.runs)
+
+
+def job_label(runs: list[Run]) -> str:
+    return runs[0].key if len(runs) == 1 else f"{len(runs)} runs together: {', '.join(r.key for r in runs)}"
 
 
 class Terminated(Exception):
     """SIGTERM arrived; raised in the main loop so that the jobs are stopped before the study exits."""
 
 
-def run_jobs(study: Study, runs: list[Run], jobs: int, device: str = "cpu", echo=print) -> dict[str, int]:
-    """Run ``runs`` as subprocesses, ``jobs`` at a time. Returns each run's exit status by key."""
-    slots = job_slots(jobs)
+def run_jobs(study: Study, units: list, jobs: int, device: str = "cpu", echo=print, options=()) -> dict[str, int]:
+    """Run ``units`` (runs, or lists of runs trained together) as subprocesses, ``jobs`` at a time, with
+    the job options ``options``. Returns each unit's exit status by label."""
+    units = [u if isinstance(u, list) else [u] for u in units]
+    slots = job_slots(jobs, spread=device.startswith("cuda"))
     if len(slots) < jobs:
         echo(f"{jobs} jobs asked for but only {len(slots)} core(s) available: running {len(slots)} at a time")
-    free, queue, running, status = list(slots), list(runs), [], {}
+    free, queue, running, status = list(slots), list(units), [], {}
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         while queue or running:
             while queue and free:
-                running.append(_start(study, queue.pop(0), free.pop(0), device, echo))
+                running.append(_start(study, queue.pop(0), free.pop(0), device, echo, options))
             time.sleep(0.2)
             for job in [j for j in running if j.process.poll() is not None]:
                 running.remove(job)
-                free.append(job.core)
+                free.append(job.cores)
                 job.log.close()
-                status[job.run.key] = code = job.process.returncode
+                status[job.label] = code = job.process.returncode
                 minutes = (time.perf_counter() - job.started) / 60
-                outcome = "done" if code == 0 else f"FAILED (exit {code}; see {_log_path(study, job.run)})"
-                echo(f"[{_clock()}] {outcome}: {job.run.key} after {minutes:.1f} min")
+                outcome = "done" if code == 0 else f"FAILED (exit {code}; see {_log_path(study, job.runs[0])})"
+                echo(f"[{_clock()}] {outcome}: {job.label} after {minutes:.1f} min")
     except (KeyboardInterrupt, Terminated):
         _stop(running, echo)
         raise
@@ -79,16 +97,17 @@ def run_jobs(study: Study, runs: list[Run], jobs: int, device: str = "cpu", echo
     return status
 
 
-def _start(study: Study, run: Run, core: int, device: str, echo) -> Job:
-    log_path = _log_path(study, run)
+def _start(study: Study, runs: list[Run], cores: tuple[int, ...], device: str, echo, options=()) -> Job:
+    log_path = _log_path(study, runs[0])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log = open(log_path, "a")
-    log.write(f"\n=== {_clock()} start on core {core} ===\n")
+    where = f"core {cores[0]}" if len(cores) == 1 else f"cores {cores[0]}-{cores[-1]}"
+    log.write(f"\n=== {_clock()} start on {where} ===\n")
     log.flush()
-    process = subprocess.Popen(job_command(study, run, device), stdout=log, stderr=subprocess.STDOUT, env=job_env(),
-                               preexec_fn=lambda: os.sched_setaffinity(0, {core}))
-    echo(f"[{_clock()}] start {run.key} (core {core})")
-    return Job(run, core, process, time.perf_counter(), log)
+    process = subprocess.Popen(job_command(study, runs, device, options), stdout=log, stderr=subprocess.STDOUT,
+                               env=job_env(len(cores)), preexec_fn=lambda: os.sched_setaffinity(0, set(cores)))
+    echo(f"[{_clock()}] start {job_label(runs)} ({where})")
+    return Job(runs, cores, process, time.perf_counter(), log)
 
 
 def _stop(running: list[Job], echo) -> None:
@@ -101,7 +120,7 @@ def _stop(running: list[Job], echo) -> None:
             job.process.kill()
             job.process.wait()
         job.log.close()
-        echo(f"[{_clock()}] stopped {job.run.key}; it resumes on the next invocation")
+        echo(f"[{_clock()}] stopped {job.label}; it resumes on the next invocation")
 
 
 def _raise_terminated(signum, frame):

@@ -1,0 +1,381 @@
+"""Several runs of one model configuration trained at once: their weights stacked along a leading axis K,
+one ``vmap``-ed step for all of them, compiled as one graph (a study's seeds, a committee).
+
+Why: at the recipe's batch of 4 small molecules a GPU waits on kernel launches (eager training on an H100
+was no faster than one CPU core). Stacked, every kernel does the work of K runs for one launch.
+
+The runs stay independent. Each keeps its own ``Trainer``: data, split, seed, frame order, energy
+normalisation, output folder and checkpoints. The loss is the sum of the K runs' losses, so its gradient
+by run k's weights is run k's own gradient; the optimiser (coupled L2, elementwise clipping, Adam) and
+the weight average act elementwise with one schedule. A stacked run therefore takes the steps each run
+would take alone with the compiled step (to rounding), writes the same files, and resumes alone
+(``sake-md train --resume``) or stacked.
+
+Requirements, checked: one model configuration and species list; every frame of every run with the same
+number of atoms; the same number of training frames, batch size and epochs (so one learning-rate schedule
+serves all); fixed epochs, not a time budget; one process.
+"""
+
+import copy
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.func import functional_call, vmap
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from . import distributed
+from . import train as training
+from .errors import SakeMDError
+from .predict import TERMS, ErrorSums
+
+MAY_DIFFER = ("data", "out", "test", "seed", "progress")  # the settings in which stacked runs may differ
+
+
+def check_stackable(trainers) -> None:
+    """Raise ``SakeMDError`` unless ``trainers`` can share one stacked step and schedule."""
+    first = trainers[0]
+    base = {k: v for k, v in first.cfg.to_dict().items() if k not in MAY_DIFFER}
+    for t in trainers:
+        cfg = {k: v for k, v in t.cfg.to_dict().items() if k not in MAY_DIFFER}
+        differ = sorted(k for k in base if base[k] != cfg.get(k))
+        if differ:
+            raise SakeMDError(f"runs trained together must share every setting but {', '.join(MAY_DIFFER)}; "
+                              f"{t.cfg.out} differs in {', '.join(differ)}")
+        if t.potential.atomic_numbers != first.potential.atomic_numbers:
+            raise SakeMDError(f"runs trained together need one species list: {t.cfg.out} knows "
+                              f"{t.potential.atomic_numbers}, {first.cfg.out} {first.potential.atomic_numbers}")
+        if len(t.train_set) != len(first.train_set) or len(t.valid_set) != len(first.valid_set):
+            raise SakeMDError("runs trained together need the same numbers of training and validation frames "
+                              f"({t.cfg.out}: {len(t.train_set)}/{len(t.valid_set)}, {first.cfg.out}: "
+                              f"{len(first.train_set)}/{len(first.valid_set)})")
+        sizes = set(t.train_set.n_atoms.tolist()) | set(t.valid_set.n_atoms.tolist())
+        if sizes != {int(first.train_set.n_atoms[0])}:
+            raise SakeMDError(f"runs trained together need one molecule size; {t.cfg.out} has frames of "
+                              f"{sorted(sizes)} atoms, {first.cfg.out} of {int(first.train_set.n_atoms[0])}")
+        if t.state["epoch"] != first.state["epoch"] or t.state["step"] != first.state["step"]:
+            raise SakeMDError(f"runs trained together must be at the same epoch: {t.cfg.out} is at "
+                              f"{t.state['epoch']}, {first.cfg.out} at {first.state['epoch']}")
+    if first.cfg.epochs is None:
+        raise SakeMDError("runs trained together need a fixed number of epochs (not a time budget)")
+    if first.potential.cutoff is not None:
+        raise SakeMDError("runs trained together must be dense (molecular) models")
+    if first.ctx.active:
+        raise SakeMDError("runs trained together run in one process (no DDP)")
+
+
+class FrameTensors:
+    """All frames of K runs' datasets on the device, stacked: species, mask (K, T, N), positions,
+    forces (K, T, N, 3), energy targets (K, T) = E_ref − constant terms, in the model dtype (as
+    ``train.residuals`` forms them)."""
+
+    def __init__(self, datasets, potentials, dtype, device):
+        from .data import labelled_batch
+
+        parts = []
+        for data, potential in zip(datasets, potentials, strict=True):
+            lb = labelled_batch(data, np.arange(len(data)), potential.species_index, dtype, device)
+            b = lb.batch
+            target = (lb.energy - potential.reference_energy(b.species, b.mask).sum(-1)).to(dtype)
+            parts.append((b.species, b.positions, b.mask, target, lb.forces))
+        self.species, self.positions, self.mask, self.target, self.forces = (
+            torch.stack(t) for t in zip(*parts, strict=True))
+
+    def take(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Frames ``index`` (K, B) of each run -> (species, positions, mask, target, forces) for (K, B)."""
+        k = torch.arange(index.shape[0], device=index.device).unsqueeze(1)
+        return (self.species[k, index], self.positions[k, index], self.mask[k, index], self.target[k, index],
+                self.forces[k, index])
+
+
+def error_terms(de: torch.Tensor, df: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None):
+    """``predict.frame_terms`` summed over frames, per run, on the device. Shapes: de (K, B), df (K, B, N, 3),
+    mask (K, B), weight (B,) or None -> (K, len(TERMS)) float64."""
+    de, df = de.detach().to(torch.float64), df.detach().to(torch.float64)
+    n = mask.sum(-1).to(torch.float64)
+    terms = {"abs_e": de.abs(), "sq_e": de * de, "abs_e_atom": de.abs() / n, "sq_e_atom": (de / n) ** 2,
+             "abs_f": df.abs().sum((-1, -2)), "sq_f": (df * df).sum((-1, -2)), "n_f": 3.0 * n,
+             "one": torch.ones_like(n)}
+    stacked = torch.stack([terms[k] for k in TERMS], dim=-1)  # (K, B, T)
+    if weight is not None:
+        stacked = stacked * weight.view(1, -1, 1)
+    return stacked.sum(1)
+
+
+class StackedTraining:
+    """K ``Trainer`` objects stepped together (see the module's docstring). ``fit`` trains them all and
+    saves each run's files after every epoch, as ``Trainer.fit`` does.
+
+    ``compile``: the step as one compiled graph (``backend``, as ``CompiledTrainStep``); if tracing or
+    compiling fails, the same step runs eagerly after one warning.
+    """
+
+    def __init__(self, trainers, compile: bool = True, backend: str = "inductor", verbose: bool = True):
+        check_stackable(trainers)
+        self.trainers, self.verbose = list(trainers), verbose
+        first = self.trainers[0]
+        self.cfg, self.device, self.dtype = first.cfg, first.device, first.dtype
+        self.names = [n for n, _ in first.potential.backbone.named_parameters()]
+        self.template = copy.deepcopy(first.potential.backbone).to("meta")
+        with torch.no_grad():
+            self.params = [torch.stack([p.detach() for p in ps]).contiguous()
+                           for ps in zip(*(t.potential.backbone.parameters() for t in self.trainers), strict=True)]
+        self.scale = torch.tensor([t.potential.energy_scale for t in self.trainers], dtype=self.dtype,
+                                  device=self.device)
+        cfg = self.cfg
+        self.optimizer = training.PaperAdam(self.params, cfg.lr_start, cfg.betas, cfg.eps, cfg.weight_decay,
+                                            cfg.clip, cfg.amsgrad)
+        self._stack_optimizer_state()
+        self.shadow = None
+        if cfg.ema_decay:
+            self.shadow = [torch.stack(list(s)).contiguous()
+                           for s in zip(*(t.average.shadow for t in self.trainers), strict=True)]
+        pots = [t.potential for t in self.trainers]
+        self.train_frames = FrameTensors([t.train_set for t in self.trainers], pots, self.dtype, self.device)
+        self.valid_frames = FrameTensors([t.valid_set for t in self.trainers], pots, self.dtype, self.device)
+        self.compile, self.backend = compile, backend
+        self.fn, self.failed, self.compile_seconds = None, False, None
+        for t in self.trainers:
+            t.state["stacked"] = len(self.trainers)
+
+    def __len__(self) -> int:
+        return len(self.trainers)
+
+    # ---- optimiser state: stacked <-> per run -----------------------------------------------------
+    def _stack_optimizer_state(self) -> None:
+        per_run = [[t.optimizer.state.get(p) for p in t.potential.parameters()] for t in self.trainers]
+        for i, p in enumerate(self.params):
+            states = [run[i] for run in per_run]
+            if any(s is None or not s for s in states):
+                continue
+            self.optimizer.state[p] = {k: (v.clone() if k == "step" else torch.stack([s[k] for s in states]))
+                                       for k, v in states[0].items()}
+
+    def _run_optimizer_state(self, k: int, lr: float) -> dict:
+        """Run k's share of the stacked optimiser state, as its own optimiser's ``state_dict``."""
+        sd = self.trainers[k].optimizer.state_dict()
+        stacked = self.optimizer.state
+        sd["state"] = {i: {key: (v.clone() if key == "step" else v[k].clone()) for key, v in stacked[p].items()}
+                       for i, p in enumerate(self.params) if p in stacked}
+        for group in sd["param_groups"]:
+            group["lr"] = lr
+        return sd
+
+    @torch.no_grad()
+    def sync_run(self, k: int, lr: float) -> None:
+        """Copy run k's weights, weight average and optimiser state into its own Trainer."""
+        t = self.trainers[k]
+        for p, stacked in zip(t.potential.backbone.parameters(), self.params, strict=True):
+            p.copy_(stacked[k])
+        if self.shadow is not None:
+            for avg, stacked in zip(t.average.shadow, self.shadow, strict=True):
+                avg.copy_(stacked[k])
+        t.optimizer.load_state_dict(self._run_optimizer_state(k, lr))
+
+    # ---- the step -----------------------------------------------------------------------------------
+    def energies(self, params, scale, species, positions, mask):
+        """Model energies (K, B) of each run's own frames, with the graph to ``positions`` (K, B, N, 3);
+        ``scale`` (K,) the runs' energy scales."""
+        names = self.names
+
+        def one(ps, s, x, m):
+            return functional_call(self.template, dict(zip(names, ps, strict=True)), (s, x, m))
+
+        y = vmap(one)(list(params), species, positions, mask)
+        return (scale.view(-1, 1, 1) * y).sum(-1)  # as SAKEPotential: scale per atom, then the sum
+
+    def step_function(self, cfg, names: tuple[str, ...]):
+        """(params..., scale, species, positions, mask, target, forces, weights) -> (losses (K,), de, df, *grads)."""
+        n_p = len(self.params)
+
+        def step(*flat):
+            ps = flat[:n_p]
+            scale, species, positions, mask, target, forces, weights = flat[n_p:]
+            from .compile_train import TracedSettings
+
+            view = TracedSettings(cfg, {k: weights[i] for i, k in enumerate(names)})
+            x = positions.detach().requires_grad_(True)
+            energy = self.energies(ps, scale, species, x, mask)
+            predicted = -torch.autograd.grad(energy.sum(), x, create_graph=True)[0]
+            de = energy - target
+            df = (predicted - forces) * mask.unsqueeze(-1)
+            losses = vmap(lambda a, b, m: training.loss_from(a, b, m, view))(de, df, mask)
+            grads = torch.autograd.grad(losses.sum(), ps, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(ps, grads, strict=True)]
+            return (losses.detach(), de.detach(), df.detach(), *grads)
+
+        return step
+
+    def inputs(self, batch, cfg, names) -> list[torch.Tensor]:
+        weights = torch.tensor([float(getattr(cfg, k)) for k in names], dtype=self.dtype, device=self.device)
+        return [*(p.detach() for p in self.params), self.scale, *batch, weights]
+
+    def build(self, batch, cfg) -> None:
+        from .compile_train import _compile, weight_names
+
+        names = weight_names(cfg)
+        self.weight_names = names
+        if not self.compile:
+            self.fn = self.step_function(cfg, names)
+            return
+        B = batch[0].shape[1]
+        if self.verbose:
+            print(f"sake_md: compiling the stacked training step ({len(self)} runs x {B} frames x "
+                  f"{batch[0].shape[2]} atoms, {self.dtype}, {self.device}); minutes the first time",
+                  file=sys.stderr, flush=True)
+        start = time.perf_counter()
+        try:
+            params = [p.detach().requires_grad_(True) for p in self.params]
+            flat = [*params, self.scale, *batch, torch.zeros(len(names), dtype=self.dtype, device=self.device)]
+            graph = make_fx(self.step_function(cfg, names), tracing_mode="fake")(*flat)
+            fn = _compile(graph, self.backend, self.device)
+            with torch.no_grad():
+                fn(*self.inputs(batch, cfg, names))  # torch.compile compiles on the first call
+        except Exception as err:  # anything the tracer or compiler cannot do: go on eagerly
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            warnings.warn(f"compiling the stacked training step failed ({type(err).__name__}: {first}); "
+                          "training eagerly", RuntimeWarning, stacklevel=2)
+            self.failed, self.fn = True, self.step_function(cfg, names)
+            return
+        self.fn, self.compile_seconds = fn, time.perf_counter() - start
+        if self.verbose:
+            print(f"sake_md: compiled the stacked training step in {self.compile_seconds:.0f} s", file=sys.stderr,
+                  flush=True)
+
+    def step(self, batch, cfg):
+        """One optimiser step of every run on ``batch`` (K, B, ...) -> losses (K,), de (K, B), df (K, B, N, 3)."""
+        if self.fn is None:
+            self.build(batch, cfg)
+        if self.fn is not None and self.compile and not self.failed:
+            with torch.no_grad():
+                losses, de, df, *grads = self.fn(*self.inputs(batch, cfg, self.weight_names))
+        else:
+            params = [p.detach().requires_grad_(True) for p in self.params]
+            weights = torch.tensor([float(getattr(cfg, k)) for k in self.weight_names], dtype=self.dtype,
+                                   device=self.device)
+            losses, de, df, *grads = self.fn(*params, self.scale, *batch, weights)
+        for p, g in zip(self.params, grads, strict=True):
+            p.grad = g.detach()
+        self.optimizer.step()
+        if self.shadow is not None:
+            torch._foreach_lerp_(self.shadow, self.params, 1.0 - cfg.ema_decay)
+        return losses, de, df
+
+    # ---- epochs -------------------------------------------------------------------------------------
+    def epoch_index(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each run's batches of one epoch, in its own frame order: index (steps, K, B) and the weight of
+        each batch position (steps, B), 0 where the last, partial batch repeats its own frames."""
+        b, n = self.cfg.batch_size, len(self.trainers[0].train_set)
+        steps = self.trainers[0].steps_per_epoch()
+        index = np.empty((steps, len(self), b), dtype=np.int64)
+        weight = np.zeros((steps, b))
+        for k, t in enumerate(self.trainers):
+            order = training.shuffled_order(n, t.cfg.seed, epoch)
+            for s in range(steps):
+                chunk = order[s * b:(s + 1) * b]
+                index[s, k] = chunk[np.arange(b) % len(chunk)]
+                weight[s, :len(chunk)] = 1.0
+        return (torch.from_numpy(index).to(self.device),
+                torch.from_numpy(weight).to(device=self.device, dtype=torch.float64))
+
+    def train_epoch(self) -> torch.Tensor:
+        """One epoch of every run -> error terms (K, len(TERMS)) over its real frames."""
+        lead = self.trainers[0]
+        index, weight = self.epoch_index(lead.state["epoch"])
+        sums = torch.zeros(len(self), len(TERMS), dtype=torch.float64, device=self.device)
+        for s in range(index.shape[0]):
+            batch = self.train_frames.take(index[s])
+            lr = training.learning_rate(lead.progress(), self.cfg)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            losses, de, df = self.step(batch, lead.loss_settings())
+            sums += error_terms(de, df, batch[2], weight[s])
+            lead.state["step"] += 1
+        return sums
+
+    def validate(self, chunk: int = 64) -> torch.Tensor:
+        """Errors of each run's weight average (or weights) on its validation frames -> (K, len(TERMS))."""
+        params = self.shadow if self.shadow is not None else self.params
+        params = [p.detach() for p in params]
+        v = self.valid_frames
+        sums = torch.zeros(len(self), len(TERMS), dtype=torch.float64, device=self.device)
+        for start in range(0, v.species.shape[1], chunk):
+            cut = slice(start, start + chunk)
+            x = v.positions[:, cut].detach().requires_grad_(True)
+            with torch.enable_grad():
+                energy = self.energies(params, self.scale, v.species[:, cut], x, v.mask[:, cut])
+                predicted = -torch.autograd.grad(energy.sum(), x)[0]
+            de = energy.detach() - v.target[:, cut]
+            df = (predicted - v.forces[:, cut]) * v.mask[:, cut].unsqueeze(-1)
+            sums += error_terms(de, df, v.mask[:, cut])
+        return sums
+
+    def fit(self, on_epoch_end=None) -> None:
+        """Train every run to its planned epochs; after each epoch, each run's row, last.pt and best.pt."""
+        lead = self.trainers[0]
+        while lead.state["epoch"] < lead.state["planned_epochs"]:
+            start = time.perf_counter()
+            lr = training.learning_rate(lead.progress(), self.cfg)
+            train_sums = self.train_epoch().cpu()
+            valid_sums = self.validate().cpu()
+            seconds = time.perf_counter() - start
+            for k, t in enumerate(self.trainers):
+                row = {"epoch": t.state["epoch"] + 1, "lr": lr, **t.summary(_sums(train_sums[k]), "train"),
+                       **t.summary(_sums(valid_sums[k]), "val"), "seconds": seconds}
+                t.state["step"] = lead.state["step"]
+                t.state["epoch"] += 1
+                t.state["seconds"] += seconds
+                t.state["epoch_seconds"] = (t.state["epoch_seconds"] + [seconds])[-20:]
+                self.sync_run(k, training.learning_rate(lead.progress(), self.cfg))
+                t.save(row)
+                if on_epoch_end is not None:
+                    on_epoch_end(t, row)
+            if self.verbose:
+                print(f"stacked epoch {lead.state['epoch']}/{lead.state['planned_epochs']} ({len(self)} runs, "
+                      f"{seconds:.1f} s)", file=sys.stderr, flush=True)
+
+
+def _sums(row: torch.Tensor) -> ErrorSums:
+    errors = ErrorSums()
+    errors.sums = row.to(torch.float64)
+    return errors
+
+
+def train_stacked(cfgs, resume: bool = False, on_epoch_end=None, finalize: bool = True, compile: bool = True,
+                  backend: str = "inductor") -> list[Path]:
+    """``train.train`` for several runs at once (see the module's docstring). ``resume``: continue each
+    run from its last.pt (all at the same epoch). ``finalize``: re-centre the energy shift and attach the
+    test errors, as ``train`` does at the end. Returns the best.pt paths."""
+    if resume:
+        cfgs = [training.read_config(Path(c.out)) for c in cfgs]
+    outs = [Path(c.out) for c in cfgs]
+    if len(set(outs)) != len(outs):
+        raise SakeMDError("runs trained together need distinct output folders")
+    for out in outs:
+        if not resume and (out / "last.pt").exists():
+            raise SakeMDError(f"{out} already holds a training run (last.pt); use --resume to continue it "
+                              f"or choose another --out")
+    cfg = cfgs[0]
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = training.resolve_training_device(cfg.device)
+    ctx = distributed.Context()
+    trainers = [training.Trainer(c, ctx, device) for c in cfgs]
+    for t, c, out in zip(trainers, cfgs, outs, strict=True):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(training.json.dumps(c.to_dict(), indent=2) + "\n")
+        if resume:
+            t.restore()
+        else:
+            (out / "metrics.jsonl").write_text("")
+    print(f"training {len(trainers)} runs of {cfg.model['variant']} together "
+          f"({training.count_parameters(trainers[0].potential)} parameters each) on {device}, {cfg.dtype}",
+          flush=True)
+    StackedTraining(trainers, compile=compile and cfg.compile, backend=backend).fit(on_epoch_end)
+    if finalize:
+        for t, c, out in zip(trainers, cfgs, outs, strict=True):
+            training.finalize(c, out, t.train_set)
+    return [out / "best.pt" for out in outs]
