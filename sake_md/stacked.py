@@ -209,9 +209,16 @@ class StackedTraining:
 
         return step
 
+    def loss_weights(self, cfg, names) -> torch.Tensor:
+        """The loss's float settings as a device tensor, made again only when they change: a new host-to-device
+        copy every step would wait for the GPU each time."""
+        values = tuple(float(getattr(cfg, k)) for k in names)
+        if getattr(self, "_weights", (None,))[0] != values:
+            self._weights = (values, torch.tensor(values, dtype=self.dtype, device=self.device).reshape(len(values)))
+        return self._weights[1]
+
     def inputs(self, batch, cfg, names) -> list[torch.Tensor]:
-        weights = torch.tensor([float(getattr(cfg, k)) for k in names], dtype=self.dtype, device=self.device)
-        return [*(p.detach() for p in self.params), self.scale, *batch, weights]
+        return [*(p.detach() for p in self.params), self.scale, *batch, self.loss_weights(cfg, names)]
 
     def build(self, batch, cfg) -> None:
         from .compile_train import _compile, weight_names
@@ -254,9 +261,7 @@ class StackedTraining:
                 losses, de, df, *grads = self.fn(*self.inputs(batch, cfg, self.weight_names))
         else:
             params = [p.detach().requires_grad_(True) for p in self.params]
-            weights = torch.tensor([float(getattr(cfg, k)) for k in self.weight_names], dtype=self.dtype,
-                                   device=self.device)
-            losses, de, df, *grads = self.fn(*params, self.scale, *batch, weights)
+            losses, de, df, *grads = self.fn(*params, self.scale, *batch, self.loss_weights(cfg, self.weight_names))
         for p, g in zip(self.params, grads, strict=True):
             p.grad = g.detach()
         self.optimizer.step()

@@ -16,7 +16,7 @@ from sake_md.errors import ConfigError
 from sake_md.md.reference import read_reference
 from sake_md.md.segments import SegmentedStability, run_segmented
 from sake_md.md.stability import StabilityPreset, run_stability
-from sake_md.study import load_study
+from sake_md.study import Run, load_study
 from sake_md.study.jobs import run_job
 from sake_md.study.publish import median_seed
 from sake_md.study.report import load_records, render, summarize, welch_p
@@ -118,6 +118,8 @@ def test_tiny_study_runs_end_to_end_and_reports_from_its_records(finished):
         short, long = md["horizons"]["0.1"]["runs"], md["horizons"]["0.2"]["runs"]
         assert all(a["stability_ps"] == min(b["stability_ps"], 0.1) for a, b in zip(short, long, strict=True))
         assert md["cost"]["cpu_s"] > 0 and len(md["hr_reference"]) == 500
+        frames = np.load(study.run_dir(Run("ethanol", variant, 0)) / "md_frames.npz")
+        assert frames["positions"].shape[:2] == (len(frames["steps"]), 5)
     readme = (study.out / "README.md").read_text()
     assert "| `sake` | 1 |" in readme and "| `sake-no-spatial` | 1 |" in readme
     assert "### MD stability, 0.1 ps" in readme and "### MD stability, 0.2 ps" in readme
@@ -184,7 +186,8 @@ def test_segmented_md_resumed_equals_uninterrupted(tmp_path):
     def fresh():
         return SegmentedStability(small_potential(0), ref, ref, preset, runs=3, seed=2)
 
-    straight = run_segmented(fresh(), [0.004, 0.008], 0.002, tmp_path / "a.pt")
+    straight_run = fresh()
+    straight = run_segmented(straight_run, [0.004, 0.008], 0.002, tmp_path / "a.pt")
 
     class Killed(Exception):
         pass
@@ -195,7 +198,14 @@ def test_segmented_md_resumed_equals_uninterrupted(tmp_path):
 
     with pytest.raises(Killed):
         run_segmented(fresh(), [0.004, 0.008], 0.002, tmp_path / "b.pt", kill_at_60)
-    resumed = run_segmented(fresh(), [0.004, 0.008], 0.002, tmp_path / "b.pt")
+    resumed_run = fresh()
+    resumed = run_segmented(resumed_run, [0.004, 0.008], 0.002, tmp_path / "b.pt")
+    # the frames kept for the committee analysis: every 10 steps from step 0, the same after resuming
+    assert straight_run.trajectory_steps == resumed_run.trajectory_steps == list(range(0, 81, 10))
+    torch.testing.assert_close(resumed_run.trajectory_tensor(), straight_run.trajectory_tensor(), rtol=0, atol=0)
+    frames = np.load(resumed_run.save_frames(tmp_path / "frames.npz"))
+    assert frames["positions"].shape == (9, 3, len(ref.numbers), 3) and frames["time_ps"][-1] == pytest.approx(0.008)
+    assert list(frames["collapse_step"]) == [-1, -1, -1]
     one_go = run_stability(small_potential(0), ref, ref, preset, runs=3, seed=2)
     for a, b in ((straight, resumed), ({0.008: one_go}, {0.008: resumed[0.008]})):
         for h in a:

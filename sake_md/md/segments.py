@@ -38,6 +38,8 @@ class SegmentedStability:
         self.monitor = _Monitor(criteria, preset.timestep_fs / 1000.0)
         self.step, self.wall_s, self.stopped = 0, 0.0, False
         self.identity = {"frames": self.frames, "runs": runs, "seed": seed, "preset": preset.name}
+        self.trajectory: list[torch.Tensor] = []  # positions (R, N, 3) float32 at every observed frame
+        self.trajectory_steps: list[int] = []
 
     def advance(self, until_step: int) -> None:
         """Integrate to ``until_step`` (a multiple of the frame interval), or until every run has collapsed."""
@@ -49,7 +51,11 @@ class SegmentedStability:
         offset = self.step
 
         def observe(k, state):  # a resumed segment's step 0 is the frame the last segment ended on
-            return None if k == 0 and offset > 0 else self.monitor(offset + k, state)
+            if k == 0 and offset > 0:
+                return None
+            self.trajectory.append(state.positions.detach().to(device="cpu", dtype=torch.float32).clone())
+            self.trajectory_steps.append(offset + k)
+            return self.monitor(offset + k, state)
 
         t0 = time.perf_counter()
         done = simulate(self.state, self.integrator, self.model, until_step - offset, self.preset.frame_interval,
@@ -70,7 +76,15 @@ class SegmentedStability:
                              "energy": s.energy, "thermostat": dict(s.thermostat)},
                 "monitor": {"counts": torch.from_numpy(m.counts), "last_good": list(m.last_good),
                             "frames": list(m.frames), "collapse": [list(c) if c else None for c in m.collapse],
-                            "last_step": m.last_step}}
+                            "last_step": m.last_step},
+                "trajectory": self.trajectory_tensor(), "trajectory_steps": torch.tensor(self.trajectory_steps)}
+
+    def trajectory_tensor(self) -> torch.Tensor:
+        """Positions of every observed frame (every ``frame_interval`` steps, from step 0), float32.
+        Shape: (F, R, N, 3)."""
+        if not self.trajectory:
+            return torch.zeros(0, *self.state.positions.shape)
+        return torch.stack(self.trajectory)
 
     def load_state_dict(self, data: dict) -> None:
         if data.get("version") != STATE_VERSION or data.get("identity") != self.identity:
@@ -88,6 +102,22 @@ class SegmentedStability:
         self.monitor.last_good, self.monitor.frames = list(m["last_good"]), list(m["frames"])
         self.monitor.collapse = [tuple(c) if c else None for c in m["collapse"]]
         self.monitor.last_step = m["last_step"]
+        frames = data.get("trajectory")  # absent in states saved before frames were kept
+        self.trajectory = [] if frames is None else list(frames.unbind(0))
+        self.trajectory_steps = [] if frames is None else data["trajectory_steps"].tolist()
+
+    def save_frames(self, path) -> Path:
+        """The observed frames as npz: positions (F, R, N, 3) Å float32, steps (F,), time_ps (F,), numbers (N,),
+        start_frames (R,), collapse_step (R,; -1 = none), for post-hoc analysis (e.g. committee deviations)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        steps = np.asarray(self.trajectory_steps, dtype=np.int64)
+        collapse = [-1 if c is None else c[0] for c in self.monitor.collapse]
+        np.savez_compressed(path, positions=self.trajectory_tensor().numpy(), steps=steps,
+                            time_ps=steps * self.preset.timestep_fs / 1000.0,
+                            numbers=np.asarray(self.reference.numbers), start_frames=np.asarray(self.frames),
+                            collapse_step=np.asarray(collapse))
+        return path
 
 
 def atomic_torch_save(obj, path) -> Path:

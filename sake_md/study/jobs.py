@@ -230,6 +230,7 @@ def md_stage(study: Study, run: Run, device: str = "cpu", on_segment=None) -> di
             on_segment(r)
 
     results = run_segmented(protocol, horizons, md["segment_ps"], study.run_dir(run) / "md_state.pt", segment_end)
+    protocol.save_frames(study.run_dir(run) / "md_frames.npz")  # for the committee analysis (issue 12)
     root = study.root
     return {"kind": "md", "run": run.to_dict(), "sake_md_version": __version__, "finished": _now(),
             "config": {"preset": md["preset"], "runs": md["runs"], "seed": md["seed"], "horizons_ps": horizons,
