@@ -3,8 +3,8 @@
 #
 # Each variant's 6 runs (2 molecules x 3 seeds, all 9-atom C/H/O) train together in one job
 # (`sake-md study --stack`, sake_md/stacked.py); every group's step is compiled side by side first
-# (--precompile). With CUDA MPS the jobs' small kernels run side by side and all four groups go at once;
-# without it the GPU time-slices between processes, and two groups go at a time (the cheap ones first).
+# (--precompile). With CUDA MPS (SAKE_MD_MPS=1) the jobs' small kernels run side by side and all four groups
+# go at once; without it the GPU time-slices between processes, and two groups go at a time.
 #
 #     md_runs/ablation/gpu_train.sh DATA_DIR [SECONDS] [PACK_DIR]
 #
@@ -21,8 +21,10 @@ mkdir -p "$PACK"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$PACK/gpu.txt"
 python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$PACK/gpu.txt"
 
+# MPS ran four groups as fast as one, but once all four died together with "an illegal memory access"
+# after 2 minutes (README, The ablation study): opt in with SAKE_MD_MPS=1.
 JOBS=2
-if command -v nvidia-cuda-mps-control >/dev/null; then
+if [ "${SAKE_MD_MPS:-0}" = 1 ] && command -v nvidia-cuda-mps-control >/dev/null; then
   export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps_pipe CUDA_MPS_LOG_DIRECTORY=/tmp/mps_log
   mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
   if nvidia-cuda-mps-control -d && timeout 60 python3 -c "import torch; assert torch.ones(4, device='cuda').sum().item() == 4"; then
