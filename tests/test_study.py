@@ -7,11 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from ase import Atoms
 from click.testing import CliRunner
 from scipy import stats
 
 from sake_md import SAKECalculator
 from sake_md.cli import main
+from sake_md.committee import CommitteeCalculator
 from sake_md.errors import ConfigError
 from sake_md.md.reference import read_reference
 from sake_md.md.segments import SegmentedStability, run_segmented
@@ -376,3 +378,39 @@ def test_stacked_study_trains_a_group_together_then_finishes_each_run(tmp_path):
     assert result.exit_code == 0, result.output
     assert "2 runs selected, 0 done, 2 to run (0 to train)" in result.output
     assert all(study.record_path(r, "md").exists() for r in study.select())
+    # both seeds simulated: the committee of the two along every trajectory (issue 12)
+    assert "committee of ethanol/sake-no-spatial along its MD frames" in result.output
+    record = json.loads((study.records / "ethanol" / "sake-no-spatial" / "committee.json").read_text())
+    assert len(record["trajectories"]) == 10 and record["test"]["frames"] == 8
+    t = record["trajectories"][7]
+    frames = np.load(study.run_dir(Run("ethanol", "sake-no-spatial", t["seed"])) / "md_frames.npz")
+    calc = CommitteeCalculator([str(study.run_dir(r) / "train" / "best.pt") for r in study.select()])
+    atoms = [Atoms(numbers=frames["numbers"], positions=x) for x in frames["positions"][:, t["replica"]]]
+    direct = [o["forces_std_max"] for o in calc.predict(atoms)]
+    kept = len(t["deviation_eV_A"])  # a collapsed trajectory: frames up to its collapse
+    until = np.inf if t["collapse_ps"] is None else t["collapse_ps"] + 1e-9
+    assert kept == int(np.sum(frames["time_ps"] <= until))
+    np.testing.assert_allclose(t["deviation_eV_A"], direct[:kept], rtol=1e-4)
+    assert t["times_ps"] == pytest.approx(list(frames["time_ps"][:kept]))
+    assert "### Committee early warning" in (study.out / "README.md").read_text()
+
+
+def test_committee_table_counts_warnings_leads_and_false_alarms():
+    """Three collapsed trajectories (warned 0.5 ps ahead, warned only at the collapse frame, never) and two
+    stable ones (one crossing): the table says 1/3 warned, lead 0.5 ps, 1/2 false alarms."""
+    from sake_md.study.committee_md import summarize_cell
+    from sake_md.study.report import Records, committee_section
+
+    def traj(collapse, lead, crossing):
+        return {"collapse_ps": collapse, "lead_ps": {"test max": lead}, "first_crossing_ps": {"test max": crossing}}
+
+    record = {"molecule": "ethanol", "variant": "sake", "thresholds_eV_A": {"test max": 1.0},
+              "test": {"p99_eV_A": 0.5, "max_eV_A": 1.0},
+              "trajectories": [traj(2.0, 0.5, 1.5), traj(3.0, 0.0, 3.0), traj(4.0, None, None),
+                               traj(None, None, 7.0), traj(None, None, None)]}
+    cell = summarize_cell(record)
+    assert cell["collapsed"] == 3 and cell["stable"] == 2
+    assert cell["by_threshold"]["test max"] == {"warned": 1, "median_lead_ps": 0.5, "false_alarms": 1}
+    records = Records({"variants": ["sake"]}, [{"run": {"molecule": "ethanol", "variant": "sake"}}], [], [record])
+    row = table_row("\n".join(committee_section(records, "ethanol")), "Committee early warning", "sake")
+    assert row == "| `sake` | 0.500 / 1.000 | 5 | 3 | 1/3 | 0.50 | 1/2 |"

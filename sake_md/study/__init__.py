@@ -71,6 +71,10 @@ def run_study(study_file, variants=(), molecules=(), seeds=(), jobs: int = 2, de
             if failed:
                 echo(f"{len(failed)} run(s) failed: {', '.join(failed)}")
                 status = 1
+        if not train_only:
+            from .committee_md import run_committees
+
+            run_committees(study, sorted({r.molecule for r in runs}), sorted({r.variant for r in runs}), echo)
     elif not (study.records / "study.json").exists():
         write_json(study.records / "study.json", study.to_dict())
     for path in write_report(study.records, study.out):

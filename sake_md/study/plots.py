@@ -24,7 +24,7 @@ def write_plots(records: Records, out: Path) -> list[Path]:
     horizon = records.main_horizon()
     written = []
     for name, draw in (("force_rmse", _force_rmse), ("stability", _stability), ("hr", _hr),
-                       ("validation", _validation)):
+                       ("validation", _validation), ("committee", _committee)):
         fig, axes = plt.subplots(1, len(molecules), figsize=(4.5 * len(molecules), 3.6), squeeze=False)
         drawn = [draw(ax, records, m, horizon) for ax, m in zip(axes[0], molecules, strict=True)]
         if any(drawn):
@@ -93,4 +93,28 @@ def _validation(ax, records, molecule, horizon) -> bool:
     if drawn:
         ax.set(title=f"{molecule}: validation", xlabel="epoch", ylabel="force MAE (meV/Å)", yscale="log")
         ax.legend(fontsize=7)
+    return drawn
+
+
+def _committee(ax, records, molecule, horizon) -> bool:
+    """Committee deviation before each collapse (time relative to it), and the test-set maximum per variant."""
+    drawn = False
+    for i, v in enumerate(records.variants(molecule)):
+        record = records.committee_of(molecule, v)
+        if record is None:
+            continue
+        color = f"C{i}"
+        ax.axhline(record["test"]["max_eV_A"], color=color, ls=":", lw=1)
+        label = v
+        for t in record["trajectories"]:
+            if t["collapse_ps"] is None:
+                continue
+            ax.plot(np.asarray(t["times_ps"]) - t["collapse_ps"], t["deviation_eV_A"], color=color, lw=0.8,
+                    alpha=0.7, label=label)
+            label, drawn = None, True
+    if drawn:
+        ax.set_yscale("log")
+        ax.legend(fontsize=7)
+    ax.set(title=f"{molecule}: committee deviation before collapses", xlabel="t − t_collapse (ps)",
+           ylabel="max_i σ_F,i (eV/Å); dotted: test max")
     return drawn

@@ -11,7 +11,7 @@ import math
 import re
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,10 @@ class Records:
     study: dict
     train: list[dict]
     md: list[dict]
+    committee: list[dict] = field(default_factory=list)
+
+    def committee_of(self, molecule: str, variant: str) -> dict | None:
+        return next((r for r in self.committee if (r["molecule"], r["variant"]) == (molecule, variant)), None)
 
     def molecules(self) -> list[str]:
         return _ordered(self.study.get("molecules", {}), [r["run"]["molecule"] for r in self.train + self.md])
@@ -63,7 +67,8 @@ def load_records(records_dir) -> Records:
     study = json.loads(study_file.read_text()) if study_file.exists() else {}
     train = [json.loads(p.read_text()) for p in sorted(records_dir.rglob("*.train.json"))]
     md = [json.loads(p.read_text()) for p in sorted(records_dir.rglob("*.md.json"))]
-    return Records(study, train, md)
+    committee = [json.loads(p.read_text()) for p in sorted(records_dir.rglob("committee.json"))]
+    return Records(study, train, md, committee)
 
 
 # ---- statistics ---------------------------------------------------------------------------------------------
@@ -326,6 +331,7 @@ def render(records: Records, plots: list[str] = ()) -> str:
             for h in long_horizons(records, molecule, main):
                 lines += [f"### MD stability, {h} ps", ""] + stability_table(records, molecule, h) + [""]
         lines += ["### Cost", ""] + cost_table(records, molecule, main or "") + [""]
+        lines += committee_section(records, molecule)
     lines += ["## Findings", "", f"Computed from the records (Welch's t-test against `{baseline}`, α = {alpha}, "
               "not corrected for multiple comparisons; errors: one value per seed; stability: one value per "
               "trajectory, taken as independent; p n/a: fewer than 2 values on a side, or no variation on "
@@ -336,6 +342,35 @@ def render(records: Records, plots: list[str] = ()) -> str:
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def committee_section(records: Records, molecule: str) -> list[str]:
+    """The committee early-warning table of one molecule (``committee_md``); nothing without records."""
+    from .committee_md import summarize_cell
+
+    cells = [(v, records.committee_of(molecule, v)) for v in records.variants(molecule)]
+    cells = [(v, r) for v, r in cells if r is not None]
+    if not cells:
+        return []
+    names = list(cells[0][1]["thresholds_eV_A"])
+    lines = ["### Committee early warning", "",
+             "The committee of each cell's seeds along every MD trajectory (max_i σ_F,i per frame, every 0.05 ps). "
+             "Thresholds: that committee's " + " and ".join(f"{n}" for n in names) + " on the test set. Warned: "
+             "crossed before the collapse frame; lead: t_collapse − first crossing; false alarms: stable "
+             "trajectories that crossed.", "",
+             "| variant | test p99 / max (eV/Å) | trajectories | collapsed | "
+             + " | ".join(f"warned ({n}) | median lead ({n}, ps) | false alarms ({n})" for n in names) + " |",
+             "|---|---|---|---|" + "---|---|---|" * len(names)]
+    for variant, record in cells:
+        c = summarize_cell(record)
+        t = record["test"]
+        row = [f"`{variant}`", f"{t['p99_eV_A']:.3f} / {t['max_eV_A']:.3f}", str(c["trajectories"]),
+               str(c["collapsed"])]
+        for n in names:
+            b = c["by_threshold"][n]
+            row += [f"{b['warned']}/{c['collapsed']}", fmt(b["median_lead_ps"]), f"{b['false_alarms']}/{c['stable']}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines + [""]
 
 
 def _definition(s: dict) -> list[str]:
