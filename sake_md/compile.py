@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .model import SAKEPotential
 
 AUTO_FACTOR = 3.0  # "auto" compiles when the eager run would take this many times the expected compile
@@ -290,10 +291,24 @@ class CompiledPotential:
         return graph
 
 
+OPTIONS_ENV = "SAKE_MD_INDUCTOR_OPTIONS"
+
+
 def default_options(device: torch.device) -> dict:
     """Inductor options. On CPU a C++ wrapper calls the kernels: no Python between ~100 small kernels
-    (about 3x faster per call for small molecules than the Python wrapper, and quicker to build)."""
-    return {"cpp_wrapper": True} if torch.device(device).type == "cpu" else {}
+    (about 3x faster per call for small molecules than the Python wrapper, and quicker to build).
+
+    ``$SAKE_MD_INDUCTOR_OPTIONS`` (a JSON object, e.g. ``{"triton.cudagraphs": true}``) adds to or replaces
+    these, for experiments on hardware where the defaults are not measured (CUDA: the Python wrapper's
+    launches dominate the stacked training step)."""
+    options = {"cpp_wrapper": True} if torch.device(device).type == "cpu" else {}
+    extra = os.environ.get(OPTIONS_ENV)
+    if extra:
+        try:
+            options.update(json.loads(extra))
+        except (ValueError, TypeError) as e:
+            raise ConfigError(f"${OPTIONS_ENV} must be a JSON object of inductor options, got {extra!r}") from e
+    return options
 
 
 # --- choosing: True, False or "auto" --------------------------------------------------------------------

@@ -367,3 +367,16 @@ def test_compile_command_refuses_bad_arguments(tmp_path):
     assert result.exit_code == 1 and ".pt2" in result.output
     result = CliRunner().invoke(main, ["compile", ckpt, "--molecule", "CH3Cl", "--out", str(tmp_path / "x.pt2")])
     assert result.exit_code == 1 and "Cl" in result.output  # an element the model does not know
+
+
+def test_inductor_options_from_the_environment(monkeypatch):
+    """$SAKE_MD_INDUCTOR_OPTIONS adds to the defaults (an experiment knob); anything but a JSON object is refused."""
+    from sake_md.compile import OPTIONS_ENV, default_options
+    from sake_md.errors import ConfigError
+
+    monkeypatch.setenv(OPTIONS_ENV, '{"triton.cudagraphs": true}')
+    assert default_options(torch.device("cpu")) == {"cpp_wrapper": True, "triton.cudagraphs": True}
+    assert default_options(torch.device("cuda")) == {"triton.cudagraphs": True}
+    monkeypatch.setenv(OPTIONS_ENV, "cudagraphs")
+    with pytest.raises(ConfigError, match="JSON object"):
+        default_options(torch.device("cpu"))
