@@ -6,7 +6,10 @@
 # (--precompile). With CUDA MPS (SAKE_MD_MPS=1) the jobs' small kernels run side by side and all four groups
 # go at once; without it the GPU time-slices between processes, and two groups go at a time.
 #
-#     md_runs/ablation/gpu_train.sh DATA_DIR [SECONDS] [PACK_DIR]
+#     md_runs/ablation/gpu_train.sh DATA_DIR [SECONDS] [PACK_DIR] [STUDY OPTIONS...]
+#
+# e.g. `... /tmp/pack --variant sake-dot` trains one group (6 runs). Runs with a train record in the
+# repository are skipped.
 #
 # Afterwards PACK_DIR holds records.tar (records/ and each run's config, log, cost and metrics) and
 # best_NN.tar, the best.pt of every finished run in parts of at most 15 MB, in the order the report needs
@@ -15,6 +18,7 @@ set -u
 DATA=${1:?usage: gpu_train.sh DATA_DIR [SECONDS] [PACK_DIR]}
 BUDGET=${2:-450}
 PACK=${3:-/tmp/pack}
+shift $(( $# < 3 ? $# : 3 ))
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 mkdir -p "$PACK"
@@ -40,7 +44,7 @@ fi
 cd "$ROOT"
 START=$(date +%s)
 timeout -s TERM "$BUDGET" python3 -m sake_md study md_runs/ablation/study.toml --data-dir "$DATA" --device cuda \
-  --stack --precompile --train-only --jobs "$JOBS" --molecule ethanol --molecule malonaldehyde
+  --stack --precompile --train-only --jobs "$JOBS" --molecule ethanol --molecule malonaldehyde "$@"
 echo "study exit $? after $(( $(date +%s) - START )) s" | tee -a "$PACK/gpu.txt"
 
 cd "$HERE"
