@@ -58,6 +58,7 @@ pack, limit = Path(sys.argv[1]), 15e6
 order = ["sake-no-spatial", "sake", "sake-dot", "sake-sh"]
 done = [p for p in Path("records").glob("*/*/seed*.train.json")]
 files = [Path("runs") / p.parent.parent.name / p.parent.name / p.name.split(".")[0] / "train" / "best.pt" for p in done]
+files = [f for f in files if f.exists()]  # records that came with the repository have no run folder here
 files.sort(key=lambda f: (order.index(f.parts[2]) if f.parts[2] in order else 9, str(f)))
 parts, size = [[]], 0.0
 for f in files:
