@@ -180,10 +180,20 @@ def cost_table(records: Records, molecule: str, horizon: str) -> list[str]:
             f"| `{v}` | {', '.join(f'{p:,}' for p in params) or '—'} | "
             f"{fmt(mean([r['ef_ms']['median'] for r in trained]), 1)} | "
             f"{fmt(mean([r['cost']['samples_per_s'] for r in trained]), 1)} | {', '.join(map(str, epochs)) or '—'} | "
-            f"{fmt(mean([r['cost']['cpu_s'] / 3600 for r in trained]), 2)} | "
+            f"{fmt(mean([training_cpu_h(r) for r in trained]), 2)} | "
             f"{fmt(mean([r['horizons'][horizon]['steps_per_s'] for r in simulated if horizon in r['horizons']]), 1)}"
             f" | {fmt(mean([r['cost']['cpu_s'] / 3600 for r in simulated]), 2)} |")
+    together = sorted({(r["cost"].get("device", "cpu"), r["cost"].get("trained_together", 1))
+                       for v in records.variants(molecule) for r in records.trained(molecule, v)})
+    if together != [("cpu", 1)] and together:
+        lines += ["", "Training: " + "; ".join(f"{n} run(s) per job on {d}" for d, n in together)
+                  + ". A job's time is shared by its runs; on a GPU, CPU-h is the host process's time."]
     return lines
+
+
+def training_cpu_h(record: dict) -> float:
+    """CPU-hours of one model's training: a job that trained K runs together counts 1/K for each."""
+    return record["cost"]["cpu_s"] / record["cost"].get("trained_together", 1) / 3600
 
 
 def long_horizons(records: Records, molecule: str, main: str) -> list[str]:
@@ -389,7 +399,7 @@ def _definition(s: dict) -> list[str]:
 
 
 def _totals(records: Records) -> list[str]:
-    train = sum(r["cost"]["cpu_s"] for r in records.train) / 3600
+    train = sum(training_cpu_h(r) for r in records.train)
     md = sum(r["cost"]["cpu_s"] for r in records.md) / 3600
     return ["## Cost of the study", "",
             f"{train + md:.2f} CPU-hours recorded: training {train:.2f} ({len(records.train)} models), "
