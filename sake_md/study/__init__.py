@@ -3,7 +3,8 @@ then compared in a report regenerated from the records alone. ``sake-md study ST
 
 * ``definition``: the TOML file -> runs, training configurations, MD settings
 * ``jobs``: one run as a subprocess (train or resume, test errors, E+F timing, segmented MD), records
-* ``runner``: N jobs side by side, one thread and one core each
+* ``runner``: N jobs side by side, one thread and one core each (GPU jobs: the cores shared out)
+* ``committee_md``: each cell's seeds as a committee along every MD trajectory (lead times before collapses)
 * ``report``, ``plots``: records -> README.md tables, computed findings and PNGs
 * ``publish``: the median-validation seed of each cell -> potentials/<variant>_<molecule>.pt + model card
 * ``sizing``: measured speed -> epochs and CPU-hours
