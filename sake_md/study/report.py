@@ -169,7 +169,7 @@ def stability_table(records: Records, molecule: str, horizon: str) -> list[str]:
 
 
 def cost_table(records: Records, molecule: str, horizon: str) -> list[str]:
-    lines = ["| variant | parameters | E+F ms (B = 1) | training samples/s | epochs | training CPU-h per model | "
+    lines = ["| variant | parameters | E+F ms (B = 1) | training samples per CPU-s | epochs | training CPU-h per model | "
              "MD steps/s (all runs together) | MD CPU-h per model |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for v in records.variants(molecule):
         trained, simulated = records.trained(molecule, v), records.simulated(molecule, v)
@@ -179,7 +179,7 @@ def cost_table(records: Records, molecule: str, horizon: str) -> list[str]:
         lines.append(
             f"| `{v}` | {', '.join(f'{p:,}' for p in params) or '—'} | "
             f"{fmt(mean([r['ef_ms']['median'] for r in trained]), 1)} | "
-            f"{fmt(mean([r['cost']['samples_per_s'] for r in trained]), 1)} | {', '.join(map(str, epochs)) or '—'} | "
+            f"{fmt(mean([samples_per_cpu_s(r) for r in trained]), 1)} | {', '.join(map(str, epochs)) or '—'} | "
             f"{fmt(mean([training_cpu_h(r) for r in trained]), 2)} | "
             f"{fmt(mean([r['horizons'][horizon]['steps_per_s'] for r in simulated if horizon in r['horizons']]), 1)}"
             f" | {fmt(mean([r['cost']['cpu_s'] / 3600 for r in simulated]), 2)} |")
@@ -189,6 +189,15 @@ def cost_table(records: Records, molecule: str, horizon: str) -> list[str]:
         lines += ["", "Training: " + "; ".join(f"{n} run(s) per job on {d}" for d, n in together)
                   + ". A job's time is shared by its runs; on a GPU, CPU-h is the host process's time."]
     return lines
+
+
+def samples_per_cpu_s(record: dict) -> float:
+    """Training samples per CPU-second of the job (per model): unlike samples per wall-second, blind to a job
+    being paused or waiting for a busy core. (samples/s × train_seconds = the samples seen.)"""
+    c = record["cost"]
+    if "train_seconds" not in c or not c.get("cpu_s"):
+        return c["samples_per_s"]
+    return c["samples_per_s"] * c["train_seconds"] / (training_cpu_h(record) * 3600)
 
 
 def training_cpu_h(record: dict) -> float:
@@ -244,7 +253,7 @@ def cell_means(records: Records, molecule: str, horizon: str) -> dict[str, dict]
                   "stability": _mean([t["stability_ps"] for t in runs]),
                   "collapsed": (sum(t["collapse"] is not None for t in runs), len(runs)),
                   "ef_ms": _mean([r["ef_ms"]["median"] for r in trained]),
-                  "samples_per_s": _mean([r["cost"]["samples_per_s"] for r in trained])}
+                  "samples_per_s": _mean([samples_per_cpu_s(r) for r in trained])}
     return out
 
 
@@ -304,7 +313,7 @@ def _extremes(means: dict[str, dict]) -> list[str]:
     for key, label, unit, best in (("force_rmse", "test force RMSE", "meV/Å", min),
                                    ("stability", "mean stability time", "ps", max),
                                    ("ef_ms", "E+F time", "ms", min),
-                                   ("samples_per_s", "training throughput", "samples/s", max)):
+                                   ("samples_per_s", "training throughput", "samples per CPU-s", max)):
         values = {v: m[key] for v, m in means.items() if np.isfinite(m[key])}
         if len(values) < 2:
             continue
