@@ -169,8 +169,9 @@ def stability_table(records: Records, molecule: str, horizon: str) -> list[str]:
 
 
 def cost_table(records: Records, molecule: str, horizon: str) -> list[str]:
-    lines = ["| variant | parameters | E+F ms (B = 1) | training samples per CPU-s | epochs | training CPU-h per model | "
-             "MD steps/s (all runs together) | MD CPU-h per model |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | parameters | E+F ms (B = 1) | training samples per CPU-s | epochs | "
+             "training CPU-h per model | MD steps/s (all runs together) | MD CPU-h per model |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for v in records.variants(molecule):
         trained, simulated = records.trained(molecule, v), records.simulated(molecule, v)
         params = sorted({r["parameters"] for r in trained})
