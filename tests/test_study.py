@@ -402,7 +402,8 @@ def test_committee_table_counts_warnings_leads_and_false_alarms():
     from sake_md.study.report import Records, committee_section
 
     def traj(collapse, lead, crossing):
-        return {"collapse_ps": collapse, "lead_ps": {"test max": lead}, "first_crossing_ps": {"test max": crossing}}
+        return {"collapse_ps": collapse, "lead_ps": {"test max": lead}, "first_crossing_ps": {"test max": crossing},
+                "deviation_eV_A": [0.1, 0.2, 0.3] if collapse else [0.1, 0.1]}
 
     record = {"molecule": "ethanol", "variant": "sake", "thresholds_eV_A": {"test max": 1.0},
               "test": {"p99_eV_A": 0.5, "max_eV_A": 1.0},
@@ -413,4 +414,5 @@ def test_committee_table_counts_warnings_leads_and_false_alarms():
     assert cell["by_threshold"]["test max"] == {"warned": 1, "median_lead_ps": 0.5, "false_alarms": 1}
     records = Records({"variants": ["sake"]}, [{"run": {"molecule": "ethanol", "variant": "sake"}}], [], [record])
     row = table_row("\n".join(committee_section(records, "ethanol")), "Committee early warning", "sake")
-    assert row == "| `sake` | 0.500 / 1.000 | 5 | 3 | 1/3 | 0.50 | 1/2 |"
+    assert cell["usual_eV_A"] == 0.1 and cell["frame_before_collapse_eV_A"] == 0.2
+    assert row == "| `sake` | 0.500 / 1.000 | 5 | 3 | 0.100 / 0.200 | 1/3 | 0.50 | 1/2 |"

@@ -107,7 +107,12 @@ def summarize_cell(record: dict) -> dict:
     trajs = record["trajectories"]
     collapsed = [t for t in trajs if t["collapse_ps"] is not None]
     stable = [t for t in trajs if t["collapse_ps"] is None]
-    out = {"trajectories": len(trajs), "collapsed": len(collapsed), "stable": len(stable), "by_threshold": {}}
+    # the usual level (every frame before any collapse) against the level one frame (0.05 ps) before each collapse
+    before = [t["deviation_eV_A"][:-1] if t["collapse_ps"] is not None else t["deviation_eV_A"] for t in trajs]
+    last = [t["deviation_eV_A"][-2] for t in collapsed if len(t["deviation_eV_A"]) > 1]
+    out = {"trajectories": len(trajs), "collapsed": len(collapsed), "stable": len(stable), "by_threshold": {},
+           "usual_eV_A": float(np.median(np.concatenate(before))) if before else None,
+           "frame_before_collapse_eV_A": float(np.median(last)) if last else None}
     for name in record["thresholds_eV_A"]:
         leads = [t["lead_ps"][name] for t in collapsed]
         warned = [x for x in leads if x is not None and x > 0]

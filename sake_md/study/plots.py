@@ -114,6 +114,7 @@ def _committee(ax, records, molecule, horizon) -> bool:
             label, drawn = None, True
     if drawn:
         ax.set_yscale("log")
+        ax.set_xlim(-2.0, 0.05)  # the last 2 ps: where a warning would have to come from
         ax.legend(fontsize=7)
     ax.set(title=f"{molecule}: committee deviation before collapses", xlabel="t − t_collapse (ps)",
            ylabel="max_i σ_F,i (eV/Å); dotted: test max")
