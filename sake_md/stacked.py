@@ -17,6 +17,7 @@ serves all); fixed epochs, not a time budget; one process.
 """
 
 import copy
+import json
 import sys
 import time
 import warnings
@@ -27,9 +28,10 @@ import torch
 from torch.func import functional_call, vmap
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from . import distributed
+from . import compile_train, distributed
 from . import train as training
 from .errors import SakeMDError
+from .model import count_parameters
 from .predict import TERMS, ErrorSums
 
 MAY_DIFFER = ("data", "out", "test", "seed", "progress")  # the settings in which stacked runs may differ
@@ -83,10 +85,11 @@ class FrameTensors:
             parts.append((b.species, b.positions, b.mask, target, lb.forces))
         self.species, self.positions, self.mask, self.target, self.forces = (
             torch.stack(t) for t in zip(*parts, strict=True))
+        self.runs = torch.arange(len(parts), device=device).unsqueeze(1)  # (K, 1): row k takes run k's frames
 
     def take(self, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Frames ``index`` (K, B) of each run -> (species, positions, mask, target, forces) for (K, B)."""
-        k = torch.arange(index.shape[0], device=index.device).unsqueeze(1)
+        k = self.runs
         return (self.species[k, index], self.positions[k, index], self.mask[k, index], self.target[k, index],
                 self.forces[k, index])
 
@@ -138,6 +141,7 @@ class StackedTraining:
         self.valid_frames = FrameTensors([t.valid_set for t in self.trainers], pots, self.dtype, self.device)
         self.compile, self.backend = compile, backend
         self.fn, self.failed, self.compile_seconds = None, False, None
+        self._weights: tuple[tuple, torch.Tensor] | None = None  # (values, device tensor) of the loss weights
         for t in self.trainers:
             t.state["stacked"] = len(self.trainers)
 
@@ -194,9 +198,7 @@ class StackedTraining:
         def step(*flat):
             ps = flat[:n_p]
             scale, species, positions, mask, target, forces, weights = flat[n_p:]
-            from .compile_train import TracedSettings
-
-            view = TracedSettings(cfg, {k: weights[i] for i, k in enumerate(names)})
+            view = compile_train.TracedSettings(cfg, {k: weights[i] for i, k in enumerate(names)})
             x = positions.detach().requires_grad_(True)
             energy = self.energies(ps, scale, species, x, mask)
             predicted = -torch.autograd.grad(energy.sum(), x, create_graph=True)[0]
@@ -213,7 +215,7 @@ class StackedTraining:
         """The loss's float settings as a device tensor, made again only when they change: a new host-to-device
         copy every step would wait for the GPU each time."""
         values = tuple(float(getattr(cfg, k)) for k in names)
-        if getattr(self, "_weights", (None,))[0] != values:
+        if self._weights is None or self._weights[0] != values:
             self._weights = (values, torch.tensor(values, dtype=self.dtype, device=self.device).reshape(len(values)))
         return self._weights[1]
 
@@ -221,9 +223,8 @@ class StackedTraining:
         return [*(p.detach() for p in self.params), self.scale, *batch, self.loss_weights(cfg, names)]
 
     def build(self, batch, cfg) -> None:
-        from .compile_train import _compile, weight_names
-
-        names = weight_names(cfg)
+        """Trace and compile the step for this batch shape (one call compiles it; its result is dropped)."""
+        names = compile_train.weight_names(cfg)
         self.weight_names = names
         if not self.compile:
             self.fn = self.step_function(cfg, names)
@@ -238,7 +239,7 @@ class StackedTraining:
             params = [p.detach().requires_grad_(True) for p in self.params]
             flat = [*params, self.scale, *batch, torch.zeros(len(names), dtype=self.dtype, device=self.device)]
             graph = make_fx(self.step_function(cfg, names), tracing_mode="fake")(*flat)
-            fn = _compile(graph, self.backend, self.device)
+            fn = compile_train._compile(graph, self.backend, self.device)
             with torch.no_grad():
                 fn(*self.inputs(batch, cfg, names))  # torch.compile compiles on the first call
         except Exception as err:  # anything the tracer or compiler cannot do: go on eagerly
@@ -256,7 +257,7 @@ class StackedTraining:
         """One optimiser step of every run on ``batch`` (K, B, ...) -> losses (K,), de (K, B), df (K, B, N, 3)."""
         if self.fn is None:
             self.build(batch, cfg)
-        if self.fn is not None and self.compile and not self.failed:
+        if self.compile and not self.failed:  # the compiled graph takes the weights as plain inputs
             with torch.no_grad():
                 losses, de, df, *grads = self.fn(*self.inputs(batch, cfg, self.weight_names))
         else:
@@ -371,13 +372,13 @@ def train_stacked(cfgs, resume: bool = False, on_epoch_end=None, finalize: bool 
     trainers = [training.Trainer(c, ctx, device) for c in cfgs]
     for t, c, out in zip(trainers, cfgs, outs, strict=True):
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(training.json.dumps(c.to_dict(), indent=2) + "\n")
+        (out / "config.json").write_text(json.dumps(c.to_dict(), indent=2) + "\n")
         if resume:
             t.restore()
         else:
             (out / "metrics.jsonl").write_text("")
     print(f"training {len(trainers)} runs of {cfg.model['variant']} together "
-          f"({training.count_parameters(trainers[0].potential)} parameters each) on {device}, {cfg.dtype}",
+          f"({count_parameters(trainers[0].potential)} parameters each) on {device}, {cfg.dtype}",
           flush=True)
     StackedTraining(trainers, compile=compile and cfg.compile, backend=backend).fit(on_epoch_end)
     if finalize:

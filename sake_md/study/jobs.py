@@ -220,9 +220,8 @@ def md_stage(study: Study, run: Run, device: str = "cpu", on_segment=None) -> di
     reference, start = read_reference(reference_file), read_reference(start_file)
     horizons = study.md_horizons(run)
     preset = PRESETS[md["preset"]]
-    steps = int(round(max(horizons) * 1000.0 / preset.timestep_fs))
-    protocol = SegmentedStability(potential, reference, start, preset, md["runs"], md["seed"],
-                                  resolve_device(device), run.key, compile=md["compile"], expected_calls=steps)
+    protocol = SegmentedStability(potential, reference, start, preset, md["runs"], md["seed"], resolve_device(device),
+                                  run.key, compile=md["compile"], expected_calls=preset.steps(max(horizons)))
 
     def segment_end(r):
         ledger.save()
