@@ -151,6 +151,18 @@ def test_publish_copies_loadable_checkpoints_with_cards(finished):
     assert np.isfinite(atoms.get_forces()).all()
     card = (potentials / "sake_ethanol.md").read_text()
     assert "seed 0" in card and "force RMSE" in card and "--variant sake --molecule ethanol --seed 0" in card
+    assert 'SAKECalculator("potentials/sake_ethanol.pt")' in card  # the path users load it from
+    # publishing again replaces what the study published, never a potential of the same name made by hand
+    assert invoke(toml, "--report-only", "--publish").exit_code == 0
+    foreign = potentials / "sake-no-spatial_ethanol"
+    foreign.with_suffix(".md").write_text("# a hand-trained potential\n")
+    before = foreign.with_suffix(".pt").read_bytes()
+    try:
+        result = invoke(toml, "--report-only", "--publish")
+        assert result.exit_code != 0 and "will not publish over" in result.output
+        assert foreign.with_suffix(".pt").read_bytes() == before
+    finally:
+        foreign.with_suffix(".md").unlink()
 
 
 def test_killed_job_resumes_training_and_md(tmp_path):

@@ -84,7 +84,7 @@ def run_study(study_file, variants=(), molecules=(), seeds=(), jobs: int = 2, de
         from .publish import publish as publish_cells
 
         source = os.path.relpath(study.path, study.root)
-        for path in publish_cells(load_records(study.records), study.out, study.potentials, source):
+        for path in publish_cells(load_records(study.records), study.out, study.potentials, source, study.root):
             echo(f"published {path}")
     return status
 

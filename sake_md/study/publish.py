@@ -4,6 +4,7 @@ The median seed is chosen on the best validation force MAE (test data plays no p
 with an even number of seeds, the lower of the two middle ones.
 """
 
+import os
 import shutil
 from pathlib import Path
 
@@ -17,11 +18,13 @@ def median_seed(trained: list[dict]) -> dict:
     return ranked[(len(ranked) - 1) // 2]
 
 
-def publish(records: Records, out: Path, potentials: Path, study_file: str = "STUDY.toml") -> list[Path]:
+def publish(records: Records, out: Path, potentials: Path, study_file: str = "STUDY.toml",
+            root: Path | None = None) -> list[Path]:
     """Copy the median seed's best.pt of every (molecule, variant) with training records, plus a card.
 
-    ``out`` is the study folder that the records' checkpoint paths are relative to. Each copy is loaded
-    with ``SAKECalculator`` before the card is written.
+    ``out`` is the study folder that the records' checkpoint paths are relative to; the cards give the
+    checkpoints' paths relative to ``root`` (the repository). Each copy is loaded with ``SAKECalculator``
+    before the card is written; a file of the same name that no study published is never overwritten.
     """
     written = []
     potentials.mkdir(parents=True, exist_ok=True)
@@ -36,23 +39,39 @@ def publish(records: Records, out: Path, potentials: Path, study_file: str = "ST
                 raise SakeMDError(f"cannot publish {variant} on {molecule}: {source} is gone (the records stay, "
                                   "the run folders do not travel with the repository); re-run that seed")
             target = potentials / f"{variant}_{molecule}.pt"
+            _refuse_foreign(target)
             shutil.copyfile(source, target)
             SAKECalculator(str(target))  # loads, or raises with the reason
             md = next((r for r in records.simulated(molecule, variant)
                        if r["run"]["seed"] == chosen["run"]["seed"]), None)
             card = target.with_suffix(".md")
-            card.write_text(model_card(chosen, trained, md, target.name, study_file))
+            where = os.path.relpath(target, root) if root else str(target)
+            card.write_text(model_card(chosen, trained, md, where, study_file))
             written += [target, card]
     return written
 
 
-def model_card(chosen: dict, trained: list[dict], md: dict | None, filename: str, study_file: str) -> str:
+CARD_MARK = "One model of the ablation study"
+
+
+def _refuse_foreign(target: Path) -> None:
+    """Overwrite only what a study published: a hand-made potential of the same name is never replaced."""
+    if not target.exists():
+        return
+    card = target.with_suffix(".md")
+    if not (card.is_file() and CARD_MARK in card.read_text()):
+        raise SakeMDError(f"will not publish over {target}: it was not published by a study (its card "
+                          f"{card.name} says otherwise or is missing); set [paths] potentials to another folder")
+
+
+def model_card(chosen: dict, trained: list[dict], md: dict | None, where: str, study_file: str) -> str:
+    """The card of the checkpoint at ``where`` (the path users load it from)."""
     run, cfg, cost = chosen["run"], chosen["config"], chosen["cost"]
     seeds = ", ".join(f"seed {r['run']['seed']}: {r['best']['force_mae_meV_A']:.2f}" for r in trained)
-    lines = [f"# `{filename}`: `{run['variant']}` on rMD17 {run['molecule']}", "",
-             f"One model of the ablation study ({study_file}): variant `{run['variant']}`, seed {run['seed']}, the "
+    lines = [f"# `{Path(where).name}`: `{run['variant']}` on rMD17 {run['molecule']}", "",
+             f"{CARD_MARK} ({study_file}): variant `{run['variant']}`, seed {run['seed']}, the "
              f"median of {len(trained)} seed(s) by best validation force MAE (meV/Å: {seeds}). Units eV, Å, "
-             f"eV/Å; load with `SAKECalculator(\"potentials/{filename}\")`.", "",
+             f"eV/Å; load with `SAKECalculator(\"{where}\")`.", "",
              "## Test errors", "", f"`{Path(chosen['test']['data']).name}`, {chosen['test']['frames']} frames; "
              "bootstrap 95% intervals over frames.", "", "| quantity | value | 95% interval |", "|---|---:|---|"]
     for key, label in ERRORS:
