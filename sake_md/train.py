@@ -22,8 +22,10 @@ last.pt with the same optimiser state, schedule and frame order: a killed run lo
 
 import contextlib
 import dataclasses
+import gc
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -510,10 +512,9 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
                           f"or choose another --out")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    import os
-
     device = resolve_training_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
     ctx = distributed.setup(device)
+    trainer = None
     try:
         trainer = Trainer(cfg, ctx, device)
         if ctx.main:
@@ -532,6 +533,11 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
             finalize(cfg, out, trainer.train_set)
         distributed.barrier(ctx)  # every process leaves the group together, after rank 0's final writes
     finally:
+        # DDP's reducer keeps the process group (and gloo's threads) alive: free it now, not in the
+        # interpreter's teardown at exit, where a late gloo thread can abort the process
+        del trainer
+        if ctx.active:
+            gc.collect()
         distributed.teardown(ctx)
     return out / "best.pt"
 
