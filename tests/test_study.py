@@ -21,7 +21,7 @@ from sake_md.md.stability import StabilityPreset, run_stability
 from sake_md.study import Run, load_study
 from sake_md.study.jobs import run_job
 from sake_md.study.publish import median_seed
-from sake_md.study.report import load_records, render, summarize, welch_p
+from sake_md.study.report import load_records, record_counts, render, summarize, welch_p
 from sake_md.study.runner import job_slots
 
 from .physics import small_potential
@@ -299,6 +299,19 @@ def test_report_tables_reproduce_the_fixture_numbers(tmp_path):
     assert "lowest test force RMSE: `sake` (12.00 meV/Å)" in text
     assert "not dominated in (force RMSE ↓, stability time ↑, E+F ms ↓): `sake`, `sake-no-spatial`" in text
     assert "Spearman ρ =" in text
+
+
+def test_report_includes_the_interpretation_and_flags_it_when_records_change(tmp_path):
+    records = load_records(fixture_records(tmp_path))
+    assert record_counts(records) == "6 training and 6 MD records"
+    current = "<!-- written against: 6 training and 6 MD records -->\nSpatial attention matters.\n"
+    text = render(records, interpretation=current)
+    section = text.split("## Interpretation (written by hand")[1]
+    assert "Spatial attention matters." in section and "check it" not in section
+    stale = render(records, interpretation=current.replace("6 MD", "5 MD"))
+    assert "Written against 6 training and 5 MD records; the records now hold 6 training and 6 MD records" in stale
+    assert "does not say which records" in render(records, interpretation="Spatial attention matters.\n")
+    assert "## Interpretation" not in render(records)
 
 
 def test_statistics_helpers():

@@ -331,8 +331,33 @@ def _extremes(means: dict[str, dict]) -> list[str]:
 
 
 # ---- the document -------------------------------------------------------------------------------------------
-def render(records: Records, plots: list[str] = ()) -> str:
-    """README.md of the study: definition, tables per molecule, findings, cost, what is missing, plots."""
+INTERPRETATION = "interpretation.md"
+
+
+def record_counts(records: Records) -> str:
+    """What an interpretation was written against, e.g. "24 training and 24 MD records"."""
+    return f"{len(records.train)} training and {len(records.md)} MD records"
+
+
+def interpretation_section(records: Records, text: str) -> list[str]:
+    """The hand-written interpretation (``interpretation.md`` beside the report), flagged when the records
+    have changed since it was written: its first line is ``<!-- written against: N training and M MD
+    records -->``."""
+    first, _, body = text.partition("\n")
+    lines = [f"## Interpretation (written by hand, `{INTERPRETATION}`)", ""]
+    now = record_counts(records)
+    if not (first.startswith("<!-- written against:") and first.endswith("-->")):
+        body = text
+        lines += [f"**It does not say which records it was written against; the tables above hold {now}.**", ""]
+    elif (against := first.removeprefix("<!-- written against:").removesuffix("-->").strip()) != now:
+        lines += [f"**Written against {against}; the records now hold {now}: check it against the tables "
+                  "above.**", ""]
+    return lines + [body.strip(), ""]
+
+
+def render(records: Records, plots: list[str] = (), interpretation: str | None = None) -> str:
+    """README.md of the study: definition, tables per molecule, findings, the hand-written interpretation
+    (if any), cost, what is missing, plots."""
     s = records.study
     main = records.main_horizon()
     baseline = s.get("report", {}).get("baseline", "sake")
@@ -355,9 +380,12 @@ def render(records: Records, plots: list[str] = ()) -> str:
     lines += ["## Findings", "", f"Computed from the records (Welch's t-test against `{baseline}`, α = {alpha}, "
               "not corrected for multiple comparisons; errors: one value per seed; stability: one value per "
               "trajectory, taken as independent; p n/a: fewer than 2 values on a side, or no variation on "
-              "either). Interpretation is left to the reader.", ""]
+              "either)." + (" The interpretation follows them." if interpretation else " Interpretation is left to the "
+                                                                         "reader."), ""]
     for molecule in records.molecules():
         lines += [f"### {molecule}", ""] + findings(records, molecule, main or "", baseline, alpha) + [""]
+    if interpretation:
+        lines += interpretation_section(records, interpretation)
     lines += _totals(records) + _missing(records)
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
@@ -448,5 +476,6 @@ def write_report(records_dir, out_dir=None) -> list[Path]:
 
     plots = write_plots(records, out)
     readme = out / "README.md"
-    readme.write_text(render(records, [p.name for p in plots]))
+    written = out / INTERPRETATION
+    readme.write_text(render(records, [p.name for p in plots], written.read_text() if written.is_file() else None))
     return [readme, *plots]
