@@ -116,6 +116,8 @@ def _committee(ax, records, molecule, horizon) -> bool:
         ax.set_yscale("log")
         ax.set_xlim(-2.0, 0.05)  # the last 2 ps: where a warning would have to come from
         ax.legend(fontsize=7)
-    ax.set(title=f"{molecule}: committee deviation before collapses", xlabel="t − t_collapse (ps)",
+    else:
+        ax.text(0.5, 0.5, "no committee with a collapse yet", ha="center", va="center", transform=ax.transAxes)
+    ax.set(title=f"{molecule}: committee before collapses", xlabel="t − t_collapse (ps)",
            ylabel="max_i σ_F,i (eV/Å); dotted: test max")
     return drawn
