@@ -386,8 +386,8 @@ def render(records: Records, plots: list[str] = (), interpretation: str | None =
     lines += ["## Findings", "", f"Computed from the records (Welch's t-test against `{baseline}`, α = {alpha}, "
               "not corrected for multiple comparisons; errors: one value per seed; stability: one value per "
               "trajectory, taken as independent; p n/a: fewer than 2 values on a side, or no variation on "
-              "either)." + (" The interpretation follows them." if interpretation else " Interpretation is left to the "
-                                                                         "reader."), ""]
+              "either). " + ("The interpretation follows them." if interpretation else "Interpretation is left to "
+                                                                           "the reader."), ""]
     for molecule in records.molecules():
         lines += [f"### {molecule}", ""] + findings(records, molecule, main or "", baseline, alpha) + [""]
     if interpretation:
