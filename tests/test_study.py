@@ -1,6 +1,7 @@
 """The study tooling: a tiny study end to end (subprocess jobs, records, report, publishing), resume after a
 kill, skipping finished runs, segmented MD = uninterrupted MD, and the report's numbers from fixed records."""
 
+import copy
 import json
 import math
 
@@ -20,8 +21,8 @@ from sake_md.md.segments import SegmentedStability, run_segmented
 from sake_md.md.stability import StabilityPreset, run_stability
 from sake_md.study import Run, load_study
 from sake_md.study.jobs import run_job
-from sake_md.study.publish import median_seed
-from sake_md.study.report import load_records, record_counts, render, summarize, welch_p
+from sake_md.study.publish import median_seed, model_card
+from sake_md.study.report import fmt_summary, load_records, record_counts, render, summarize, welch_p
 from sake_md.study.runner import job_slots
 
 from .physics import small_potential
@@ -163,6 +164,25 @@ def test_publish_copies_loadable_checkpoints_with_cards(finished):
         assert foreign.with_suffix(".pt").read_bytes() == before
     finally:
         foreign.with_suffix(".md").unlink()
+
+
+def test_model_card_states_stability_as_the_report_does(finished):
+    """Mean ± sample std (ddof 1) over the model's runs, as in the report's table, not the population std
+    that the MD record's summary holds."""
+    toml, _ = finished
+    study = load_study(toml)
+    records = load_records(study.records)
+    trained = records.trained("ethanol", "sake")
+    md = copy.deepcopy(records.simulated("ethanol", "sake")[0])
+    times = [0.02, 0.05, 0.1, 0.1, 0.1]  # unequal times (the tiny study's runs are all stable)
+    for result in md["horizons"].values():
+        for run, t in zip(result["runs"], times, strict=True):
+            run["stability_ps"] = t
+        result["stability_ps_mean"], result["stability_ps_std"] = np.mean(times), np.std(times)  # as recorded
+    card = model_card(trained[0], trained, md, "potentials/x.pt", "study.toml")
+    in_report = fmt_summary(summarize(times), interval=False)
+    assert in_report == f"{np.mean(times):.2f} ± {np.std(times, ddof=1):.2f}"
+    assert card.count(f"5 runs: stability {in_report} ps") == len(md["horizons"])
 
 
 def test_killed_job_resumes_training_and_md(tmp_path):

@@ -8,6 +8,8 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
+
 from ..calculator import SAKECalculator
 from ..errors import SakeMDError
 from .report import ERRORS, Records, bond_label
@@ -86,8 +88,11 @@ def model_card(chosen: dict, trained: list[dict], md: dict | None, where: str, s
         for horizon, result in md["horizons"].items():
             runs = result["runs"]
             broken = [bond_label(t["collapse"]) for t in runs if t["collapse"]]
+            # the report's statistic (mean ± sample std, ddof 1), so the card and the report agree
+            times = np.array([t["stability_ps"] for t in runs])
+            spread = f"{times.std(ddof=1):.2f}" if len(times) > 1 else "n/a"
             lines.append(f"- {md['config']['preset']}, {horizon} ps, {len(runs)} runs: stability "
-                         f"{result['stability_ps_mean']:.2f} ± {result['stability_ps_std']:.2f} ps, "
+                         f"{times.mean():.2f} ± {spread} ps (mean ± sample std over the runs), "
                          f"{len(broken)} collapsed{' (' + ', '.join(broken) + ')' if broken else ''}, h(r) error "
                          f"{result['hr_error']:.3f}, {result['steps_per_s']:.1f} steps/s ({md['config']['device']}).")
         lines.append("")
