@@ -8,11 +8,9 @@ import os
 import shutil
 from pathlib import Path
 
-import numpy as np
-
 from ..calculator import SAKECalculator
 from ..errors import SakeMDError
-from .report import ERRORS, Records, bond_label
+from .report import ERRORS, Records, bond_label, fmt_summary, summarize
 
 
 def median_seed(trained: list[dict]) -> dict:
@@ -88,11 +86,9 @@ def model_card(chosen: dict, trained: list[dict], md: dict | None, where: str, s
         for horizon, result in md["horizons"].items():
             runs = result["runs"]
             broken = [bond_label(t["collapse"]) for t in runs if t["collapse"]]
-            # the report's statistic (mean ± sample std, ddof 1), so the card and the report agree
-            times = np.array([t["stability_ps"] for t in runs])
-            spread = f"{times.std(ddof=1):.2f}" if len(times) > 1 else "n/a"
+            stability = fmt_summary(summarize([t["stability_ps"] for t in runs]), interval=False)  # as the report
             lines.append(f"- {md['config']['preset']}, {horizon} ps, {len(runs)} runs: stability "
-                         f"{times.mean():.2f} ± {spread} ps (mean ± sample std over the runs), "
+                         f"{stability} ps (mean ± sample std over the runs), "
                          f"{len(broken)} collapsed{' (' + ', '.join(broken) + ')' if broken else ''}, h(r) error "
                          f"{result['hr_error']:.3f}, {result['steps_per_s']:.1f} steps/s ({md['config']['device']}).")
         lines.append("")
