@@ -11,10 +11,10 @@ from ase.stress import full_3x3_to_voigt_6_stress
 
 from .allocator import keep_freed_memory
 from .batch import atoms_to_batch
-from .checkpoint import load_checkpoint
 from .compile import CompiledPotential, check_mode, make_predictor
-from .devices import resolve_device, resolve_dtype
+from .devices import resolve_dtype
 from .export import PackagedPotential, is_package
+from .inference import inference_potential
 from .model import SAKEPotential
 from .neighbours import VerletNeighbours
 
@@ -60,17 +60,13 @@ class SAKECalculator(Calculator):
         if is_package(model):
             self._load_package(model, device, dtype)
             return
-        potential = model if isinstance(model, SAKEPotential) else load_checkpoint(model)
-        potential = potential.with_cutoff(cutoff)
+        self.potential = inference_potential(model, device, dtype, cutoff)
+        self.device, self.dtype = self.potential.device, self.potential.dtype
+        potential = self.potential
         self.neighbours = None if potential.cutoff is None else VerletNeighbours(potential.cutoff, skin)
         if self.neighbours is not None:
             self.implemented_properties = [*self.implemented_properties, "stress"]
             keep_freed_memory()  # large systems: linear cost instead of page faults on every call
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype) if dtype is not None else potential.dtype
-        self.potential = potential.to(device=self.device, dtype=self.dtype).eval()
-        for p in self.potential.parameters():
-            p.requires_grad_(False)
         dense = self.potential.cutoff is None
         self.evaluator = CompiledPotential(self.potential, verbose) if compile is True and dense else None
 

@@ -2,6 +2,7 @@
 
 import json
 from dataclasses import fields
+from pathlib import Path
 
 import click
 
@@ -286,17 +287,29 @@ def run_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs,
                    "from torch's cache later). Default: auto, compile when the run's eager time would exceed "
                    "3x the expected compile time.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--resume", is_flag=True, help="Continue the runs saved in --out/state.")
+@click.option("--segment", "segment_text", default="1ps", show_default=True,
+              help="MD time between saves of each model's runs to --out/state.")
 def compare(checkpoints, preset, runs, reference, test, time_text, out, seed, device, dtype, threads, compile_,
-            no_progress):
-    """MD stability of CHECKPOINTS (after Fu et al. 2023): stability time, h(r) error, force error, speed."""
+            no_progress, resume, segment_text):
+    """MD stability of CHECKPOINTS (after Fu et al. 2023): stability time, h(r) error, force error, speed.
+
+    Each model's runs are saved to --out/state every --segment of MD; after a kill, the same command with
+    --resume continues them (at most one segment lost; the numbers equal an uninterrupted run's)."""
     from .cli_options import parse_time_ps
     from .md.compare import compare as run_compare
     from .md.compare import format_table, write_outputs
 
     _set_threads(threads)
     time_ps = parse_time_ps(time_text) if time_text else PRESETS[preset].time_ps
+    state_dir = Path(out) / "state"
+    if not resume and state_dir.is_dir() and any(state_dir.iterdir()):
+        raise click.UsageError(f"{state_dir} holds saved runs: add --resume to continue them, or delete it to "
+                               "start again")
     results, h_ref = run_compare(list(checkpoints), reference, test, preset, runs, time_ps, seed, device, dtype,
-                                 progress=not no_progress, compile=_compile_mode(compile_))
+                                 progress=not no_progress, compile=_compile_mode(compile_), state_dir=state_dir,
+                                 segment_ps=parse_time_ps(segment_text),
+                                 echo=None if no_progress else lambda line: click.echo(line, err=True))
     click.echo(format_table(results, time_ps))
     settings = {"preset": preset, "time_ps": time_ps, "runs": runs or PRESETS[preset].runs, "seed": seed,
                 "reference": reference, "test": test, "checkpoints": list(checkpoints)}

@@ -37,6 +37,7 @@ from .calculator import SAKECalculator, check_keywords
 from .checkpoint import UNITS, load_checkpoint
 from .devices import resolve_device, resolve_dtype
 from .errors import CommitteeError
+from .inference import inference_potential
 from .model import SAKEPotential, compute_forces
 
 
@@ -169,10 +170,7 @@ class CommitteeCalculator(Calculator):
         self.labels = [m.label for m in members]
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype) if dtype is not None else members[0].potential.dtype
-        self.potentials = [m.potential.to(device=self.device, dtype=self.dtype).eval() for m in members]
-        for potential in self.potentials:
-            for p in potential.parameters():
-                p.requires_grad_(False)
+        self.potentials = [inference_potential(m.potential, self.device, self.dtype) for m in members]
         self.potential = self.potentials[0]  # the elements, for validating structures
         self.committee = Committee(self.potentials)
 

@@ -2,6 +2,8 @@
 
 import torch
 
+from .errors import ConfigError, InputError
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64, torch.float32: torch.float32,
           torch.float64: torch.float64}
 DTYPE_NAMES = tuple(k for k in DTYPES if isinstance(k, str))
@@ -13,7 +15,7 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was requested but PyTorch sees no CUDA GPU; use device='cpu' or 'auto'")
+        raise ConfigError("device 'cuda' was requested but PyTorch sees no CUDA GPU; use device='cpu' or 'auto'")
     return device
 
 
@@ -21,4 +23,4 @@ def resolve_dtype(dtype) -> torch.dtype:
     try:
         return DTYPES[dtype]
     except KeyError:
-        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
+        raise InputError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None

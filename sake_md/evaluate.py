@@ -41,12 +41,12 @@ def evaluate(checkpoint, data_path, batch_size: int = 64, energy_key: str = "ene
              n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, return_predictions: bool = False):
     """The error report of ``checkpoint`` on ``data_path`` (and, optionally, the predictions)."""
     from .checkpoint import load_checkpoint
-    from .devices import resolve_device
+    from .inference import inference_potential
     from .model import count_parameters
 
     potential, meta = load_checkpoint(checkpoint, with_metadata=True)
     data = read_dataset(data_path, energy_key, forces_key, energy_unit, length_unit)
-    potential = potential.to(resolve_device(device)).eval().requires_grad_(False)
+    potential = inference_potential(potential, device)
     energy, forces = predict(potential, data, batch_size)
     report = {"checkpoint": str(checkpoint), "data": str(data_path), "frames": len(data),
               "atoms": int(data.n_atoms.sum()), "variant": meta.get("variant", meta["config"]["variant"]),

@@ -84,18 +84,13 @@ def export_for_atoms(checkpoint, structure: str, out, batch: int = 1, device="cp
     ``structure``: a file ASE reads, an ``ase.build.molecule`` name, or ethanol/methanol/benzene/water.
     """
     from .batch import atoms_to_batch
-    from .checkpoint import load_checkpoint
-    from .devices import resolve_device, resolve_dtype
+    from .inference import inference_potential
     from .md.run import load_structure
 
     if batch < 1:
         raise InputError(f"--batch must be at least 1, got {batch}")
-    potential = load_checkpoint(checkpoint)
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype) if dtype is not None else potential.dtype
-    potential = potential.to(device=device, dtype=dtype).eval()
-    for p in potential.parameters():
-        p.requires_grad_(False)
+    potential = inference_potential(checkpoint, device, dtype)
+    device, dtype = potential.device, potential.dtype
     atoms = load_structure(MOLECULE_ALIASES.get(structure, structure))
     example = atoms_to_batch([atoms] * batch, potential, dtype, device)
     return export_package(potential, example.species, example.positions, example.mask, out, verbose)

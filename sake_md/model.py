@@ -123,6 +123,10 @@ class SAKEPotential(nn.Module):
         return self.backbone.embedding_in.weight.dtype
 
     @property
+    def device(self) -> torch.device:
+        return self.backbone.embedding_in.weight.device
+
+    @property
     def cutoff(self) -> float | None:
         """The neighbour-list cutoff in Å (sparse mode), or None (dense mode)."""
         return self.config.cutoff

@@ -159,6 +159,7 @@ def test_compare_checks_every_model_before_the_first_run(tmp_path, monkeypatch):
         raise AssertionError("a model ran before all models were checked")
 
     monkeypatch.setattr(compare_module, "run_stability", no_run)
+    monkeypatch.setattr(compare_module, "_run_resumable", no_run)
     ref = write_rmd17(tmp_path / "ref.npz")
     good = save_checkpoint(tmp_path / "good.pt", potential())
     no_oxygen = save_checkpoint(tmp_path / "ch.pt", small_potential(numbers=(1, 6)))
@@ -166,3 +167,37 @@ def test_compare_checks_every_model_before_the_first_run(tmp_path, monkeypatch):
                                        "--time", "1ps", "--no-progress", "--out", str(tmp_path / "o")])
     assert result.exit_code == 1 and "O (Z=8)" in result.output and "ch.pt" in result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_compare_resumes_a_killed_run_and_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    import sake_md.md.segments as segments
+
+    ref = write_rmd17(tmp_path / "ref.npz")
+    a = save_checkpoint(tmp_path / "a.pt", potential(seed=0))
+    args = ["compare", str(a), "--runs", "2", "--reference", str(ref), "--time", "150fs", "--segment", "50fs",
+            "--no-compile"]
+    whole = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "whole"), "--no-progress"])
+    assert whole.exit_code == 0, whole.output
+
+    advance = segments.SegmentedStability.advance
+    calls = []
+
+    def killed_after_one_segment(self, until_step):
+        if calls:
+            raise KeyboardInterrupt  # the process dies after the first 50 fs segment was saved
+        calls.append(until_step)
+        return advance(self, until_step)
+
+    monkeypatch.setattr(segments.SegmentedStability, "advance", killed_after_one_segment)
+    out = tmp_path / "killed"
+    killed = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert killed.exit_code == 1 and "Aborted" in killed.output  # click's answer to KeyboardInterrupt
+    assert (out / "state" / "a.pt").exists() and not (out / "compare.json").exists()
+    monkeypatch.setattr(segments.SegmentedStability, "advance", advance)
+    again = CliRunner().invoke(main, [*args, "--out", str(out)])
+    assert again.exit_code == 2 and "--resume" in again.output  # a fresh run never overwrites a saved one
+    resumed = CliRunner().invoke(main, [*args, "--out", str(out), "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert "resuming" in resumed.output and "150/150 ps" not in resumed.output and "0.15/0.15 ps" in resumed.output
+    first, second = (json.loads((d / "compare.json").read_text())["models"][0] for d in (tmp_path / "whole", out))
+    assert first["runs"] == second["runs"] and first["hr"] == second["hr"] and first["steps"] == second["steps"] == 300

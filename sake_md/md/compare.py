@@ -20,10 +20,14 @@ def model_names(paths) -> list[str]:
 
 
 def compare(checkpoints, reference, test=None, preset="mdsim-md17", runs=None, time_ps=None, seed=0,
-            device="cpu", dtype=None, progress=False, compile="auto") -> tuple[list[StabilityResult], np.ndarray]:
+            device="cpu", dtype=None, progress=False, compile="auto", state_dir=None, segment_ps=1.0,
+            echo=None) -> tuple[list[StabilityResult], np.ndarray]:
     """Run the protocol for each checkpoint. Returns the results and the reference h(r) (500,).
 
-    ``compile``: True, False or "auto" (compile when the run is long enough to repay it; ``SAKEForces``)."""
+    ``compile``: True, False or "auto" (compile when the run is long enough to repay it; ``SAKEForces``).
+    With ``state_dir``, each model's run (of whole frames) is saved there every ``segment_ps`` and a second
+    call with the same arguments resumes it (a killed 300 ps run loses at most one segment; the numbers equal
+    an uninterrupted run's). ``echo(line)`` then reports each segment."""
     p = PRESETS[preset]
     ref = read_reference(reference)
     test_data = read_reference(test) if test else None
@@ -37,12 +41,38 @@ def compare(checkpoints, reference, test=None, preset="mdsim-md17", runs=None, t
     for name, potential in zip(model_names(checkpoints), potentials, strict=True):
         if dtype is not None:
             potential = potential.to(resolve_dtype(dtype))
-        result = run_stability(potential, ref, start, p, runs or p.runs, time_ps, seed, device, name, progress,
-                               compile)
+        if state_dir is None or p.steps(time_ps) % p.frame_interval:  # shorter than a frame: nothing to save
+            result = run_stability(potential, ref, start, p, runs or p.runs, time_ps, seed, device, name, progress,
+                                   compile)
+        else:
+            result = _run_resumable(potential, ref, start, p, runs or p.runs, time_ps or p.time_ps, seed, device,
+                                    name, compile, Path(state_dir) / f"{_file_name(name)}.pt", segment_ps, echo)
         if test_data is not None and test_data.forces is not None:
             result.force_mae_meV_A, result.force_rmse_meV_A = force_errors(potential, test_data, device)
         results.append(result)
     return results, h_of_r(ref.positions)
+
+
+def _file_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _run_resumable(potential, ref, start, preset, runs, time_ps, seed, device, name, compile, state_path, segment_ps,
+                   echo) -> StabilityResult:
+    from .segments import SegmentedStability, run_segmented
+
+    run = SegmentedStability(potential, ref, start, preset, runs, seed, device, name, compile,
+                             expected_calls=preset.steps(time_ps) + 1)
+    if echo is not None and state_path.exists():
+        echo(f"{name}: resuming from {state_path}")
+
+    def report(r: SegmentedStability) -> None:
+        if echo is not None:
+            collapsed = sum(c is not None for c in r.monitor.collapse)
+            echo(f"{name}: {r.step * preset.timestep_fs / 1000.0:g}/{time_ps:g} ps, {collapsed}/{runs} collapsed, "
+                 f"{r.step / r.wall_s if r.wall_s else 0:.1f} steps/s")
+
+    return run_segmented(run, [time_ps], segment_ps, state_path, report)[time_ps]
 
 
 def format_table(results: list[StabilityResult], time_ps: float) -> str:

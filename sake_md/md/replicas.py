@@ -21,6 +21,7 @@ from ase import units
 from ..batch import atoms_to_batch
 from ..compile import make_predictor
 from ..errors import InputError
+from ..inference import inference_potential
 from ..model import SAKEPotential
 
 # a force field of the batched engine: positions (B, N, 3) -> (energies (B,), forces (B, N, 3))
@@ -221,9 +222,7 @@ class SAKEForces:
 
     def __init__(self, potential: SAKEPotential, species: torch.Tensor, mask: torch.Tensor, compile=False,
                  expected_calls: int | None = None, positions: torch.Tensor | None = None, verbose: bool = True):
-        self.potential = potential.eval()
-        for p in self.potential.parameters():
-            p.requires_grad_(False)
+        self.potential = inference_potential(potential, species.device)  # a frozen copy: the caller's stays as is
         self.species, self.mask = species, mask
         if compile == "auto" and positions is None:
             raise ValueError("compile='auto' times an eager call and needs example positions (B, N, 3)")
@@ -239,7 +238,7 @@ class SAKEForces:
         if batch.pbc is not None:
             raise InputError("batched replicas integrate molecules only; for periodic structures use "
                              "SAKECalculator with ASE's integrators")
-        return cls(potential.to(device), batch.species, batch.mask, compile, expected_calls, batch.positions)
+        return cls(potential, batch.species, batch.mask, compile, expected_calls, batch.positions)
 
     def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Shape: (B, N, 3) -> energy (B,) float64, forces (B, N, 3)."""

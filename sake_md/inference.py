@@ -1,0 +1,34 @@
+"""The one way to get a potential ready for inference: load (or copy), set mode, device and dtype, freeze.
+
+Every consumer (the ASE calculators, evaluation, export, the MD engines, the engine adapters in
+``sake_md.engines``) calls ``inference_potential``; a ``SAKEPotential`` passed in is copied, so the caller's
+module (e.g. one still being trained) keeps its device, dtype and ``requires_grad``.
+"""
+
+import copy
+from pathlib import Path
+
+from .checkpoint import load_checkpoint
+from .devices import resolve_device, resolve_dtype
+from .model import SAKEPotential
+
+__all__ = ["inference_potential"]
+
+
+def inference_potential(model: str | Path | SAKEPotential, device="cpu", dtype=None,
+                        cutoff: float | None = None) -> SAKEPotential:
+    """A frozen potential in eval mode on ``device`` in ``dtype`` (default: the checkpoint's).
+
+    ``model``: a checkpoint path (loaded with ``weights_only=True``) or a ``SAKEPotential`` (copied).
+    ``cutoff`` (Å) puts a dense model in sparse mode (``SAKEPotential.with_cutoff``).
+    """
+    if isinstance(model, SAKEPotential):
+        potential = copy.deepcopy(model)
+    else:
+        potential = load_checkpoint(model)
+    potential = potential.with_cutoff(cutoff)
+    dtype = resolve_dtype(dtype) if dtype is not None else potential.dtype
+    potential = potential.to(device=resolve_device(device), dtype=dtype).eval()
+    for p in potential.parameters():
+        p.requires_grad_(False)
+    return potential
