@@ -9,6 +9,8 @@ from ase.data import chemical_symbols
 
 from .errors import InputError
 
+__all__ = ["Batch", "check_structure", "collate", "atoms_to_batch"]
+
 
 @dataclass
 class Batch:

@@ -4,7 +4,6 @@ stress for periodic structures in sparse mode)."""
 import inspect
 from pathlib import Path
 
-import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.stress import full_3x3_to_voigt_6_stress
@@ -13,10 +12,13 @@ from .allocator import keep_freed_memory
 from .batch import atoms_to_batch
 from .compile import CompiledPotential, check_mode, make_predictor
 from .devices import resolve_dtype
+from .errors import InputError
 from .export import PackagedPotential, is_package
 from .inference import inference_potential
 from .model import SAKEPotential
 from .neighbours import VerletNeighbours
+
+__all__ = ["check_keywords", "SAKECalculator"]
 
 
 def check_keywords(calculator: type, kwargs: dict):
@@ -78,7 +80,7 @@ class SAKECalculator(Calculator):
         for name, value in asked.items():
             have = str(getattr(self, name)).removeprefix("torch.").split(":")[0]
             if value is not None and value != have:
-                raise ValueError(f"{path} was compiled for {name} {have}; asked for {value}")
+                raise InputError(f"{path} was compiled for {name} {have}; asked for {value}")
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -131,8 +133,3 @@ class SAKECalculator(Calculator):
             self.evaluator = make_predictor(self.potential, self.compile_mode, batch.species, batch.positions,
                                             batch.mask, self.expected_calls, self.verbose)
         return self.evaluator(batch.species, batch.positions, batch.mask)
-
-    def predict_arrays(self, atoms_list, batch_size: int = 32) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Energies (M,) and a list of force arrays, for evaluation code."""
-        out = self.predict(atoms_list, batch_size)
-        return np.array([o["energy"] for o in out]), [o["forces"] for o in out]

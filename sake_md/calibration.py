@@ -18,6 +18,9 @@ from .data import read_dataset
 from .evaluate import N_BOOTSTRAP, format_report, per_frame_terms, statistics
 from .predict import STATISTICS, statistic
 
+__all__ = ["N_BINS", "binned_calibration", "committee_arrays", "member_errors", "evaluate_committee",
+           "format_committee_report", "calibration_plot"]
+
 N_BINS = 10
 
 

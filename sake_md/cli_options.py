@@ -5,7 +5,7 @@ import re
 
 from .errors import InputError, SakeMDError
 from .model import ModelConfig
-from .train import TrainConfig
+from .objective import DEFAULT_RECIPE, TrainConfig
 
 
 def config_from_options(options: dict) -> TrainConfig:
@@ -15,7 +15,7 @@ def config_from_options(options: dict) -> TrainConfig:
                         variant=o.pop("variant"), options=o.pop("model_options", None) or {},
                         cutoff=o.pop("cutoff", None)).to_dict()
     budget = o.pop("time_budget")
-    recipe = o.pop("recipe") or ("budget" if budget else "paper")
+    recipe = o.pop("recipe") or DEFAULT_RECIPE
     o["progress"] = not o.pop("no_progress")
     return TrainConfig.preset(recipe, o.pop("data"), o.pop("out"), model=model,
                               time_budget=parse_duration(budget) if budget else None, **o)

@@ -40,6 +40,9 @@ from .errors import CommitteeError
 from .inference import inference_potential
 from .model import SAKEPotential, compute_forces
 
+__all__ = ["Member", "check_members", "StackedMembers", "group_key", "Committee", "committee_statistics",
+           "CommitteeCalculator", "as_numpy", "make_calculator"]
+
 
 @dataclass
 class Member:
@@ -201,11 +204,6 @@ class CommitteeCalculator(Calculator):
                     "committee_forces": members["forces"][:, b, :n].copy(),
                 })
         return results
-
-    def predict_arrays(self, atoms_list, batch_size: int = 32) -> tuple[np.ndarray, list[np.ndarray]]:
-        """Mean energies (M,) and a list of mean force arrays, for evaluation code."""
-        out = self.predict(atoms_list, batch_size)
-        return np.array([o["energy"] for o in out]), [o["forces"] for o in out]
 
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:

@@ -32,12 +32,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .console import notify
 from .errors import ConfigError
 from .model import SAKEPotential
 
+__all__ = ["AUTO_FACTOR", "COLD_COMPILE_S", "WARM_FRACTION", "energy_forces", "graph_inputs", "graph_state", "trace",
+           "cache_root", "use_persistent_cache", "compile_record_key", "recorded_compiles", "record_compile_s",
+           "expected_compile_s", "compiler_unavailable", "CompiledPotential", "OPTIONS_ENV", "default_options",
+           "check_mode", "eager_call_s", "should_compile", "make_predictor"]
+
 AUTO_FACTOR = 3.0  # "auto" compiles when the eager run would take this many times the expected compile
-COLD_COMPILE_S = {"cpu": 150.0, "cuda": 90.0}  # first compile, MD17 model (CPU: issue 8's trial; CUDA: a guess)
-WARM_FRACTION = 0.1  # a compile from torch's cache takes ~5-25 % of the first (146 s -> 8 s in issue 8's trial)
+COLD_COMPILE_S = {"cpu": 150.0, "cuda": 90.0}  # first compile, MD17 model (CPU: measured on one core; CUDA: a guess)
+WARM_FRACTION = 0.1  # a compile from torch's cache takes ~5-25 % of the first (146 s -> 8 s measured on one core)
 Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict]
 
 
@@ -168,24 +174,20 @@ def record_compile_s(record_key: str, seconds: float):
         pass
 
 
-def expected_compile_s(potential: SAKEPotential, key: tuple, options: dict | None = None) -> tuple[float, str]:
+def expected_compile_s(potential: SAKEPotential, key: tuple, options: dict | None = None,
+                       cold: dict | None = None) -> tuple[float, str]:
     """(seconds, what the estimate rests on) for compiling ``key`` now.
 
     A shape compiled before comes from torch's cache: the last such compile's time if recorded, else
-    ``WARM_FRACTION`` of the first one's. A new shape: ``COLD_COMPILE_S`` for the device.
+    ``WARM_FRACTION`` of the first one's. A new shape: ``cold`` (default ``COLD_COMPILE_S``) for the device.
     """
+    cold = COLD_COMPILE_S if cold is None else cold
     times = recorded_compiles(compile_record_key(potential, key, options))
     if "cached" in times:
         return times["cached"], "from torch's cache, as last time"
     if "first" in times:
         return WARM_FRACTION * times["first"], f"from torch's cache; the first compile took {times['first']:.0f} s"
-    return COLD_COMPILE_S.get(torch.device(key[3]).type, COLD_COMPILE_S["cpu"]), "first compile of this shape"
-
-
-def notify(message: str, verbose: bool = True):
-    """Start-up messages go to stderr (stdout stays for results), flushed at once."""
-    if verbose:
-        print(f"sake_md: {message}", file=sys.stderr, flush=True)
+    return cold.get(torch.device(key[3]).type, cold["cpu"]), "first compile of this shape"
 
 
 # --- availability and fallback -------------------------------------------------------------------------
@@ -316,7 +318,7 @@ def default_options(device: torch.device) -> dict:
 def check_mode(mode) -> bool | str:
     if mode is True or mode is False or mode == "auto":
         return mode
-    raise ValueError(f"compile must be True, False or 'auto', got {mode!r}")
+    raise ConfigError(f"compile must be True, False or 'auto', got {mode!r}")
 
 
 def eager_call_s(potential: SAKEPotential, species, positions, mask, repeats: int = 3) -> float:

@@ -27,7 +27,6 @@ on eagerly after one warning.
 """
 
 import dataclasses
-import sys
 import time
 import warnings
 
@@ -37,11 +36,14 @@ from torch import nn
 from torch.func import functional_call
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from . import distributed
-from . import train as training  # its loss_from and residuals, looked up at call time: one definition
+from . import distributed, objective
 from .batch import Batch
+from .compile import compile_record_key, expected_compile_s, record_compile_s
+from .console import notify
 from .data import LabelledBatch
 
+# The first compile of the MD17 model's training step on one CPU core took 91-314 s (docs/recipe.md); a guess on CUDA
+TRAIN_COLD_COMPILE_S = {"cpu": 240.0, "cuda": 120.0}
 ATOM_BUCKET = 8
 
 
@@ -118,14 +120,14 @@ class BatchLoss(nn.Module):
 
     def __init__(self, potential):
         super().__init__()
-        self.model = training.EnergyAndForces(potential)
+        self.model = objective.EnergyAndForces(potential)
 
     def forward(self, species, positions, mask, energy, forces, settings):
         """Shape: (B, N), (B, N, 3), (B, N), (B,), (B, N, 3) -> loss (), de (B,), df (B, N, 3), with graph."""
         energy_model, predicted = self.model(species, positions, mask)
         labelled = LabelledBatch(Batch(species, positions, mask), energy, forces, None)
-        de, df = training.residuals(energy_model, predicted, labelled, self.model.potential)
-        return training.loss_from(de, df, mask, settings), de, df
+        de, df = objective.residuals(energy_model, predicted, labelled, self.model.potential)
+        return objective.loss_from(de, df, mask, settings), de, df
 
 
 class CompiledGraph:
@@ -173,12 +175,23 @@ class CompiledTrainStep:
         self.compile_seconds: list[float] = []
 
     @classmethod
-    def for_trainer(cls, trainer, backend: str = "inductor") -> "CompiledTrainStep":
+    def for_trainer(cls, trainer, backend: str = "inductor", verbose: bool = True) -> "CompiledTrainStep":
         """The compiled step of a ``Trainer``: its potential and this process's share of a full batch."""
         cfg, ctx = trainer.cfg, trainer.ctx
         global_batch = min(cfg.batch_size, len(trainer.train_set))
         frames = len(np.array_split(np.arange(global_batch), ctx.world)[ctx.rank])
-        return cls(trainer.potential, frames, int(trainer.train_set.n_atoms.max()), ctx, ctx.main, backend)
+        return cls(trainer.potential, frames, int(trainer.train_set.n_atoms.max()), ctx, ctx.main and verbose,
+                   backend)
+
+    def record_key(self) -> tuple:
+        """The full batches' shape, as ``sake_md.compile`` keys compile times (device at index 3)."""
+        n = bucket_atoms(self.n_max, self.n_max)
+        return (self.frames, n, self.potential.dtype, self.potential.device, "training step", self.backend)
+
+    def expected_compile_s(self) -> tuple[float, str]:
+        """(seconds, basis) to compile the full batches' step now: as ``sake_md.compile.expected_compile_s``,
+        with the training step's own first-compile time (about twice the inference graph's)."""
+        return expected_compile_s(self.potential, self.record_key(), cold=TRAIN_COLD_COMPILE_S)
 
     @property
     def n_graphs(self) -> int:
@@ -242,9 +255,9 @@ class CompiledTrainStep:
             loss, de, df, *grads = graph.fn(*self.inputs(params, lb, cfg, graph.weights))
         if graph.calls == 0:  # torch.compile compiles on the first call
             self.compile_seconds[-1] += time.perf_counter() - start
-            if self.verbose:
-                print(f"sake_md: compiled the training step in {self.compile_seconds[-1]:.0f} s", file=sys.stderr,
-                      flush=True)
+            if lb.batch.species.shape[1] == self.record_key()[1]:  # the full batches' graph: what "auto" weighs
+                record_compile_s(compile_record_key(self.potential, self.record_key()), self.compile_seconds[-1])
+            notify(f"compiled the training step in {self.compile_seconds[-1]:.0f} s", self.verbose)
         graph.calls += 1
         return loss, de, df, grads
 
@@ -289,10 +302,8 @@ class CompiledTrainStep:
     def build(self, lb: LabelledBatch, cfg, names) -> CompiledGraph:
         """Trace the step for this shape and these settings; compile it (torch compiles on the first call)."""
         B, N = lb.batch.species.shape
-        if self.verbose:
-            print(f"sake_md: compiling the training step for batches of {B} frames x {N} atoms "
-                  f"({lb.batch.positions.dtype}); minutes on a CPU the first time, torch's cache makes later runs "
-                  f"faster", file=sys.stderr, flush=True)
+        notify(f"compiling the training step for batches of {B} frames x {N} atoms ({lb.batch.positions.dtype}); "
+               "minutes on a CPU the first time, torch's cache makes later runs faster", self.verbose)
         start = time.perf_counter()
         try:
             traced, used, constants = self.trace(lb, cfg, names)

@@ -11,9 +11,10 @@ Readers (``read_dataset`` dispatches on the file name):
 Everything is converted to eV, Å and eV/Å in ``convert_units`` (the one place) and checked by
 ``validate`` before any training starts; bad data raises ``DataError`` naming the file and frame.
 ``labelled=False`` (MD reference frames, which need positions only) reads frames without energy or
-force labels too; missing labels are NaN.
+force labels too, ``labelled="energy"`` (evaluation) frames without forces; missing labels are NaN.
 """
 
+import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,10 @@ from .batch import Batch, collate
 from .errors import DataError, InputError
 from .neighbours import check_cell
 from .units import energy_factor, length_factor
+
+__all__ = ["NPZ_KEYS", "EXTXYZ_SUFFIXES", "DB_SUFFIXES", "Dataset", "convert_units", "read_dataset", "read_npz",
+           "read_extxyz", "read_ase_db", "frames_to_dataset", "validate", "split", "LabelledBatch", "batches",
+           "labelled_batch", "shuffled_order"]
 
 NPZ_KEYS = {
     "rmd17": ("nuclear_charges", "coords", "energies", "forces"),
@@ -105,7 +110,8 @@ def read_dataset(path, energy_key: str = "energy", forces_key: str = "forces", e
     """Read, convert to eV/Å and validate a labelled data file (format from the suffix).
 
     ``energy_unit``/``length_unit`` default to the format's: kcal/mol and Å for npz, eV and Å otherwise.
-    ``labelled=False`` also accepts frames without labels (their energy and forces are NaN).
+    ``labelled=False`` also accepts frames without labels (their energy and forces are NaN), ``"energy"``
+    frames with energies but no forces (NaN forces).
     """
     path = Path(path)
     if not path.exists():
@@ -132,11 +138,11 @@ def read_npz(path: Path, labelled: bool = True) -> tuple[Dataset, tuple[str, str
     """rMD17/sGDML arrays -> Dataset in the file's units, and those units (energy, length)."""
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"{path} cannot be read as a numpy .npz file ({e})") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:  # a truncated file is a bad zip
+        raise DataError(f"{path} cannot be read as a numpy .npz file ({type(e).__name__}: {e})") from None
     with npz:
         found = list(npz.keys())
-        needed = 4 if labelled else 2  # unlabelled: atomic numbers and coordinates suffice
+        needed = {True: 4, "energy": 3, False: 2}[labelled]  # unlabelled: atomic numbers and coordinates suffice
         names = next((keys for keys in NPZ_KEYS.values() if all(k in found for k in keys[:needed])), None)
         if names is None:
             expected = " or ".join("/".join(k[:needed]) for k in NPZ_KEYS.values())
@@ -211,8 +217,8 @@ def frames_to_dataset(frames, energy_key: str, forces_key: str, source: str, lab
         results = atoms.calc.results if atoms.calc is not None else {}
         energy = atoms.info.get(energy_key, results.get(energy_key))
         force = atoms.arrays.get(forces_key, results.get(forces_key))
-        if not labelled:
-            energy = np.nan if energy is None else energy
+        if labelled is not True:
+            energy = np.nan if energy is None and not labelled else energy
             force = np.full((len(atoms), 3), np.nan) if force is None else force
         for key, value, where in ((energy_key, energy, atoms.info), (forces_key, force, atoms.arrays)):
             if value is None:
@@ -252,7 +258,7 @@ def validate(data: Dataset, labelled: bool = True) -> None:
             raise DataError(f"{data.source}: frame {m} has invalid atomic numbers {sorted(set(z.tolist()))}")
         if not np.isfinite(x).all():
             raise DataError(f"{data.source}: frame {m} has non-finite positions")
-        if labelled and not np.isfinite(f).all():
+        if labelled is True and not np.isfinite(f).all():
             raise DataError(f"{data.source}: frame {m} has non-finite force labels")
         if data.pbc is not None and data.pbc[m].any():
             try:

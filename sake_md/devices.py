@@ -4,6 +4,8 @@ import torch
 
 from .errors import ConfigError, InputError
 
+__all__ = ["DTYPES", "DTYPE_NAMES", "resolve_device", "resolve_dtype"]
+
 DTYPES = {"float32": torch.float32, "float64": torch.float64, torch.float32: torch.float32,
           torch.float64: torch.float64}
 DTYPE_NAMES = tuple(k for k in DTYPES if isinstance(k, str))

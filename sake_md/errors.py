@@ -1,5 +1,7 @@
 """Exceptions raised for bad input. Each message says what was expected and what was found."""
 
+__all__ = ["SakeMDError", "CheckpointError", "InputError", "DataError", "ConfigError", "CommitteeError", "CompileError"]
+
 
 class SakeMDError(Exception):
     """Base class of every error sake_md raises on purpose."""

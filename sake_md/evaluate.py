@@ -9,8 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .console import warn
 from .data import Dataset, read_dataset
 from .predict import STATISTICS, frame_terms, predict
+
+__all__ = ["N_BOOTSTRAP", "per_frame_terms", "statistics", "evaluate", "composition", "warn_unseen_compositions",
+           "format_report", "write_extxyz", "parity_plot"]
 
 N_BOOTSTRAP = 2000
 
@@ -45,23 +49,55 @@ def evaluate(checkpoint, data_path, batch_size: int = 64, energy_key: str = "ene
     from .model import count_parameters
 
     potential, meta = load_checkpoint(checkpoint, with_metadata=True)
-    data = read_dataset(data_path, energy_key, forces_key, energy_unit, length_unit)
+    data = read_dataset(data_path, energy_key, forces_key, energy_unit, length_unit, labelled="energy")
+    warn_unseen_compositions(meta, data, str(checkpoint))
     potential = inference_potential(potential, device)
     energy, forces = predict(potential, data, batch_size)
+    has_forces = all(np.isfinite(f).all() for f in data.forces)
+    stats = statistics(per_frame_terms(data, energy, forces), n_bootstrap, seed)
+    if not has_forces:  # a file of energies only: its energy errors, and no force statistics
+        stats = {k: v for k, v in stats.items() if not k.startswith("force_")}
     report = {"checkpoint": str(checkpoint), "data": str(data_path), "frames": len(data),
               "atoms": int(data.n_atoms.sum()), "variant": meta.get("variant", meta["config"]["variant"]),
               "parameters": count_parameters(potential), "dtype": meta.get("dtype"),
               "bootstrap": {"resamples": n_bootstrap, "seed": seed, "interval": "percentile 95% over frames"},
-              **statistics(per_frame_terms(data, energy, forces), n_bootstrap, seed)}
+              "forces": "labelled" if has_forces else "absent from the file: energy errors only", **stats}
     return (report, data, energy, forces) if return_predictions else report
+
+
+def composition(numbers) -> tuple[tuple[int, int], ...]:
+    """A frame's composition as sorted (atomic number, count) pairs."""
+    z, counts = np.unique(np.asarray(numbers), return_counts=True)
+    return tuple((int(a), int(c)) for a, c in zip(z, counts, strict=True))
+
+
+def warn_unseen_compositions(meta: dict, data: Dataset, label: str) -> bool:
+    """Warn once (stderr) when no frame of ``data`` has a composition of the checkpoint's training data (e.g. an
+    ethanol potential on malonaldehyde: same elements, another molecule). A transfer test is legitimate, so
+    only a warning. Returns whether it warned; silent when the training compositions are not recorded."""
+    trained = {tuple(map(tuple, c)) for c in (meta.get("training") or {}).get("compositions") or []}
+    if not trained:
+        return False
+    seen = {composition(z) for z in data.numbers}
+    if seen & trained:
+        return False
+    from ase.data import chemical_symbols
+    from ase.formula import Formula
+
+    name = lambda comp: Formula("".join(f"{chemical_symbols[z]}{c}" for z, c in comp)).format("hill")  # noqa: E731
+    warn(f"{label} was trained on {', '.join(sorted(map(name, trained)))}; no frame of {data.source} has that "
+         f"composition ({', '.join(sorted(map(name, seen))[:5])}): expect large errors (a transfer test, not a "
+         "test error)")
+    return True
 
 
 def format_report(report: dict) -> str:
     """A readable table."""
     lines = [f"checkpoint  {report['checkpoint']}", f"data        {report['data']}",
              f"frames      {report['frames']}   variant {report['variant']}   parameters {report['parameters']}",
+             *([f"forces      {report['forces']}"] if report.get("forces", "labelled") != "labelled" else []),
              "", f"{'quantity':26s} {'value':>10s}   95% interval"]
-    for name in STATISTICS:
+    for name in (n for n in STATISTICS if n in report):
         s = report[name]
         lines.append(f"{name:26s} {s['value']:10.3f}   [{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]")
     return "\n".join(lines)

@@ -19,9 +19,10 @@ from .compile import graph_state, notify, trace, use_persistent_cache
 from .errors import CheckpointError, CompileError, InputError
 from .model import SAKEPotential
 
+__all__ = ["METADATA_KEY", "FORMAT", "export_package", "export_for_atoms", "is_package", "PackagedPotential"]
+
 METADATA_KEY = "sake_md"
 FORMAT = "sake_md.aoti"
-MOLECULE_ALIASES = {"ethanol": "CH3CH2OH", "methanol": "CH3OH", "benzene": "C6H6", "water": "H2O"}
 
 
 class _Exported(nn.Module):
@@ -85,13 +86,13 @@ def export_for_atoms(checkpoint, structure: str, out, batch: int = 1, device="cp
     """
     from .batch import atoms_to_batch
     from .inference import inference_potential
-    from .md.run import load_structure
+    from .structures import load_structure
 
     if batch < 1:
         raise InputError(f"--batch must be at least 1, got {batch}")
     potential = inference_potential(checkpoint, device, dtype)
     device, dtype = potential.device, potential.dtype
-    atoms = load_structure(MOLECULE_ALIASES.get(structure, structure))
+    atoms = load_structure(structure)
     example = atoms_to_batch([atoms] * batch, potential, dtype, device)
     return export_package(potential, example.species, example.positions, example.mask, out, verbose)
 

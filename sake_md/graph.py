@@ -1,7 +1,7 @@
 """The two pair structures a SAKE layer runs on: ``PairMasks``, the masks of all pairs of a padded molecule
 (the paper's model), and ``NeighbourGraph``, a padded table of the neighbours within a cutoff (the sparse mode, for
 periodic and large systems). Both are computed once per forward pass and offer the layer the same
-five things: ``edge_vectors``, ``senders``, ``pair_weight``, ``attention`` and ``inv_n``; the pair axis
+six things: ``edge_vectors``, ``senders``, ``receivers``, ``pair_weight``, ``attention`` and ``inv_n``; the pair axis
 holds the N atoms of the molecule in one and the K neighbour slots of each atom in the other, so
 the layer and every spatial block run unchanged on either (same parameters, same checkpoints).
 
@@ -62,6 +62,10 @@ class PairMasks(NamedTuple):
         """Node values at the sending end j of each pair, broadcast. Shape: (B, N, F) -> (B, 1, N, F)."""
         return t.unsqueeze(1)
 
+    def receivers(self, t: torch.Tensor) -> torch.Tensor:
+        """Node values of the receiving atoms: every atom receives. Shape: (B, N, F) -> (B, N, F)."""
+        return t
+
     def attention(self, logits: torch.Tensor) -> torch.Tensor:
         """Softmax over j without i itself and padding. Shape: (B, N, N, K) -> (B, N, N, K)."""
         return torch.softmax(logits.masked_fill(self.masked_logits, MASKED_LOGIT), dim=2)
@@ -111,6 +115,10 @@ class NeighbourGraph(NamedTuple):
         """Node values at the neighbour in each slot. Shape: (B, N, F) -> (B, N, K, F)."""
         B, N, K = self.shifts.shape[:3]
         return t.reshape(B * N, -1).index_select(0, self.flat_index).view(B, N, K, -1)
+
+    def receivers(self, t: torch.Tensor) -> torch.Tensor:
+        """Node values of the receiving atoms: every atom receives. Shape: (B, N, F) -> (B, N, F)."""
+        return t
 
     def edge_vectors(self, x: torch.Tensor) -> torch.Tensor:
         """r_ik = x_j + S·cell - x_i. Shape: (B, N, 3) -> (B, N, K, 3)."""

@@ -20,6 +20,8 @@ from .layer import SAKELayer
 from .modules import linear, mlp
 from .spatial import SPATIAL_BLOCKS
 
+__all__ = ["ModelConfig", "SAKE", "SAKEPotential", "gradients", "compute_forces", "apply_strain", "count_parameters"]
+
 
 @dataclass
 class ModelConfig:
@@ -106,7 +108,7 @@ class SAKEPotential(nn.Module):
         self.config = config or ModelConfig()
         numbers = [int(z) for z in atomic_numbers]
         if sorted(set(numbers)) != numbers or not numbers:
-            raise ValueError(f"atomic_numbers must be sorted, unique and non-empty, got {numbers}")
+            raise ConfigError(f"atomic_numbers must be sorted, unique and non-empty, got {numbers}")
         self.atomic_numbers = numbers
         index = torch.full((119,), -1, dtype=torch.long)
         index[torch.tensor(numbers)] = torch.arange(len(numbers))

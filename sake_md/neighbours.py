@@ -20,8 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .errors import InputError
+from .errors import ConfigError, InputError
 from .graph import NeighbourTable
+
+__all__ = ["MIN_DISTANCE", "BOX_MARGIN", "Pairs", "check_cell", "search_cell", "neighbour_pairs", "neighbour_table",
+           "batch_table", "VerletNeighbours"]
 
 MIN_DISTANCE = 0.1  # Å; closer than this, two atoms are "on top of each other" (H2 is 0.74 Å)
 BOX_MARGIN = 1.0  # Å added to the atoms' extent along each non-periodic direction
@@ -78,7 +81,10 @@ def neighbour_pairs(positions: np.ndarray, cutoff: float, cell: np.ndarray | Non
                     label: str = "structure") -> Pairs:
     """All pairs closer than ``cutoff`` (matscipy), with clear errors for a degenerate cell or atoms on
     top of each other. Shape: positions (N, 3) Å, cell (3, 3) rows = lattice vectors, pbc (3,) bool."""
-    from matscipy.neighbours import neighbour_list
+    try:
+        from matscipy.neighbours import neighbour_list
+    except ImportError as e:
+        raise ConfigError(f"the sparse (cutoff) mode needs matscipy: pip install 'sake-md[periodic]' ({e})") from None
 
     positions = np.ascontiguousarray(positions, dtype=np.float64)
     pbc = np.zeros(3, dtype=bool) if pbc is None else np.asarray(pbc, dtype=bool).reshape(3)
@@ -136,7 +142,7 @@ class VerletNeighbours:
 
     def __init__(self, cutoff: float, skin: float = 0.5):
         if skin < 0:
-            raise ValueError(f"the neighbour-list skin must be ≥ 0 Å, got {skin}")
+            raise InputError(f"the neighbour-list skin must be ≥ 0 Å, got {skin}")
         self.cutoff, self.skin = float(cutoff), float(skin)
         self.builds = 0
         self._pairs: Pairs | None = None

@@ -15,6 +15,8 @@ from .batch import check_structure
 from .data import Dataset, LabelledBatch, batches
 from .model import SAKEPotential
 
+__all__ = ["predict_batches", "predict", "STATISTICS", "TERMS", "frame_terms", "statistic", "ErrorSums"]
+
 
 def predict_batches(potential: SAKEPotential, data: Dataset, batch_size: int = 64, forces: bool = True,
                     order: Sequence[int] | None = None, dtype=None,

@@ -31,7 +31,7 @@ from .spatial_sh import SphericalHarmonicAttention
 
 
 class SpatialAttention(nn.Module):
-    """SAKE's spatial attention (spec §5, §7).
+    """SAKE's spatial attention (docs/model.md, steps 5 and 7).
 
     λ_ij = tanh(W_x h̃_ij); V̄_ic = (1/N) Σ_j λ_ijc u_ij; h^spa = MLP(|V̄_i|²); Δv_i = Σ_c w_c V̄_ic.
     V̄ is one batched matrix product over j: nothing of shape (N, N, C, 3) is formed.

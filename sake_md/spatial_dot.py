@@ -26,6 +26,7 @@ Parameters per layer (MD17 configuration, C = 256, H = 64): A, B 32,768, ψ 512,
 import torch
 from torch import nn
 
+from .errors import ConfigError
 from .modules import linear, mlp
 
 
@@ -52,7 +53,7 @@ class DotProductScalarization(nn.Module):
         super().__init__()
         for name, value in (("channels", channels), ("n_basis", n_basis)):
             if not isinstance(value, int) or value < 1:
-                raise ValueError(f"sake-dot needs a positive integer {name}, got {value!r}")
+                raise ConfigError(f"sake-dot needs a positive integer {name}, got {value!r}")
         self.channels, self.n_basis = channels, n_basis
         self.out_features = hidden
         self.left = linear(coefficients, channels, bias=False)    # A

@@ -24,10 +24,23 @@ Choices, and why:
 """
 
 import torch
-from e3nn import o3
 from torch import nn
 
+from .errors import ConfigError
 from .modules import linear, mlp
+
+o3 = None  # e3nn.o3, imported by the first block built: only sake-sh needs e3nn (pip install 'sake-md[sh]')
+
+
+def require_e3nn():
+    global o3
+    if o3 is None:
+        try:
+            from e3nn import o3 as module
+        except ImportError as e:
+            raise ConfigError(f"the sake-sh variant needs e3nn: pip install 'sake-md[sh]' ({e})") from None
+        o3 = module
+    return o3
 
 
 def harmonic_slices(lmax: int) -> list[slice]:
@@ -47,7 +60,8 @@ class SphericalHarmonicAttention(nn.Module):
     def __init__(self, hidden: int, coefficients: int, lmax: int = 3, lambda_per_order: bool = False):
         super().__init__()
         if not isinstance(lmax, int) or lmax < 1:
-            raise ValueError(f"sake-sh needs an integer lmax >= 1 (1 is SAKE's own l = 1 vectors), got {lmax!r}")
+            raise ConfigError(f"sake-sh needs an integer lmax >= 1 (1 is SAKE's own l = 1 vectors), got {lmax!r}")
+        require_e3nn()
         self.lmax, self.lambda_per_order = lmax, bool(lambda_per_order)
         self.slices = harmonic_slices(lmax)
         self.out_features = hidden

@@ -18,7 +18,6 @@ serves all); fixed epochs, not a time budget; one process.
 
 import copy
 import json
-import sys
 import time
 import warnings
 from pathlib import Path
@@ -28,8 +27,9 @@ import torch
 from torch.func import functional_call, vmap
 from torch.fx.experimental.proxy_tensor import make_fx
 
-from . import compile_train, distributed
+from . import compile_train, distributed, objective
 from . import train as training
+from .console import notify
 from .errors import SakeMDError
 from .model import count_parameters
 from .predict import TERMS, ErrorSums
@@ -129,7 +129,7 @@ class StackedTraining:
         self.scale = torch.tensor([t.potential.energy_scale for t in self.trainers], dtype=self.dtype,
                                   device=self.device)
         cfg = self.cfg
-        self.optimizer = training.PaperAdam(self.params, cfg.lr_start, cfg.betas, cfg.eps, cfg.weight_decay,
+        self.optimizer = objective.PaperAdam(self.params, cfg.lr_start, cfg.betas, cfg.eps, cfg.weight_decay,
                                             cfg.clip, cfg.amsgrad)
         self._stack_optimizer_state()
         self.shadow = None
@@ -204,7 +204,7 @@ class StackedTraining:
             predicted = -torch.autograd.grad(energy.sum(), x, create_graph=True)[0]
             de = energy - target
             df = (predicted - forces) * mask.unsqueeze(-1)
-            losses = vmap(lambda a, b, m: training.loss_from(a, b, m, view))(de, df, mask)
+            losses = vmap(lambda a, b, m: objective.loss_from(a, b, m, view))(de, df, mask)
             grads = torch.autograd.grad(losses.sum(), ps, allow_unused=True)
             grads = [torch.zeros_like(p) if g is None else g for p, g in zip(ps, grads, strict=True)]
             return (losses.detach(), de.detach(), df.detach(), *grads)
@@ -230,10 +230,8 @@ class StackedTraining:
             self.fn = self.step_function(cfg, names)
             return
         B = batch[0].shape[1]
-        if self.verbose:
-            print(f"sake_md: compiling the stacked training step ({len(self)} runs x {B} frames x "
-                  f"{batch[0].shape[2]} atoms, {self.dtype}, {self.device}); minutes the first time",
-                  file=sys.stderr, flush=True)
+        notify(f"compiling the stacked training step ({len(self)} runs x {B} frames x {batch[0].shape[2]} atoms, "
+               f"{self.dtype}, {self.device}); minutes the first time", self.verbose)
         start = time.perf_counter()
         try:
             params = [p.detach().requires_grad_(True) for p in self.params]
@@ -249,9 +247,7 @@ class StackedTraining:
             self.failed, self.fn = True, self.step_function(cfg, names)
             return
         self.fn, self.compile_seconds = fn, time.perf_counter() - start
-        if self.verbose:
-            print(f"sake_md: compiled the stacked training step in {self.compile_seconds:.0f} s", file=sys.stderr,
-                  flush=True)
+        notify(f"compiled the stacked training step in {self.compile_seconds:.0f} s", self.verbose)
 
     def step(self, batch, cfg):
         """One optimiser step of every run on ``batch`` (K, B, ...) -> losses (K,), de (K, B), df (K, B, N, 3)."""
@@ -294,7 +290,7 @@ class StackedTraining:
         sums = torch.zeros(len(self), len(TERMS), dtype=torch.float64, device=self.device)
         for s in range(index.shape[0]):
             batch = self.train_frames.take(index[s])
-            lr = training.learning_rate(lead.progress(), self.cfg)
+            lr = objective.learning_rate(lead.progress(), self.cfg)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             losses, de, df = self.step(batch, lead.loss_settings())
@@ -324,7 +320,7 @@ class StackedTraining:
         lead = self.trainers[0]
         while lead.state["epoch"] < lead.state["planned_epochs"]:
             start = time.perf_counter()
-            lr = training.learning_rate(lead.progress(), self.cfg)
+            lr = objective.learning_rate(lead.progress(), self.cfg)
             train_sums = self.train_epoch().cpu()
             valid_sums = self.validate().cpu()
             seconds = time.perf_counter() - start
@@ -335,13 +331,12 @@ class StackedTraining:
                 t.state["epoch"] += 1
                 t.state["seconds"] += seconds
                 t.state["epoch_seconds"] = (t.state["epoch_seconds"] + [seconds])[-20:]
-                self.sync_run(k, training.learning_rate(lead.progress(), self.cfg))
+                self.sync_run(k, objective.learning_rate(lead.progress(), self.cfg))
                 t.save(row)
                 if on_epoch_end is not None:
                     on_epoch_end(t, row)
-            if self.verbose:
-                print(f"stacked epoch {lead.state['epoch']}/{lead.state['planned_epochs']} ({len(self)} runs, "
-                      f"{seconds:.1f} s)", file=sys.stderr, flush=True)
+            notify(f"stacked epoch {lead.state['epoch']}/{lead.state['planned_epochs']} ({len(self)} runs, "
+                   f"{seconds:.1f} s)", self.verbose)
 
 
 def _sums(row: torch.Tensor) -> ErrorSums:

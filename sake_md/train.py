@@ -1,16 +1,4 @@
-"""Training: the paper's MD17 recipe as a preset, and a time-budgeted recipe for CPUs.
-
-Loss per batch, in kcal/mol units on de-standardised predictions (``loss``):
-    mae:   force_weight · MAE(F) + energy_weight · MAE(E)          (the paper's)
-    mse:   force_weight · MSE(F) + energy_weight · MSE(E)
-    huber: the same with Huber(δ = huber_delta) in place of the squares
-E is the total energy, or the energy per atom with ``energy_per_atom``. In the final ``stage_fraction``
-of the run the energy weight becomes ``stage_energy_weight`` (a short energy stage, as MACE's).
-Optimiser chain (the paper's): g += weight_decay · θ (coupled L2); g = clip(g, -clip, clip) elementwise;
-Adam(β1, β2, ε), or AMSGrad with ``amsgrad``. Learning rate per step, as a function of the progress
-p ∈ [0, 1] of the planned run: linear warm-up lr_start → lr over p < warmup_fraction, cosine decay to 0 at
-p = decay_end, then 0. With ``ema_decay`` an exponential moving average of the weights is validated,
-saved as best.pt and kept in last.pt, so that a resumed run continues it exactly.
+"""Training: one run (``Trainer``) from data to best.pt, with the objective of ``sake_md.objective``.
 
 With a time budget the number of epochs is estimated after the first few steps and re-measured after
 every epoch (epochs that fit = done + remaining time / recent epoch time); the schedule is laid over it.
@@ -27,236 +15,41 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from . import distributed
+from . import distributed, objective
 from .allocator import keep_freed_memory
 from .checkpoint import potential_from_dict, read_checkpoint, save_checkpoint
+from .console import notify, warn
 from .data import Dataset, LabelledBatch, labelled_batch, read_dataset, shuffled_order, split
 from .errors import DataError, SakeMDError
 from .model import ModelConfig, SAKEPotential, count_parameters
+from .objective import (  # noqa: F401  (re-exported: the training API)
+    DEFAULT_RECIPE,
+    LOSSES,
+    RECIPES,
+    EnergyAndForces,
+    PaperAdam,
+    TrainConfig,
+    WeightAverage,
+    describe_recipe,
+    learning_rate,
+    loss_from,
+    residuals,
+)
 from .predict import ErrorSums, predict, predict_batches
-from .units import KCAL_PER_MOL
 
-RECIPES = {
-    "paper": {"batch_size": 4, "epochs": 5000, "time_budget": None},
-    # Measured lever by lever on rMD17 (docs/recipe.md): small batches, the MAE loss with a per-atom energy
-    # term of equal weight, an EMA of the weights, and a cosine laid over the whole budget.
-    "budget": {"batch_size": 4, "epochs": None, "time_budget": 1800.0, "lr": 1e-3, "warmup_fraction": 0.05,
-               "decay_end": 1.0, "loss": "mae", "energy_per_atom": True, "energy_weight": 1.0, "ema_decay": 0.99,
-               "compile": True},
-}
-LOSSES = ("mae", "mse", "huber")
+__all__ = ["MAX_COMPOSITIONS", "MIN_EPOCHS", "Trainer", "planned_length", "truncate_log", "load_split",
+           "resolve_training_device", "train", "finalize", "finalized", "read_config", "energy_offset",
+           "refit_energy_shift", "attach_test_metrics"]
 
-
-def describe_recipe(name: str) -> str:
-    """A recipe's settings that differ from TrainConfig's defaults, as 'key value' text."""
-    return ", ".join(f"{k.replace('_', ' ')} {'-' if v is None else v}" for k, v in RECIPES[name].items())
-
-
-@dataclass
-class TrainConfig:
-    """Every setting of a run; ``config.json`` in the output folder holds exactly this."""
-
-    data: str
-    out: str
-    recipe: str = "paper"
-    model: dict = field(default_factory=lambda: ModelConfig().to_dict())
-    test: str | None = None
-    n_valid: int = 50
-    seed: int = 0
-    epochs: int | None = 5000
-    time_budget: float | None = None  # seconds
-    batch_size: int = 4
-    lr: float = 1e-3
-    lr_start: float = 1e-6
-    warmup_fraction: float = 0.1
-    decay_end: float = 0.9
-    weight_decay: float = 1e-5
-    clip: float = 1.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    energy_weight: float = 0.001
-    force_weight: float = 1.0
-    loss: str = "mae"
-    huber_delta: float = 0.5  # kcal/mol(/Å)
-    energy_per_atom: bool = False
-    stage_fraction: float = 0.0
-    stage_energy_weight: float | None = None
-    amsgrad: bool = False
-    ema_decay: float | None = None
-    dtype: str = "float32"
-    device: str = "cpu"
-    threads: int | None = None
-    energy_key: str = "energy"
-    forces_key: str = "forces"
-    energy_unit: str | None = None
-    length_unit: str | None = None
-    refit_shift: bool = True  # at the end, re-centre best.pt's energy shift on the training split
-    progress: bool = True
-    compile: bool = False  # the training step as one compiled graph (sake_md.compile_train)
-
-    def __post_init__(self):
-        if self.recipe not in RECIPES:
-            raise SakeMDError(f"unknown recipe {self.recipe!r}; known: {', '.join(RECIPES)}")
-        if (self.epochs is None) == (self.time_budget is None):
-            raise SakeMDError("give exactly one of epochs and time_budget")
-        if self.batch_size < 1 or (self.epochs is not None and self.epochs < 1):
-            raise SakeMDError("batch_size and epochs must be positive")
-        if not 0 <= self.warmup_fraction <= self.decay_end <= 1:
-            raise SakeMDError("need 0 <= warmup_fraction <= decay_end <= 1")
-        if self.loss not in LOSSES:
-            raise SakeMDError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
-        if not 0 <= self.stage_fraction < 1:
-            raise SakeMDError("stage_fraction must be in [0, 1)")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise SakeMDError("ema_decay must be in (0, 1)")
-        if self.dtype not in ("float32", "float64"):
-            raise SakeMDError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        ModelConfig(**self.model)  # validates the variant
-        self.betas = tuple(self.betas)
-
-    @classmethod
-    def preset(cls, recipe: str, data: str, out: str, **overrides) -> "TrainConfig":
-        """A recipe's defaults, then ``overrides`` (None values are ignored)."""
-        if recipe not in RECIPES:
-            raise SakeMDError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
-        settings = dict(RECIPES[recipe])
-        given = {k: v for k, v in overrides.items() if v is not None}
-        if "epochs" in given:
-            settings["time_budget"] = None
-        if "time_budget" in given:
-            settings["epochs"] = None
-        settings.update(given)
-        return cls(data=data, out=out, recipe=recipe, **settings)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["betas"] = list(self.betas)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-
-def learning_rate(progress: float, cfg: TrainConfig) -> float:
-    """Warm-up, cosine decay, then zero. ``progress`` ∈ [0, 1] of the planned run."""
-    p = min(max(progress, 0.0), 1.0)
-    if p < cfg.warmup_fraction:
-        return cfg.lr_start + (cfg.lr - cfg.lr_start) * p / cfg.warmup_fraction
-    if p < cfg.decay_end:
-        t = (p - cfg.warmup_fraction) / (cfg.decay_end - cfg.warmup_fraction)
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
-    return 0.0
-
-
-class PaperAdam(torch.optim.Adam):
-    """Adam (or AMSGrad) after the paper's gradient transforms: g += λθ (coupled L2), then elementwise clip."""
-
-    def __init__(self, params, lr: float, betas, eps: float, weight_decay: float, clip: float,
-                 amsgrad: bool = False):
-        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, amsgrad=amsgrad)
-        self.coupled_decay, self.clip = weight_decay, clip
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        for group in self.param_groups:  # a few foreach kernels, not three per parameter
-            params = group["params"]
-            grads = torch._foreach_mul(params, self.coupled_decay)
-            torch._foreach_add_(grads, [torch.zeros_like(p) if p.grad is None else p.grad for p in params])
-            torch._foreach_clamp_min_(grads, -self.clip)
-            torch._foreach_clamp_max_(grads, self.clip)
-            for p, g in zip(params, grads, strict=True):
-                p.grad = g
-        return super().step(closure)
-
-
-class EnergyAndForces(nn.Module):
-    """The potential's energy and forces, with the autograd graph kept for the loss; the unit that
-    DistributedDataParallel wraps: (species, positions, mask) -> (energy_model, forces)."""
-
-    def __init__(self, potential: SAKEPotential):
-        super().__init__()
-        self.potential = potential
-
-    def forward(self, species, positions, mask, cell=None, pbc=None):
-        """Shape: (B, N), (B, N, 3), (B, N) [, (B, 3, 3), (B, 3)] -> (B,), (B, N, 3), both with graph."""
-        out = self.potential.predict(species, positions, mask, forces=True, training=True, cell=cell, pbc=pbc)
-        return out["energy_model"], out["forces"]
-
-
-def residuals(energy_model, forces, lb: LabelledBatch, potential: SAKEPotential):
-    """Prediction − reference for energies (B,) in eV and forces (B, N, 3) in eV/Å, zero at padding.
-
-    The energy target E_ref − Σ reference terms is formed in float64, then cast to the model dtype.
-    """
-    b = lb.batch
-    target = (lb.energy - potential.reference_energy(b.species, b.mask).sum(-1)).to(energy_model.dtype)
-    df = (forces - lb.forces) * b.mask.unsqueeze(-1)
-    return energy_model - target, df
-
-
-def loss_from(de, df, mask, cfg: TrainConfig) -> torch.Tensor:
-    """force_weight · L(F) + energy_weight · L(E) in kcal/mol and kcal/mol/Å, L = MAE, MSE or Huber.
-
-    Shape: de (B,), df (B, N, 3) zero at padding, mask (B, N) -> scalar.
-    """
-    if cfg.energy_per_atom:
-        de = de / mask.sum(-1).to(de.dtype)
-    de, df = de / KCAL_PER_MOL, df / KCAL_PER_MOL
-    n_components = 3.0 * mask.sum()
-    if cfg.loss == "mae":
-        f_term, e_term = df.abs().sum() / n_components, de.abs().mean()
-    elif cfg.loss == "mse":
-        f_term, e_term = (df * df).sum() / n_components, (de * de).mean()
-    else:  # huber; padding components are exact zeros and add nothing
-        f_term = F.huber_loss(df, torch.zeros_like(df), reduction="sum", delta=cfg.huber_delta) / n_components
-        e_term = F.huber_loss(de, torch.zeros_like(de), delta=cfg.huber_delta)
-    return cfg.force_weight * f_term + cfg.energy_weight * e_term
-
-
-class WeightAverage:
-    """Exponential moving average of the parameters: θ̄ ← d·θ̄ + (1 − d)·θ after every optimiser step.
-
-    ``swapped()`` puts θ̄ into the model for validation and saving, then restores θ.
-    """
-
-    def __init__(self, module: nn.Module, decay: float):
-        self.module, self.decay = module, decay
-        self.shadow = [p.detach().clone() for p in module.parameters()]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        torch._foreach_lerp_(self.shadow, list(self.module.parameters()), 1.0 - self.decay)
-
-    @contextlib.contextmanager
-    def swapped(self):
-        params = list(self.module.parameters())
-        with torch.no_grad():
-            saved = [p.detach().clone() for p in params]
-            for p, avg in zip(params, self.shadow, strict=True):
-                p.copy_(avg)
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, s in zip(params, saved, strict=True):
-                    p.copy_(s)
-
-    def state_dict(self) -> list[torch.Tensor]:
-        return [t.clone() for t in self.shadow]
-
-    def load_state_dict(self, tensors) -> None:
-        for avg, t in zip(self.shadow, tensors, strict=True):
-            avg.copy_(t)
+MAX_COMPOSITIONS = 100  # recorded in checkpoints (data of more compositions: none recorded)
+MIN_EPOCHS = 20  # fewer leave a model far from trained (the shipped ethanol potential: 168 epochs of 30 min)
 
 
 class Trainer:
@@ -267,11 +60,20 @@ class Trainer:
         self.dtype = getattr(torch, cfg.dtype)
         self.out = Path(cfg.out)
         self.train_set, self.valid_set = load_split(cfg)
+        from .evaluate import composition
+
+        # what the model was trained on, so that eval and compare can say when frames are of something else
+        compositions = sorted({composition(z) for z in self.train_set.numbers})
+        many = len(compositions) > MAX_COMPOSITIONS
+        self.compositions = None if many else [list(map(list, c)) for c in compositions]
         self.state = {"epoch": 0, "step": 0, "planned_epochs": cfg.epochs or 0, "seconds": 0.0,
                       "epoch_seconds": [], "best_val_force_mae_meV_A": None, "best_epoch": None}
         self.potential = self.build_potential().to(device=device, dtype=self.dtype)
         self.model = EnergyAndForces(self.potential)
         if ctx.active:
+            # gradients of (1, n) parameters come with strides (1, 1) where DDP's bucket views have (n, 1): the
+            # same memory layout, so DDP's warning about it (once per process) says nothing to a user
+            warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
             ids = [device.index] if device.type == "cuda" else None
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
         self.optimizer = PaperAdam(self.potential.parameters(), cfg.lr_start, cfg.betas, cfg.eps, cfg.weight_decay,
@@ -280,12 +82,48 @@ class Trainer:
         self.step = self.eager_step
         if self.potential.cutoff is not None:
             keep_freed_memory()  # see sake_md.allocator
-        if cfg.compile and self.potential.cutoff is not None:
+        if cfg.compile is True and self.potential.cutoff is not None:
             raise SakeMDError("--compile trains dense (molecular) models; a model with --cutoff trains eagerly")
-        if cfg.compile:
+        if cfg.compile is True or (cfg.compile == "auto" and self.compile_pays()):
             from .compile_train import CompiledTrainStep
 
             self.step = CompiledTrainStep.for_trainer(self)
+
+    def compile_pays(self) -> bool:
+        """compile="auto": compile the step when the run's expected training time exceeds ``AUTO_FACTOR`` × the
+        expected compile time (the inference rule); sparse models have no compiled step. Says which, once."""
+        from .compile import AUTO_FACTOR, compiler_unavailable, should_compile
+
+        if self.potential.cutoff is not None:
+            why, decision = "a sparse (--cutoff) model has no compiled training step", False
+        elif (unavailable := compiler_unavailable(self.device)) is not None:
+            why, decision = unavailable, False
+        else:
+            from .compile_train import CompiledTrainStep
+
+            compile_s, basis = CompiledTrainStep.for_trainer(self, verbose=False).expected_compile_s()
+            if self.cfg.time_budget is not None:
+                work_s, what = self.cfg.time_budget, "a budget of"
+            else:
+                work_s, what = self.cfg.epochs * self.steps_per_epoch() * self.eager_step_s(), "about"
+            decision = should_compile(1, work_s, compile_s)
+            why = (f"{what} {work_s / 60:.1f} min of training vs ~{compile_s:.0f} s to compile the step ({basis}); "
+                   f"rule: training time > {AUTO_FACTOR:g} × compile time")
+        notify(f"compile=auto: {why} -> {'compiled' if decision else 'eager'} training step", self.ctx.main)
+        return decision
+
+    def eager_step_s(self) -> float:
+        """Seconds of one eager step on the first training batch (the second of two calls; the gradients are
+        discarded, the weights untouched)."""
+        idx = np.arange(min(self.cfg.batch_size, len(self.train_set)))
+        lb = labelled_batch(self.train_set, idx, self.potential.species_index, self.dtype, self.device)
+        times = []
+        for _ in range(2):
+            start = time.perf_counter()
+            self.eager_step(lb, self.cfg)
+            times.append(time.perf_counter() - start)
+        self.optimizer.zero_grad(set_to_none=True)
+        return times[-1]
 
     def build_potential(self) -> SAKEPotential:
         torch.manual_seed(self.cfg.seed)
@@ -294,6 +132,12 @@ class Trainer:
         species = sorted(set(self.train_set.species) | set(self.valid_set.species))
         return SAKEPotential(species, ModelConfig(**self.cfg.model), energy_scale=scale,
                              energy_shift=float(energies.mean()))
+
+    def finished(self) -> bool:
+        """Whether the planned epochs are done (a resumed budget run: no time left for another epoch)."""
+        if self.cfg.time_budget is not None:
+            self.replan()
+        return self.state["epoch"] > 0 and self.state["epoch"] >= self.state["planned_epochs"]
 
     # ---- schedule -------------------------------------------------------------------------------
     def steps_per_epoch(self) -> int:
@@ -328,6 +172,17 @@ class Trainer:
         fit = int(max(remaining, 0.0) // max(per_epoch, 1e-9))
         self.state["planned_epochs"] = max(self.state["epoch"] + fit, self.state["epoch"] + (0 if recent else 1))
 
+    def warn_if_too_short(self, epoch_s: float) -> None:
+        """Budget mode: say when the budget fits fewer than ``MIN_EPOCHS`` epochs, and what would."""
+        planned = self.state["planned_epochs"]
+        if planned >= MIN_EPOCHS or not self.ctx.main:
+            return
+        need = MIN_EPOCHS * epoch_s + self.state["seconds"]
+        warn(f"the time budget of {self.cfg.time_budget:.0f} s fits only about {planned} epoch(s) of {epoch_s:.0f} s: "
+             f"a model trained for fewer than {MIN_EPOCHS} epochs is far from trained (the shipped ethanol "
+             f"potential: 168 epochs). {MIN_EPOCHS} epochs need about --time-budget {math.ceil(need / 60)}m on "
+             "this machine.")
+
     # ---- one epoch -------------------------------------------------------------------------------
     def local_indices(self, order: np.ndarray):
         """Global batches of ``order``; each process takes its share of every global batch."""
@@ -356,6 +211,7 @@ class Trainer:
             errors.add_batch(de, df, lb.batch.mask)
             if k == 2 and self.state["epoch"] == 0 and self.cfg.time_budget is not None:
                 self.replan(step_seconds=(time.perf_counter() - t0) / 3)
+                self.warn_if_too_short((time.perf_counter() - t0) / 3 * self.steps_per_epoch())
             if bar is not None:
                 bar.set_postfix_str(f"loss {float(loss.detach()):.3f}", refresh=False)
         return self.summary(errors, "train")
@@ -364,8 +220,8 @@ class Trainer:
         """Forward, forces, loss and its gradients (into p.grad) for one batch -> loss, de, df."""
         energy_model, forces = self.model(lb.batch.species, lb.batch.positions, lb.batch.mask, lb.batch.cell,
                                           lb.batch.pbc)
-        de, df = residuals(energy_model, forces, lb, self.potential)
-        loss = loss_from(de, df, lb.batch.mask, cfg)
+        de, df = objective.residuals(energy_model, forces, lb, self.potential)
+        loss = objective.loss_from(de, df, lb.batch.mask, cfg)  # looked up at call time, as the compiled step does
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         return loss, de, df
@@ -376,7 +232,7 @@ class Trainer:
         errors = ErrorSums()
         share = np.array_split(np.arange(len(self.valid_set)), self.ctx.world)[self.ctx.rank]
         for lb, out in predict_batches(self.potential, self.valid_set, max(self.cfg.batch_size, 32), order=share):
-            de, df = residuals(out["energy_model"], out["forces"], lb, self.potential)
+            de, df = objective.residuals(out["energy_model"], out["forces"], lb, self.potential)
             errors.add_batch(de, df, lb.batch.mask)
         return self.summary(errors, "val")
 
@@ -406,6 +262,10 @@ class Trainer:
             row["seconds"] = seconds
             self.replan()
             self.save(row)
+            if self.state["epoch"] == 1 and self.cfg.epochs is not None and self.ctx.main:
+                total = self.cfg.epochs * seconds
+                notify(f"epoch 1 took {seconds:.1f} s: {self.cfg.epochs} epochs take about {_duration(total)} at "
+                       "this speed")
             if bar is not None:
                 bar.total = self.state["planned_epochs"]
                 bar.set_postfix_str(f"F {row['train_force_mae_meV_A']:.1f}/{row['val_force_mae_meV_A']:.1f} "
@@ -453,6 +313,7 @@ class Trainer:
         n_seen = s["step"] * cfg.batch_size
         return {"data": str(Path(cfg.data).resolve()), "test_data": cfg.test,
                 "split": {"seed": cfg.seed, "train_frames": len(self.train_set), "valid_frames": len(self.valid_set)},
+                "compositions": self.compositions,
                 "recipe": cfg.recipe, "epochs": s["epoch"], "planned_epochs": s["planned_epochs"],
                 "seconds": round(s["seconds"], 1), "samples_per_s": round(n_seen / max(s["seconds"], 1e-9), 1),
                 "processes": self.ctx.world, "device": str(self.device), "dtype": cfg.dtype,
@@ -477,6 +338,19 @@ class Trainer:
         torch.set_rng_state(extra["torch_rng_state"])
         if self.ctx.main:
             truncate_log(self.out / "metrics.jsonl", self.state["epoch"])
+
+
+def _duration(seconds: float) -> str:
+    if seconds >= 3600:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def planned_length(cfg: TrainConfig) -> str:
+    """The run's length as a user reads it when it starts."""
+    if cfg.time_budget is not None:
+        return f"recipe {cfg.recipe}: a time budget of {_duration(cfg.time_budget)} (the epochs that fit)"
+    return f"recipe {cfg.recipe}: {cfg.epochs} epochs"
 
 
 def truncate_log(path: Path, epochs: int) -> None:
@@ -522,15 +396,25 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
             (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         if resume:
             trainer.restore()
+            if trainer.finished() and (out / "best.pt").exists() and finalized(cfg, out / "best.pt"):
+                if ctx.main:
+                    print(f"nothing to do: the run in {out} finished after {trainer.state['epoch']} epochs "
+                          f"(best.pt: epoch {trainer.state['best_epoch']})", flush=True)
+                return out / "best.pt"
         if ctx.main and not resume:
             (out / "metrics.jsonl").write_text("")
             print(f"training {cfg.model['variant']} ({count_parameters(trainer.potential)} parameters) on "
                   f"{len(trainer.train_set)} frames, validating on {len(trainer.valid_set)}, "
-                  f"{ctx.world} process(es), {device}, {cfg.dtype}", flush=True)
+                  f"{ctx.world} process(es), {device}, {cfg.dtype}; {planned_length(cfg)}", flush=True)
         trainer.fit(on_epoch_end)
         distributed.barrier(ctx)
         if ctx.main:
-            finalize(cfg, out, trainer.train_set)
+            report = finalize(cfg, out, trainer.train_set)
+            if report is not None:
+                from .evaluate import format_report
+
+                print(f"test errors of best.pt (epoch {trainer.state['best_epoch']}):\n{format_report(report)}",
+                      flush=True)
         distributed.barrier(ctx)  # every process leaves the group together, after rank 0's final writes
     finally:
         # DDP's reducer keeps the process group (and gloo's threads) alive: free it now, not in the
@@ -542,13 +426,22 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
     return out / "best.pt"
 
 
-def finalize(cfg: TrainConfig, out: Path, train_set: Dataset) -> None:
-    """The end of a run: re-centre best.pt's energy shift on the training split, attach the test errors."""
+def finalize(cfg: TrainConfig, out: Path, train_set: Dataset) -> dict | None:
+    """The end of a run: re-centre best.pt's energy shift on the training split, attach the test errors.
+    Returns the test report (None without a test file)."""
     if cfg.refit_shift:
         refit_energy_shift(out / "best.pt", train_set, cfg.device)
     if cfg.test:
-        attach_test_metrics(out / "best.pt", cfg.test, energy_key=cfg.energy_key, forces_key=cfg.forces_key,
-                            energy_unit=cfg.energy_unit, length_unit=cfg.length_unit, device=cfg.device)
+        return attach_test_metrics(out / "best.pt", cfg.test, energy_key=cfg.energy_key, forces_key=cfg.forces_key,
+                                   energy_unit=cfg.energy_unit, length_unit=cfg.length_unit, device=cfg.device)
+    return None
+
+
+def finalized(cfg: TrainConfig, best: Path) -> bool:
+    """Whether ``finalize`` has run on ``best`` (a run killed between its last epoch and the end has not)."""
+    data = read_checkpoint(best)
+    return ((not cfg.refit_shift or "energy_shift_refit_eV" in (data.get("training") or {}))
+            and (not cfg.test or "test" in (data.get("metrics") or {})))
 
 
 def read_config(out: Path) -> TrainConfig:

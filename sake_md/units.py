@@ -2,6 +2,10 @@
 
 from ase import units
 
+from .errors import InputError
+
+__all__ = ["KCAL_PER_MOL", "ENERGY_UNITS", "LENGTH_UNITS", "energy_factor", "length_factor"]
+
 KCAL_PER_MOL = units.kcal / units.mol  # eV, 0.0433641...
 
 ENERGY_UNITS = {"eV": 1.0, "meV": 1e-3, "kcal/mol": KCAL_PER_MOL, "kJ/mol": units.kJ / units.mol,
@@ -14,7 +18,7 @@ def energy_factor(unit: str) -> float:
     try:
         return ENERGY_UNITS[unit]
     except KeyError:
-        raise ValueError(f"unknown energy unit {unit!r}; known: {', '.join(ENERGY_UNITS)}") from None
+        raise InputError(f"unknown energy unit {unit!r}; known: {', '.join(ENERGY_UNITS)}") from None
 
 
 def length_factor(unit: str) -> float:
@@ -22,4 +26,4 @@ def length_factor(unit: str) -> float:
     try:
         return LENGTH_UNITS[unit]
     except KeyError:
-        raise ValueError(f"unknown length unit {unit!r}; known: {', '.join(LENGTH_UNITS)}") from None
+        raise InputError(f"unknown length unit {unit!r}; known: {', '.join(LENGTH_UNITS)}") from None

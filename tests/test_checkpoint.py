@@ -133,12 +133,19 @@ def test_format_1_optimiser_state_is_migrated(tmp_path):
 
 
 def test_saved_file_has_ordinary_permissions(potential, tmp_path):
+    """Checkpoints, MD state files and study records: one atomic writer, ordinary permissions (the MD state
+    files were left at mkstemp's 0600)."""
     import os
     import stat
 
+    from sake_md.md.segments import atomic_torch_save
+    from sake_md.study.jobs import write_json
+
     umask = os.umask(0o022)
     try:
-        path = save_checkpoint(tmp_path / "m.pt", potential)
+        paths = [save_checkpoint(tmp_path / "m.pt", potential), atomic_torch_save({"a": 1}, tmp_path / "state.pt"),
+                 write_json(tmp_path / "record.json", {"a": 1})]
     finally:
         os.umask(umask)
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert [stat.S_IMODE(p.stat().st_mode) for p in paths] == [0o644] * 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "record.json", "state.pt"]  # no temporary left

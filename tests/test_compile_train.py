@@ -16,6 +16,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+import sake_md.objective
 import sake_md.train
 from sake_md import compile_train, distributed
 from sake_md.checkpoint import read_checkpoint
@@ -174,7 +175,7 @@ def test_a_loss_setting_read_as_a_constant_makes_a_new_graph(trainers, monkeypat
         force = df.abs().sum() / (3.0 * mask.sum()) if cfg.recipe == "paper" else (df * df).mean()
         return force + cfg.energy_weight * de.abs().mean() if cfg.energy_weight > 0 else force
 
-    monkeypatch.setattr(sake_md.train, "loss_from", branching_loss)  # the eager step reads it too
+    monkeypatch.setattr(sake_md.objective, "loss_from", branching_loss)  # the one definition both steps read
     step = CompiledTrainStep(eager.potential, frames=4, n_max=9, backend="eager", verbose=False)
     cfg = tiny_config("x.npz", "out")
     lb = labelled_batch(eager.train_set, np.arange(4), eager.potential.species_index, torch.float64)
@@ -235,7 +236,8 @@ def test_two_compiled_processes_match_one_eager_process(npz, tmp_path):
     train(tiny_config(npz, one, epochs=2, batch_size=8))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
            f"--master_port={free_port()}", "-m", "sake_md.cli", "train", "--data", str(npz), "--out", str(two),
-           "--epochs", "2", "--batch-size", "8", "--valid", "4", "--hidden", "8", "--heads", "2", "--layers", "2",
+           "--recipe", "paper", "--epochs", "2", "--batch-size", "8", "--valid", "4", "--hidden", "8", "--heads", "2",
+           "--layers", "2",
            "--radial", "8", "--lr", "3e-3", "--warmup-fraction", "0", "--decay-end", "1", "--dtype", "float64",
            "--threads", "1", "--energy-weight", "0.1", "--no-progress", "--compile"]
     env = dict(os.environ, OMP_NUM_THREADS="1", TORCHINDUCTOR_COMPILE_THREADS="1")

@@ -365,7 +365,8 @@ def copper_model(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("copper")
     emt_copper_snapshots(tmp / "cu.extxyz")
-    args = ["train", "--data", str(tmp / "cu.extxyz"), "--out", str(tmp / "run"), "--cutoff", "4.0",
+    args = ["train", "--recipe", "paper", "--data", str(tmp / "cu.extxyz"), "--out", str(tmp / "run"),
+            "--cutoff", "4.0",
             "--hidden", "8", "--heads", "2", "--layers", "2", "--radial", "8", "--epochs", "15", "--valid", "8",
             "--batch-size", "4", "--lr", "1e-2", "--warmup-fraction", "0", "--decay-end", "1",
             "--energy-weight", "1", "--dtype", "float64", "--no-progress"]

@@ -154,12 +154,13 @@ def test_two_processes_match_one_process_with_the_same_global_batch(npz, tmp_pat
     train(small_config(npz, one, epochs=2))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
            f"--master_port={free_port()}", "-m", "sake_md.cli", "train", "--data", str(npz), "--out", str(two),
-           "--epochs", "2", "--batch-size", "4", "--valid", "4", "--hidden", "16", "--heads", "2", "--layers", "2",
-           "--radial", "16", "--lr", "3e-3", "--warmup-fraction", "0", "--decay-end", "1", "--dtype", "float64",
-           "--threads", "1", "--energy-weight", "0.1", "--no-progress"]
+           "--recipe", "paper", "--epochs", "2", "--batch-size", "4", "--valid", "4", "--hidden", "16", "--heads", "2",
+           "--layers", "2", "--radial", "16", "--lr", "3e-3", "--warmup-fraction", "0", "--decay-end", "1",
+           "--dtype", "float64", "--threads", "1", "--energy-weight", "0.1", "--no-progress"]
     result = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("best checkpoint") == 1 and "Grad strides" not in result.stderr  # one voice
     a, b = read_checkpoint(one / "last.pt"), read_checkpoint(two / "last.pt")
     assert b["training"]["processes"] == 2 and a["training"]["processes"] == 1
     for key, value in a["state_dict"].items():

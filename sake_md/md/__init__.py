@@ -1,5 +1,5 @@
 """Molecular dynamics: ``run`` (ASE's integrators, one structure), ``replicas`` (a batched engine in
-torch), ``stability`` and ``compare`` (the MD stability protocol of spec/protocols.md)."""
+torch), ``stability`` and ``compare`` (the MD stability protocol of docs/stability.md)."""
 
 from .bonds import BondCriterion, BrokenBond, find_bonds
 from .replicas import (

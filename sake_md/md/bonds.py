@@ -1,4 +1,4 @@
-"""The bond criterion of the MD stability protocol (spec/protocols.md, after Fu et al. 2023).
+"""The bond criterion of the MD stability protocol (docs/stability.md, after Fu et al. 2023).
 
 Bonds are the connectivity of one frame (ASE ``natural_cutoffs`` + ``NeighborList``); a frame has
 collapsed when any bond deviates from its reference length by more than ``tolerance`` (0.5 Å).

@@ -8,15 +8,23 @@ import numpy as np
 from ..batch import check_structure
 from ..checkpoint import load_checkpoint
 from ..devices import resolve_device, resolve_dtype
+from ..evaluate import warn_unseen_compositions
 from .rdf import BINS, h_of_r
 from .reference import read_reference
 from .stability import PRESETS, StabilityResult, force_errors, run_stability
 
+__all__ = ["model_names", "compare", "format_table", "write_outputs"]
+
 
 def model_names(paths) -> list[str]:
-    """File stems, or the full paths where two stems coincide."""
-    stems = [Path(p).stem for p in paths]
-    return [s if stems.count(s) == 1 else str(p) for s, p in zip(stems, paths, strict=True)]
+    """The shortest trailing parts of the paths (without the suffix) that tell the models apart: file stems,
+    or e.g. ``a/best`` and ``b/best`` for ``runs/a/best.pt`` and ``runs/b/best.pt``."""
+    parts = [Path(p).with_suffix("").parts for p in paths]
+    for k in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-k:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(p) for p in paths]  # the same file twice
 
 
 def compare(checkpoints, reference, test=None, preset="mdsim-md17", runs=None, time_ps=None, seed=0,
@@ -33,10 +41,12 @@ def compare(checkpoints, reference, test=None, preset="mdsim-md17", runs=None, t
     test_data = read_reference(test) if test else None
     start = test_data or ref
     device = resolve_device(device)
-    potentials = [load_checkpoint(c) for c in checkpoints]  # all load and check before the first long run
-    for path, potential in zip(checkpoints, potentials, strict=True):
+    loaded = [load_checkpoint(c, with_metadata=True) for c in checkpoints]  # all load and check before any run
+    potentials = [potential for potential, _ in loaded]
+    for path, (potential, meta) in zip(checkpoints, loaded, strict=True):
         check_structure(start.numbers, start.positions[0], potential.atomic_numbers,
                         label=f"the molecule of {start.source} (for {path})")
+        warn_unseen_compositions(meta, start.dataset, str(path))
     results = []
     for name, potential in zip(model_names(checkpoints), potentials, strict=True):
         if dtype is not None:

@@ -1,4 +1,4 @@
-"""h(r): the distribution of all interatomic distances (spec/protocols.md, after Fu et al. 2023)."""
+"""h(r): the distribution of all interatomic distances (docs/stability.md, after Fu et al. 2023)."""
 
 import numpy as np
 

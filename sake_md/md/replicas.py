@@ -20,9 +20,12 @@ from ase import units
 
 from ..batch import atoms_to_batch
 from ..compile import make_predictor
-from ..errors import InputError
+from ..errors import ConfigError, InputError
 from ..inference import inference_potential
 from ..model import SAKEPotential
+
+__all__ = ["ReplicaState", "maxwell_boltzmann", "half_kick", "drift", "update_forces", "o_step", "VelocityVerlet",
+           "LangevinBAOAB", "NoseHooverChain", "chain_half_step", "SAKEForces", "StackedForces", "simulate"]
 
 # a force field of the batched engine: positions (B, N, 3) -> (energies (B,), forces (B, N, 3))
 ForceField = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -147,7 +150,7 @@ class NoseHooverChain:
 
     def __init__(self, timestep: float, temperature_K: float, tdamp: float, chain: int = 3):
         if chain < 1:
-            raise ValueError(f"a Nosé–Hoover chain needs at least one thermostat, got chain={chain}")
+            raise ConfigError(f"a Nosé–Hoover chain needs at least one thermostat, got chain={chain}")
         self.dt, self.temperature_K, self.tdamp, self.chain = timestep, temperature_K, tdamp, chain
 
     @property
@@ -225,7 +228,7 @@ class SAKEForces:
         self.potential = inference_potential(potential, species.device)  # a frozen copy: the caller's stays as is
         self.species, self.mask = species, mask
         if compile == "auto" and positions is None:
-            raise ValueError("compile='auto' times an eager call and needs example positions (B, N, 3)")
+            raise ConfigError("compile='auto' times an eager call and needs example positions (B, N, 3)")
         example = positions if positions is not None else torch.zeros(*mask.shape, 3)
         self.predict = make_predictor(self.potential, compile, species, example.to(mask.device), mask,
                                       expected_calls, verbose)
@@ -251,13 +254,13 @@ class StackedForces:
 
     def __init__(self, models: Sequence[ForceField], sizes: Sequence[int]):
         if len(models) != len(sizes):
-            raise ValueError(f"{len(models)} models but {len(sizes)} block sizes")
+            raise ConfigError(f"{len(models)} models but {len(sizes)} block sizes")
         self.models, self.sizes = list(models), [int(s) for s in sizes]
 
     def __call__(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Shape: (B, N, 3) with B = Σ sizes -> energy (B,), forces (B, N, 3)."""
         if positions.shape[0] != sum(self.sizes):
-            raise ValueError(f"got {positions.shape[0]} replicas, the blocks hold {sum(self.sizes)}")
+            raise InputError(f"got {positions.shape[0]} replicas, the blocks hold {sum(self.sizes)}")
         results = [model(x) for model, x in zip(self.models, positions.split(self.sizes), strict=True)]
         return (torch.cat([e.to(torch.float64) for e, _ in results]),
                 torch.cat([f.to(positions.dtype) for _, f in results]))

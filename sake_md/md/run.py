@@ -20,13 +20,17 @@ from ase import Atoms, units
 
 from ..errors import InputError
 from ..shipped import shipped_potential
+from ..structures import load_structure
 from .bonds import BondCriterion, BrokenBond
+
+__all__ = ["EXIT_OK", "EXIT_COLLAPSED", "EXIT_UNCERTAIN", "ENSEMBLES", "MDSettings", "RunSummary", "thermalize",
+           "initial_velocities", "make_dynamics", "FrameWriter", "EnergyLog", "energy_drift", "run_md",
+           "run_from_files"]
 
 EXIT_OK = 0
 EXIT_COLLAPSED = 3
 EXIT_UNCERTAIN = 4
 ENSEMBLES = ("nve", "langevin", "nose-hoover", "bussi")
-DEFAULT_MOLECULE = "CH3CH2OH"
 
 
 @dataclass
@@ -118,25 +122,6 @@ class RunSummary:
 
 
 # --- inputs ------------------------------------------------------------------------------------------
-
-def load_structure(spec: str | None) -> Atoms:
-    """A file anything ASE reads (its last frame), or a molecule name of ``ase.build.molecule``."""
-    import ase.build
-    import ase.io
-
-    if spec is None:
-        return ase.build.molecule(DEFAULT_MOLECULE)
-    if Path(spec).exists():
-        try:
-            return ase.io.read(spec)
-        except Exception as e:  # ASE raises many kinds for unreadable files
-            raise InputError(f"cannot read structure {spec} with ASE: {type(e).__name__}: {e}") from e
-    try:
-        return ase.build.molecule(spec)
-    except KeyError:  # ase.build.molecule's way of saying "no such name"
-        raise InputError(f"--structure {spec!r} is neither a file nor a molecule name of ase.build.molecule "
-                         "(e.g. CH3CH2OH, H2O, C6H6: the names of ase.collections.g2 and a few extra)") from None
-
 
 def thermalize(atoms: Atoms, temperature_K: float, rng: np.random.Generator):
     """Maxwell–Boltzmann momenta at ``temperature_K`` (ASE ≥ 3.29 renamed the function)."""

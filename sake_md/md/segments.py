@@ -7,8 +7,6 @@ random numbers after the initial momenta). Results are taken at each of several 
 50 ps of one 50 ps run): the result at a horizon is exactly what a run of that length would give.
 """
 
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,10 +15,13 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..files import atomic_write
 from ..model import SAKEPotential
 from .reference import MoleculeFrames
 from .replicas import simulate
 from .stability import StabilityPreset, StabilityResult, _Monitor, _result, protocol_setup
+
+__all__ = ["STATE_VERSION", "SegmentedStability", "atomic_torch_save", "run_segmented"]
 
 STATE_VERSION = 1
 
@@ -122,17 +123,7 @@ class SegmentedStability:
 
 def atomic_torch_save(obj, path) -> Path:
     """torch.save to a temporary file, then rename: a killed process leaves the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def run_segmented(run: SegmentedStability, horizons_ps, segment_ps: float, state_path,

@@ -1,4 +1,4 @@
-"""The MD stability protocol of spec/protocols.md (after Fu et al., "Forces are not Enough", 2023) on the
+"""The MD stability protocol of docs/stability.md (after Fu et al., "Forces are not Enough", 2023) on the
 batched replica engine: all runs of one potential advance together, one model call per step.
 
 Per run: a random start frame of the test (or reference) set, Maxwell–Boltzmann momenta, Nosé–Hoover
@@ -20,6 +20,9 @@ from .bonds import BondCriterion
 from .rdf import BINS, density, distance_counts, h_of_r, hr_error
 from .reference import MoleculeFrames
 from .replicas import NoseHooverChain, ReplicaState, SAKEForces, maxwell_boltzmann, simulate
+
+__all__ = ["StabilityPreset", "PRESETS", "RunRecord", "StabilityResult", "protocol_setup", "run_stability",
+           "force_errors"]
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,13 @@ then compared in a report regenerated from the records alone. ``sake-md study ST
 
 import json
 import os
+from pathlib import Path
 
 from ..devices import resolve_device
 from ..errors import ConfigError, DataError
 from .definition import Run, Study, load_study
-from .report import load_records, write_report
+from .plots import write_plots
+from .report import INTERPRETATION, load_records, render
 
 __all__ = ["Run", "Study", "load_study", "run_study", "write_report"]
 
@@ -143,3 +145,15 @@ def _size(study: Study, runs: list[Run], device: str, echo) -> int:
         speeds.append(measure(study, run, device))
     echo(sizing_table(study, speeds))
     return 0
+
+
+def write_report(records_dir, out_dir=None) -> list[Path]:
+    """README.md and the plots into ``out_dir`` (default: the folder above ``records_dir``)."""
+    records = load_records(records_dir)
+    out = Path(out_dir) if out_dir else Path(records_dir).parent
+    out.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(records, out)
+    readme = out / "README.md"
+    written = out / INTERPRETATION
+    readme.write_text(render(records, [p.name for p in plots], written.read_text() if written.is_file() else None))
+    return [readme, *plots]

@@ -14,7 +14,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,6 +25,7 @@ from .. import __version__, distributed
 from ..checkpoint import load_checkpoint, read_checkpoint
 from ..devices import resolve_device, resolve_dtype
 from ..errors import ConfigError, SakeMDError
+from ..files import atomic_write
 from ..md.rdf import h_of_r
 from ..md.reference import read_reference
 from ..md.replicas import SAKEForces
@@ -41,21 +41,7 @@ MAY_CHANGE = {"data", "out", "test", "device", "progress", "threads"}
 
 def write_json(path, obj) -> Path:
     """Atomic: a temporary file renamed over the target."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(obj, indent=1) + "\n")
-    _ordinary_permissions(tmp)
-    os.replace(tmp, path)
-    return path
-
-
-def _ordinary_permissions(path) -> None:
-    """mkstemp makes files 0600; records are ordinary files (as the umask says)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
+    return atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=1) + "\n"))
 
 
 class CostLedger:
@@ -229,7 +215,7 @@ def md_stage(study: Study, run: Run, device: str = "cpu", on_segment=None) -> di
             on_segment(r)
 
     results = run_segmented(protocol, horizons, md["segment_ps"], study.run_dir(run) / "md_state.pt", segment_end)
-    protocol.save_frames(study.run_dir(run) / "md_frames.npz")  # for the committee analysis (issue 12)
+    protocol.save_frames(study.run_dir(run) / "md_frames.npz")  # for the committee analysis
     root = study.root
     return {"kind": "md", "run": run.to_dict(), "sake_md_version": __version__, "finished": _now(),
             "config": {"preset": md["preset"], "runs": md["runs"], "seed": md["seed"], "horizons_ps": horizons,

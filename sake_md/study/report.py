@@ -471,17 +471,3 @@ def _missing(records: Records) -> list[str]:
     if not missing:
         return []
     return ["## Not yet recorded", "", f"{len(missing)} run(s): " + ", ".join(missing) + ".", ""]
-
-
-def write_report(records_dir, out_dir=None) -> list[Path]:
-    """README.md and the plots into ``out_dir`` (default: the folder above ``records_dir``)."""
-    records = load_records(records_dir)
-    out = Path(out_dir) if out_dir else Path(records_dir).parent
-    out.mkdir(parents=True, exist_ok=True)
-    from .plots import write_plots
-
-    plots = write_plots(records, out)
-    readme = out / "README.md"
-    written = out / INTERPRETATION
-    readme.write_text(render(records, [p.name for p in plots], written.read_text() if written.is_file() else None))
-    return [readme, *plots]

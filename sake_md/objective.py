@@ -1,0 +1,249 @@
+"""The training objective, shared by every training loop (``train``, ``compile_train``, ``stacked``): the
+settings (``TrainConfig``, the recipes), the energy target and residuals, the loss, the learning-rate
+schedule, the paper's optimiser chain and the weight average. The loops import it; it imports no loop.
+
+Loss per batch, in kcal/mol units on de-standardised predictions (``loss``):
+    mae:   force_weight · MAE(F) + energy_weight · MAE(E)          (the paper's)
+    mse:   force_weight · MSE(F) + energy_weight · MSE(E)
+    huber: the same with Huber(δ = huber_delta) in place of the squares
+E is the total energy, or the energy per atom with ``energy_per_atom``. In the final ``stage_fraction``
+of the run the energy weight becomes ``stage_energy_weight`` (a short energy stage, as MACE's).
+Optimiser chain (the paper's): g += weight_decay · θ (coupled L2); g = clip(g, -clip, clip) elementwise;
+Adam(β1, β2, ε), or AMSGrad with ``amsgrad``. Learning rate per step, as a function of the progress
+p ∈ [0, 1] of the planned run: linear warm-up lr_start → lr over p < warmup_fraction, cosine decay to 0 at
+p = decay_end, then 0. With ``ema_decay`` an exponential moving average of the weights is validated.
+"""
+
+import contextlib
+import math
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .data import LabelledBatch
+from .errors import SakeMDError
+from .model import ModelConfig, SAKEPotential
+from .units import KCAL_PER_MOL
+
+__all__ = ["RECIPES", "DEFAULT_RECIPE", "LOSSES", "TrainConfig", "describe_recipe", "learning_rate", "PaperAdam",
+           "EnergyAndForces", "residuals", "loss_from", "WeightAverage"]
+
+RECIPES = {
+    "paper": {"batch_size": 4, "epochs": 5000, "time_budget": None},
+    # Measured lever by lever on rMD17 (docs/recipe.md): small batches, the MAE loss with a per-atom energy
+    # term of equal weight, an EMA of the weights, and a cosine laid over the whole budget.
+    "budget": {"batch_size": 4, "epochs": None, "time_budget": 1800.0, "lr": 1e-3, "warmup_fraction": 0.05,
+               "decay_end": 1.0, "loss": "mae", "energy_per_atom": True, "energy_weight": 1.0, "ema_decay": 0.99,
+               "compile": "auto"},
+}
+DEFAULT_RECIPE = "budget"  # the command line's: a run a user can wait for; the paper's 5,000 epochs on request
+LOSSES = ("mae", "mse", "huber")
+
+
+def describe_recipe(name: str) -> str:
+    """A recipe's settings that differ from TrainConfig's defaults, as 'key value' text."""
+    return ", ".join(f"{k.replace('_', ' ')} {'-' if v is None else v}" for k, v in RECIPES[name].items())
+
+
+@dataclass
+class TrainConfig:
+    """Every setting of a run; ``config.json`` in the output folder holds exactly this."""
+
+    data: str
+    out: str
+    recipe: str = "paper"
+    model: dict = field(default_factory=lambda: ModelConfig().to_dict())
+    test: str | None = None
+    n_valid: int = 50
+    seed: int = 0
+    epochs: int | None = 5000
+    time_budget: float | None = None  # seconds
+    batch_size: int = 4
+    lr: float = 1e-3
+    lr_start: float = 1e-6
+    warmup_fraction: float = 0.1
+    decay_end: float = 0.9
+    weight_decay: float = 1e-5
+    clip: float = 1.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    energy_weight: float = 0.001
+    force_weight: float = 1.0
+    loss: str = "mae"
+    huber_delta: float = 0.5  # kcal/mol(/Å)
+    energy_per_atom: bool = False
+    stage_fraction: float = 0.0
+    stage_energy_weight: float | None = None
+    amsgrad: bool = False
+    ema_decay: float | None = None
+    dtype: str = "float32"
+    device: str = "cpu"
+    threads: int | None = None
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    energy_unit: str | None = None
+    length_unit: str | None = None
+    refit_shift: bool = True  # at the end, re-centre best.pt's energy shift on the training split
+    progress: bool = True
+    compile: bool | str = False  # the training step as one compiled graph (sake_md.compile_train); "auto": where
+    # it is supported and its expected compile time pays off over the run (the inference rule, sake_md.compile)
+
+    def __post_init__(self):
+        if self.recipe not in RECIPES:
+            raise SakeMDError(f"unknown recipe {self.recipe!r}; known: {', '.join(RECIPES)}")
+        if (self.epochs is None) == (self.time_budget is None):
+            raise SakeMDError("give exactly one of epochs and time_budget")
+        if self.batch_size < 1 or (self.epochs is not None and self.epochs < 1):
+            raise SakeMDError("batch_size and epochs must be positive")
+        if not 0 <= self.warmup_fraction <= self.decay_end <= 1:
+            raise SakeMDError("need 0 <= warmup_fraction <= decay_end <= 1")
+        if self.loss not in LOSSES:
+            raise SakeMDError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
+        if not 0 <= self.stage_fraction < 1:
+            raise SakeMDError("stage_fraction must be in [0, 1)")
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise SakeMDError("ema_decay must be in (0, 1)")
+        if self.compile not in (True, False, "auto"):
+            raise SakeMDError(f"compile must be true, false or 'auto', got {self.compile!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise SakeMDError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        ModelConfig(**self.model)  # validates the variant
+        self.betas = tuple(self.betas)
+
+    @classmethod
+    def preset(cls, recipe: str, data: str, out: str, **overrides) -> "TrainConfig":
+        """A recipe's defaults, then ``overrides`` (None values are ignored)."""
+        if recipe not in RECIPES:
+            raise SakeMDError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
+        settings = dict(RECIPES[recipe])
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "epochs" in given:
+            settings["time_budget"] = None
+        if "time_budget" in given:
+            settings["epochs"] = None
+        settings.update(given)
+        return cls(data=data, out=out, recipe=recipe, **settings)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def learning_rate(progress: float, cfg: TrainConfig) -> float:
+    """Warm-up, cosine decay, then zero. ``progress`` ∈ [0, 1] of the planned run."""
+    p = min(max(progress, 0.0), 1.0)
+    if p < cfg.warmup_fraction:
+        return cfg.lr_start + (cfg.lr - cfg.lr_start) * p / cfg.warmup_fraction
+    if p < cfg.decay_end:
+        t = (p - cfg.warmup_fraction) / (cfg.decay_end - cfg.warmup_fraction)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+    return 0.0
+
+
+class PaperAdam(torch.optim.Adam):
+    """Adam (or AMSGrad) after the paper's gradient transforms: g += λθ (coupled L2), then elementwise clip."""
+
+    def __init__(self, params, lr: float, betas, eps: float, weight_decay: float, clip: float,
+                 amsgrad: bool = False):
+        super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, amsgrad=amsgrad)
+        self.coupled_decay, self.clip = weight_decay, clip
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:  # a few foreach kernels, not three per parameter
+            params = group["params"]
+            grads = torch._foreach_mul(params, self.coupled_decay)
+            torch._foreach_add_(grads, [torch.zeros_like(p) if p.grad is None else p.grad for p in params])
+            torch._foreach_clamp_min_(grads, -self.clip)
+            torch._foreach_clamp_max_(grads, self.clip)
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g
+        return super().step(closure)
+
+
+class EnergyAndForces(nn.Module):
+    """The potential's energy and forces, with the autograd graph kept for the loss; the unit that
+    DistributedDataParallel wraps: (species, positions, mask) -> (energy_model, forces)."""
+
+    def __init__(self, potential: SAKEPotential):
+        super().__init__()
+        self.potential = potential
+
+    def forward(self, species, positions, mask, cell=None, pbc=None):
+        """Shape: (B, N), (B, N, 3), (B, N) [, (B, 3, 3), (B, 3)] -> (B,), (B, N, 3), both with graph."""
+        out = self.potential.predict(species, positions, mask, forces=True, training=True, cell=cell, pbc=pbc)
+        return out["energy_model"], out["forces"]
+
+
+def residuals(energy_model, forces, lb: LabelledBatch, potential: SAKEPotential):
+    """Prediction − reference for energies (B,) in eV and forces (B, N, 3) in eV/Å, zero at padding.
+
+    The energy target E_ref − Σ reference terms is formed in float64, then cast to the model dtype.
+    """
+    b = lb.batch
+    target = (lb.energy - potential.reference_energy(b.species, b.mask).sum(-1)).to(energy_model.dtype)
+    df = (forces - lb.forces) * b.mask.unsqueeze(-1)
+    return energy_model - target, df
+
+
+def loss_from(de, df, mask, cfg: TrainConfig) -> torch.Tensor:
+    """force_weight · L(F) + energy_weight · L(E) in kcal/mol and kcal/mol/Å, L = MAE, MSE or Huber.
+
+    Shape: de (B,), df (B, N, 3) zero at padding, mask (B, N) -> scalar.
+    """
+    if cfg.energy_per_atom:
+        de = de / mask.sum(-1).to(de.dtype)
+    de, df = de / KCAL_PER_MOL, df / KCAL_PER_MOL
+    n_components = 3.0 * mask.sum()
+    if cfg.loss == "mae":
+        f_term, e_term = df.abs().sum() / n_components, de.abs().mean()
+    elif cfg.loss == "mse":
+        f_term, e_term = (df * df).sum() / n_components, (de * de).mean()
+    else:  # huber; padding components are exact zeros and add nothing
+        f_term = F.huber_loss(df, torch.zeros_like(df), reduction="sum", delta=cfg.huber_delta) / n_components
+        e_term = F.huber_loss(de, torch.zeros_like(de), delta=cfg.huber_delta)
+    return cfg.force_weight * f_term + cfg.energy_weight * e_term
+
+
+class WeightAverage:
+    """Exponential moving average of the parameters: θ̄ ← d·θ̄ + (1 − d)·θ after every optimiser step.
+
+    ``swapped()`` puts θ̄ into the model for validation and saving, then restores θ.
+    """
+
+    def __init__(self, module: nn.Module, decay: float):
+        self.module, self.decay = module, decay
+        self.shadow = [p.detach().clone() for p in module.parameters()]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        torch._foreach_lerp_(self.shadow, list(self.module.parameters()), 1.0 - self.decay)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        params = list(self.module.parameters())
+        with torch.no_grad():
+            saved = [p.detach().clone() for p in params]
+            for p, avg in zip(params, self.shadow, strict=True):
+                p.copy_(avg)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, s in zip(params, saved, strict=True):
+                    p.copy_(s)
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return [t.clone() for t in self.shadow]
+
+    def load_state_dict(self, tensors) -> None:
+        for avg, t in zip(self.shadow, tensors, strict=True):
+            avg.copy_(t)
