@@ -69,12 +69,12 @@ def evaluate_committee(checkpoints, data_path, batch_size: int = 64, energy_key:
     """The report of a committee on ``data_path``: errors of the mean (as ``evaluate``), each member's
     errors and the calibration of its deviation (meV, meV/Å). Optionally also the data, the mean
     energies (M,), mean forces [(N_m, 3)] and the arrays of ``committee_arrays``."""
-    from .committee import CommitteeCalculator
+    from .committee import CommitteeCalculator, predict_dataset
     from .model import count_parameters
 
-    calculator = CommitteeCalculator(list(checkpoints), device=device)
+    calculator = CommitteeCalculator(list(checkpoints), device=device)  # loads and checks the members
     data = read_dataset(data_path, energy_key, forces_key, energy_unit, length_unit)
-    predictions = calculator.predict(data.to_atoms(), batch_size=batch_size)
+    predictions = predict_dataset(calculator.committee, data, batch_size)
     energy = np.array([p["energy"] for p in predictions])
     forces = [p["forces"] for p in predictions]
     arrays = committee_arrays(data, predictions)

@@ -342,6 +342,7 @@ def compare(checkpoints, preset, runs, reference, test, time_text, out, seed, de
 @click.option("--publish", is_flag=True, help="Copy each cell's median-validation model to potentials/ with a card.")
 @click.option("--size", is_flag=True, help="Measure speed and print epochs and CPU-hours; runs nothing.")
 @click.option("--dry-run", is_flag=True, help="Print what would run.")
+@click.option("--arm", help="An arm of the study file ([arms.NAME], e.g. equal-cost) [its top-level one].")
 @click.pass_context
 def study_command(ctx, study_file, **options):
     """Run the study in STUDY_FILE (e.g. md_runs/ablation/study.toml): what is missing, then the report.
@@ -488,6 +489,54 @@ def ipi_command(potential, structure, unix, host, port, dtype, device, cutoff, w
     _set_threads(threads)
     answered = run_ipi_client(potential, structure, unix, host, port, dtype, device, cutoff, wait_s=wait_s)
     click.echo(f"answered {answered} force requests; the server ended the run")
+
+
+@main.command("learn", short_help="Uncertainty-driven data loop: committee MD, oracle labels, retrain.")
+@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Training file (one molecule).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The loop's folder (resumable).")
+@click.option("--oracle", default="pyscf", show_default=True,
+              help="emt, pyscf (PBE/def2-SVP, rMD17's level of theory) or module:attribute (returns an ASE "
+                   "calculator).")
+@click.option("--test", type=click.Path(dir_okay=False), help="Test file: each member's test errors.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--members", type=click.IntRange(min=2), default=3, show_default=True, help="Committee size.")
+@click.option("--time-budget", help="Training time per member and round [30m].")
+@click.option("--epochs", type=int, help="Epochs per member and round (instead of a time budget).")
+@click.option("--model", "variant", type=click.Choice(list(SPATIAL_BLOCKS)), default=MODEL.variant, show_default=True)
+@click.option("--hidden", type=int, default=MODEL.hidden, show_default=True)
+@click.option("--heads", type=int, default=MODEL.heads, show_default=True)
+@click.option("--layers", type=int, default=MODEL.layers, show_default=True)
+@click.option("--radial", type=int, default=MODEL.radial, show_default=True)
+@click.option("--valid", "n_valid", type=int, default=50, show_default=True, help="Frames held out for validation.")
+@click.option("--runs", type=click.IntRange(min=1), default=5, show_default=True, help="MD runs per round.")
+@click.option("--md-time", "md_time", default="10ps", show_default=True, help="Length of each MD run.")
+@click.option("--temperature", "temperature_k", type=float, default=500.0, show_default=True, help="K.")
+@click.option("--select", type=click.IntRange(min=1), default=50, show_default=True, help="Frames labelled per round.")
+@click.option("--spacing", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Frames (of 0.05 ps) between two picks from one run.")
+@click.option("--calibration", type=click.IntRange(min=1), default=5, show_default=True,
+              help="Training frames the oracle labels once to measure its constant energy offset.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True)
+@click.option("--threads", type=int, default=1, show_default=True)
+def learn_command(data, out, oracle, test, rounds, members, time_budget, epochs, variant, hidden, heads, layers,
+                  radial, n_valid, runs, md_time, temperature_k, select, spacing, calibration, seed, dtype, threads):
+    """Grow the training data where the potential is unsure: each round trains a committee, runs hot MD with
+    it, labels the frames where members disagree most or a bond leaves the training range with --oracle,
+    and adds them to the data. Run the same command again to continue (or add rounds)."""
+    from .cli_options import parse_duration, parse_time_ps
+    from .learn import LearnSettings, learn
+
+    if time_budget and epochs:
+        raise click.UsageError("give --time-budget or --epochs, not both")
+    _set_threads(threads)
+    settings = LearnSettings(
+        data=data, out=out, oracle=oracle, test=test, rounds=rounds, members=members,
+        time_budget=None if epochs else parse_duration(time_budget or "30m"), epochs=epochs,
+        model={"variant": variant, "hidden": hidden, "heads": heads, "layers": layers, "radial": radial},
+        n_valid=n_valid, runs=runs, md_time_ps=parse_time_ps(md_time), temperature_K=temperature_k, select=select,
+        spacing=spacing, calibration=calibration, seed=seed, dtype=dtype, threads=threads)
+    learn(settings, echo=click.echo)
 
 
 def _compile_mode(flag):

@@ -16,11 +16,10 @@ forces_std_max  ()        max_i σ_F,i                                          
 uncertain, and directly comparable with the norm of the force error |F̄_i − F_i^ref|.
 
 Members that share a variant and configuration are evaluated in ONE call: their backbones' weights
-are stacked (``torch.func.stack_module_state``) and the backbone is ``vmap``-ed over them. Members of
+are stacked and the backbone is ``vmap``-ed over them (``sake_md.stacking``). Members of
 another configuration form their own stacked group.
 """
 
-import copy
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,18 +29,21 @@ import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
-from torch.func import functional_call, stack_module_state, vmap
+from torch import nn
 
-from .batch import atoms_to_batch
+from .batch import atoms_to_batch, check_structure
 from .calculator import SAKECalculator, check_keywords
 from .checkpoint import UNITS, load_checkpoint
+from .data import Dataset
 from .devices import resolve_device, resolve_dtype
 from .errors import CommitteeError
 from .inference import inference_potential
 from .model import SAKEPotential, compute_forces
+from .predict import predict_batches
+from .stacking import StackedModules
 
 __all__ = ["Member", "check_members", "StackedMembers", "group_key", "Committee", "committee_statistics",
-           "CommitteeCalculator", "as_numpy", "make_calculator"]
+           "CommitteeCalculator", "per_structure", "predict_dataset", "as_numpy", "make_calculator"]
 
 
 @dataclass
@@ -79,18 +81,12 @@ def check_members(members: Sequence[Member], dtype_given: bool = False):
 
 
 class StackedMembers:
-    """Members with one variant and configuration, evaluated by one ``vmap``-ed backbone call.
-
-    The members' weights are stacked along a leading axis M; the backbone's own tensors live on the
-    meta device (a template only). Energy scales differ per member and are applied after the call.
-    """
+    """Members with one variant and configuration, evaluated by one ``vmap``-ed backbone call
+    (``sake_md.stacking``). Energy scales differ per member and are applied after the call."""
 
     def __init__(self, potentials: Sequence[SAKEPotential]):
-        params, buffers = stack_module_state([p.backbone for p in potentials])
-        self.params = {k: v.detach() for k, v in params.items()}
-        self.buffers = buffers
-        self.template = copy.deepcopy(potentials[0].backbone).to("meta")
-        first = next(iter(self.params.values()))
+        self.backbones = StackedModules([p.backbone for p in potentials])
+        first = next(iter(self.backbones.params.values()))
         self.scale = torch.tensor([p.energy_scale for p in potentials], dtype=first.dtype, device=first.device)
 
     def __len__(self) -> int:
@@ -101,28 +97,38 @@ class StackedMembers:
 
         Shape: species (B, N), positions (M, B, N, 3), mask (B, N) -> (M, B, N).
         """
-        def backbone(params, buffers, x):
-            return functional_call(self.template, (params, buffers), (species, x, mask))
-
-        return vmap(backbone)(self.params, self.buffers, positions) * self.scale.view(-1, 1, 1)
+        return self.backbones(species, positions, mask, in_dims=(None, 0, None)) * self.scale.view(-1, 1, 1)
 
 
 def group_key(potential: SAKEPotential) -> str:
     return json.dumps(potential.config.to_dict(), sort_keys=True)
 
 
-class Committee:
-    """Potentials that know the same elements, grouped by configuration; one stacked call per group."""
+class Committee(nn.Module):
+    """Potentials that know the same elements, grouped by configuration; one stacked call per group.
+
+    ``predict`` takes ``SAKEPotential.predict``'s arguments, so ``sake_md.predict.predict_batches`` runs a
+    committee over a dataset as it runs one potential. Build it from members already on their device and
+    in their dtype (``inference_potential``): the stacked weights are copies, which ``.to`` does not move.
+    """
 
     def __init__(self, potentials: Sequence[SAKEPotential]):
-        self.potentials = list(potentials)
+        super().__init__()
+        if any(p.cutoff is not None for p in potentials):  # the stacked backbone call builds no neighbour list
+            raise CommitteeError("a committee of sparse-mode (cutoff) models is not supported: its stacked call "
+                                 "is dense and would give other energies; evaluate the members one by one")
+        self.potentials = nn.ModuleList(potentials)
         groups: dict[str, list[int]] = {}
         for m, potential in enumerate(self.potentials):
             groups.setdefault(group_key(potential), []).append(m)
         self.groups = [(idx, StackedMembers([self.potentials[m] for m in idx])) for idx in groups.values()]
         self.order = torch.tensor([m for idx, _ in self.groups for m in idx]).argsort()
 
-    def predict(self, species: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> dict:
+    @property
+    def species_index(self) -> torch.Tensor:
+        return self.potentials[0].species_index
+
+    def members(self, species: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> dict:
         """Every member's energies (M, B) and per-atom energies (M, B, N) in float64, forces (M, B, N, 3)
         in the model dtype, in the members' order. Shape: species (B, N), positions (B, N, 3), mask (B, N)."""
         energies, forces = [], []
@@ -135,6 +141,22 @@ class Committee:
             energies.append(atomic.detach().to(torch.float64) + refs)
         energies = torch.cat(energies)[self.order]
         return {"energy": energies.sum(-1), "energies": energies, "forces": torch.cat(forces)[self.order]}
+
+    def predict(self, species: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, forces: bool = True,
+                cell=None, pbc=None) -> dict:
+        """The statistics of ``committee_statistics``, the mean per-atom energies ``energies`` (B, N) and each
+        member's ``committee_energy`` (M, B) and ``committee_forces`` (M, B, N, 3), for a padded batch.
+
+        Forces are always computed (their spread is the point). The members run in dense mode, so a
+        periodic batch (``pbc``) is refused. Shape: species (B, N), positions (B, N, 3), mask (B, N).
+        """
+        if pbc is not None and bool(pbc.any()):
+            raise CommitteeError("a committee evaluates molecules (dense mode); periodic structures are not "
+                                 "supported")
+        members = self.members(species, positions, mask)
+        stats = committee_statistics(members["energy"], members["forces"])
+        stats["energies"] = members["energies"].mean(0)
+        return {**stats, "committee_energy": members["energy"], "committee_forces": members["forces"]}
 
 
 def committee_statistics(energy: torch.Tensor, forces: torch.Tensor) -> dict:
@@ -190,20 +212,34 @@ class CommitteeCalculator(Calculator):
         results = []
         for start in range(0, len(atoms_list), batch_size):
             chunk = atoms_list[start:start + batch_size]
-            batch = atoms_to_batch(chunk, self.potential, self.dtype, self.device)
-            members = self.committee.predict(batch.species, batch.positions, batch.mask)
-            stats = committee_statistics(members["energy"], members["forces"])
-            stats["energies"] = members["energies"].mean(0)
-            stats, members = ({k: as_numpy(v) for k, v in d.items()} for d in (stats, members))
-            for b, atoms in enumerate(chunk):
-                n = len(atoms)
-                results.append({
-                    **{k: float(stats[k][b]) for k in ("energy", "energy_std", "forces_std_max")},
-                    **{k: stats[k][b, :n].copy() for k in ("energies", "forces", "forces_std")},
-                    "committee_energy": members["energy"][:, b].copy(),
-                    "committee_forces": members["forces"][:, b, :n].copy(),
-                })
+            b = atoms_to_batch(chunk, self.potential, self.dtype, self.device)
+            out = self.committee.predict(b.species, b.positions, b.mask, cell=b.cell, pbc=b.pbc)
+            results += per_structure(out, [len(atoms) for atoms in chunk])
         return results
+
+
+def per_structure(out: dict, n_atoms: Sequence[int]) -> list[dict]:
+    """The padded outputs of ``Committee.predict`` as one dict per structure of n_atoms[b] atoms, with the
+    keys of ``CommitteeCalculator.results`` (floats and float64 arrays)."""
+    out = {k: as_numpy(v) for k, v in out.items()}
+    return [{**{k: float(out[k][b]) for k in ("energy", "energy_std", "forces_std_max")},
+             **{k: out[k][b, :n].copy() for k in ("energies", "forces", "forces_std")},
+             "committee_energy": out["committee_energy"][:, b].copy(),
+             "committee_forces": out["committee_forces"][:, b, :n].copy()} for b, n in enumerate(n_atoms)]
+
+
+def predict_dataset(committee: Committee, data: Dataset, batch_size: int = 64) -> list[dict]:
+    """One dict per frame of ``data`` (as ``CommitteeCalculator.predict``): padded batches of the dataset
+    straight into the members through ``predict_batches``, as ``sake_md.predict.predict`` for one potential.
+    Frames with elements the members do not know raise ``InputError`` before anything runs."""
+    first = committee.potentials[0]  # members know the same elements and are dense (Committee)
+    for m, (z, x) in enumerate(zip(data.numbers, data.positions, strict=True)):
+        check_structure(z, x, first.atomic_numbers, None if data.pbc is None else data.pbc[m],
+                        f"frame {m} of {data.source}")
+    results = []
+    for lb, out in predict_batches(committee, data, batch_size):
+        results += per_structure(out, data.n_atoms[lb.indices])
+    return results
 
 
 def as_numpy(t: torch.Tensor) -> np.ndarray:

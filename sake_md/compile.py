@@ -38,8 +38,8 @@ from .model import SAKEPotential
 
 __all__ = ["AUTO_FACTOR", "COLD_COMPILE_S", "WARM_FRACTION", "energy_forces", "graph_inputs", "graph_state", "trace",
            "cache_root", "use_persistent_cache", "compile_record_key", "recorded_compiles", "record_compile_s",
-           "expected_compile_s", "compiler_unavailable", "CompiledPotential", "OPTIONS_ENV", "default_options",
-           "check_mode", "eager_call_s", "should_compile", "make_predictor"]
+           "expected_compile_s", "compiler_unavailable", "compiled_or_none", "CompiledPotential", "OPTIONS_ENV",
+           "default_options", "check_mode", "eager_call_s", "should_compile", "make_predictor"]
 
 AUTO_FACTOR = 3.0  # "auto" compiles when the eager run would take this many times the expected compile
 COLD_COMPILE_S = {"cpu": 150.0, "cuda": 90.0}  # first compile, MD17 model (CPU: measured on one core; CUDA: a guess)
@@ -215,13 +215,28 @@ def compiler_unavailable(device: torch.device) -> str | None:
     return None
 
 
+def compiled_or_none(build: Callable, what: str, then: str, device: torch.device | None = None):
+    """The one compile-then-fall-back-to-eager rule: ``(build(), None)``, or ``(None, reason)`` after one warning
+    "sake_md: cannot compile {what} (reason); {then}". ``build`` traces, compiles and calls a graph once
+    (inductor compiles at the first call); ``device``: first check that a compiler exists for it."""
+    reason = compiler_unavailable(device) if device is not None else None
+    if reason is None:
+        try:
+            return build(), None
+        except Exception as e:  # the tracer, dynamo, inductor, the C++ toolchain: many kinds of errors
+            reason = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:300]}"
+    warnings.warn(f"sake_md: cannot compile {what} ({reason}); {then}", RuntimeWarning, stacklevel=3)
+    return None, reason
+
+
 class CompiledPotential:
     """``potential.predict`` (with forces) compiled, one graph per (B, N, dtype, device, variant).
 
     Call it as ``predict``: ``(species (B, N), positions (B, N, 3), mask (B, N)) -> {"energy" (B,),
     "energies" (B, N), "forces" (B, N, 3)}``. The first call of a new shape or dtype traces and compiles
     (announced on stderr); later calls of that shape reuse the graph. If the compiler is missing, or
-    tracing, compiling or the first call fails, it warns once and evaluates eagerly from then on.
+    tracing, compiling or the first call fails, it warns once and evaluates eagerly from then on
+    (``compiled_or_none``).
     ``compiles`` counts the graphs compiled; ``eager_reason`` says why it fell back (None if it did not).
     """
 
@@ -245,32 +260,14 @@ class CompiledPotential:
             state = [d[k] for _, d, k in self._inputs]  # under no_grad: no autograd even if they require grad
             graph = self.graphs.get(key)
             if graph is None:
-                graph = self._try_compile(key, state, species, positions, mask)
+                graph, self.eager_reason = compiled_or_none(lambda: self._compile(key, state, species, positions, mask),
+                                                            "the potential", "evaluating it eagerly (correct, but "
+                                                            "slower)", positions.device)
             if graph is not None:
                 with torch.no_grad():
                     energy, energies, forces = graph(*state, species, positions, mask)
                 return {"energy": energy, "energies": energies, "forces": forces}
         return _eager(self.potential, species, positions, mask)
-
-    def fall_back(self, reason: str):
-        """Evaluate eagerly from now on; warn once."""
-        self.eager_reason = reason
-        self.graphs.clear()
-        warnings.warn(f"sake_md: {reason}; evaluating the potential eagerly (correct, but slower)",
-                      RuntimeWarning, stacklevel=3)
-
-    def _try_compile(self, key, state, species, positions, mask):
-        """The compiled graph for ``key``, or None after falling back (any failure of the compiler stack)."""
-        missing = compiler_unavailable(positions.device)
-        if missing:
-            self.fall_back(f"cannot compile: {missing}")
-            return None
-        try:
-            return self._compile(key, state, species, positions, mask)
-        except Exception as e:  # inductor, dynamo, the C++ toolchain: many kinds of errors
-            first_line = (str(e).strip().splitlines() or [""])[0][:300]
-            self.fall_back(f"compiling failed ({type(e).__name__}: {first_line})")
-            return None
 
     def _compile(self, key, state, species, positions, mask):
         cache = use_persistent_cache()

@@ -28,7 +28,6 @@ on eagerly after one warning.
 
 import dataclasses
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -38,7 +37,7 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from . import distributed, objective
 from .batch import Batch
-from .compile import compile_record_key, expected_compile_s, record_compile_s
+from .compile import compile_record_key, compiled_or_none, expected_compile_s, record_compile_s
 from .console import notify
 from .data import LabelledBatch
 
@@ -206,15 +205,12 @@ class CompiledTrainStep:
         names = weight_names(cfg)
         graph = self.find(padded, cfg, names)
         if graph is None:
-            try:
-                graph = self.build(padded, cfg, names)
-                out = self.run(graph, padded, cfg)
-            except Exception as err:  # anything the tracer or compiler cannot do: go on eagerly
+            built, reason = compiled_or_none(lambda: self.build(padded, cfg, names), "the training step",
+                                             "training eagerly")
+            if reason is not None:
                 self.failed = True
-                first = (str(err).strip().splitlines() or [""])[0][:300]
-                warnings.warn(f"compiling the training step failed ({type(err).__name__}: {first}); "
-                              f"training eagerly", RuntimeWarning, stacklevel=2)
                 return self.eager(lb, cfg)
+            graph, out = built
         else:
             out = self.run(graph, padded, cfg)
         loss, de, df, grads = out
@@ -299,8 +295,9 @@ class CompiledTrainStep:
 
         return step
 
-    def build(self, lb: LabelledBatch, cfg, names) -> CompiledGraph:
-        """Trace the step for this shape and these settings; compile it (torch compiles on the first call)."""
+    def build(self, lb: LabelledBatch, cfg, names) -> tuple[CompiledGraph, tuple]:
+        """Trace the step for this shape and these settings, compile it and run it on ``lb`` (torch compiles at the
+        first call) -> (graph, its outputs)."""
         B, N = lb.batch.species.shape
         notify(f"compiling the training step for batches of {B} frames x {N} atoms ({lb.batch.positions.dtype}); "
                "minutes on a CPU the first time, torch's cache makes later runs faster", self.verbose)
@@ -313,7 +310,7 @@ class CompiledTrainStep:
         graph = CompiledGraph(_compile(traced, self.backend, lb.batch.positions.device), used, names, constants)
         self.compile_seconds.append(time.perf_counter() - start)
         self.graphs.setdefault(self.shape_key(lb), []).append(graph)
-        return graph
+        return graph, self.run(graph, lb, cfg)
 
     def trace(self, lb: LabelledBatch, cfg, names):
         """make_fx on fake tensors -> (graph module, used parameters, config constants the loss read)."""

@@ -42,13 +42,14 @@ def statistics(terms: dict, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> di
 
 def evaluate(checkpoint, data_path, batch_size: int = 64, energy_key: str = "energy", forces_key: str = "forces",
              energy_unit: str | None = None, length_unit: str | None = None, device: str = "cpu",
-             n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, return_predictions: bool = False):
-    """The error report of ``checkpoint`` on ``data_path`` (and, optionally, the predictions)."""
+             n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, return_predictions: bool = False, loaded=None):
+    """The error report of ``checkpoint`` on ``data_path`` (and, optionally, the predictions). ``loaded``: the
+    checkpoint already in memory, (potential, checkpoint dict), e.g. a run's best.pt before it is written."""
     from .checkpoint import load_checkpoint
     from .inference import inference_potential
     from .model import count_parameters
 
-    potential, meta = load_checkpoint(checkpoint, with_metadata=True)
+    potential, meta = loaded or load_checkpoint(checkpoint, with_metadata=True)
     data = read_dataset(data_path, energy_key, forces_key, energy_unit, length_unit, labelled="energy")
     warn_unseen_compositions(meta, data, str(checkpoint))
     potential = inference_potential(potential, device)

@@ -28,7 +28,7 @@ from .model import ModelConfig, SAKEPotential
 from .units import KCAL_PER_MOL
 
 __all__ = ["RECIPES", "DEFAULT_RECIPE", "LOSSES", "TrainConfig", "describe_recipe", "learning_rate", "PaperAdam",
-           "EnergyAndForces", "residuals", "loss_from", "WeightAverage"]
+           "EnergyAndForces", "energy_target", "residuals", "loss_from", "WeightAverage"]
 
 RECIPES = {
     "paper": {"batch_size": 4, "epochs": 5000, "time_budget": None},
@@ -54,7 +54,7 @@ class TrainConfig:
     data: str
     out: str
     recipe: str = "paper"
-    model: dict = field(default_factory=lambda: ModelConfig().to_dict())
+    model: ModelConfig = field(default_factory=ModelConfig)  # config.json: ModelConfig.to_dict(); a dict is read
     test: str | None = None
     n_valid: int = 50
     seed: int = 0
@@ -109,7 +109,8 @@ class TrainConfig:
             raise SakeMDError(f"compile must be true, false or 'auto', got {self.compile!r}")
         if self.dtype not in ("float32", "float64"):
             raise SakeMDError(f"dtype must be float32 or float64, got {self.dtype!r}")
-        ModelConfig(**self.model)  # validates the variant
+        if isinstance(self.model, dict):  # config.json, the command line, a study
+            self.model = ModelConfig(**self.model)
         self.betas = tuple(self.betas)
 
     @classmethod
@@ -119,16 +120,20 @@ class TrainConfig:
             raise SakeMDError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
         settings = dict(RECIPES[recipe])
         given = {k: v for k, v in overrides.items() if v is not None}
-        if "epochs" in given:
-            settings["time_budget"] = None
-        if "time_budget" in given:
-            settings["epochs"] = None
+        if "epochs" in given or "time_budget" in given:  # a length given replaces the recipe's, budget or epochs
+            settings.update(epochs=None, time_budget=None)
         settings.update(given)
         return cls(data=data, out=out, recipe=recipe, **settings)
 
+    @property
+    def timed(self) -> bool:
+        """Whether the run's length is a wall-clock budget (the epochs that fit) rather than fixed epochs: the one
+        test of the mode. The recipe named "budget" with ``epochs`` given (``preset``) runs fixed epochs."""
+        return self.time_budget is not None
+
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["betas"] = list(self.betas)
+        d["betas"], d["model"] = list(self.betas), self.model.to_dict()
         return d
 
     @classmethod
@@ -183,15 +188,16 @@ class EnergyAndForces(nn.Module):
         return out["energy_model"], out["forces"]
 
 
-def residuals(energy_model, forces, lb: LabelledBatch, potential: SAKEPotential):
-    """Prediction − reference for energies (B,) in eV and forces (B, N, 3) in eV/Å, zero at padding.
+def energy_target(lb: LabelledBatch, potential: SAKEPotential, dtype: torch.dtype) -> torch.Tensor:
+    """What the model's energy learns: E_ref − Σ reference terms (B,) in eV, formed in float64, then cast to
+    ``dtype`` (the model's)."""
+    return (lb.energy - potential.reference_energy(lb.batch.species, lb.batch.mask).sum(-1)).to(dtype)
 
-    The energy target E_ref − Σ reference terms is formed in float64, then cast to the model dtype.
-    """
-    b = lb.batch
-    target = (lb.energy - potential.reference_energy(b.species, b.mask).sum(-1)).to(energy_model.dtype)
-    df = (forces - lb.forces) * b.mask.unsqueeze(-1)
-    return energy_model - target, df
+
+def residuals(energy_model, forces, lb: LabelledBatch, potential: SAKEPotential):
+    """Prediction − reference for energies (B,) in eV and forces (B, N, 3) in eV/Å, zero at padding."""
+    df = (forces - lb.forces) * lb.batch.mask.unsqueeze(-1)
+    return energy_model - energy_target(lb, potential, energy_model.dtype), df
 
 
 def loss_from(de, df, mask, cfg: TrainConfig) -> torch.Tensor:

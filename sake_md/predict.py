@@ -15,7 +15,7 @@ from .batch import check_structure
 from .data import Dataset, LabelledBatch, batches
 from .model import SAKEPotential
 
-__all__ = ["predict_batches", "predict", "STATISTICS", "TERMS", "frame_terms", "statistic", "ErrorSums"]
+__all__ = ["predict_batches", "predict", "STATISTICS", "TERMS", "frame_terms", "batch_terms", "statistic", "ErrorSums"]
 
 
 def predict_batches(potential: SAKEPotential, data: Dataset, batch_size: int = 64, forces: bool = True,
@@ -65,18 +65,35 @@ STATISTICS = {  # name: (numerator, denominator, root), over the per-frame terms
 TERMS = ("abs_e", "sq_e", "abs_e_atom", "sq_e_atom", "abs_f", "sq_f", "n_f", "one")
 
 
+def _terms(de, abs_f, sq_f, n) -> dict:
+    """The per-frame terms of energy errors ``de`` (eV), force sums Σ|ΔF| and Σ|ΔF|² (eV/Å) and atom counts ``n``:
+    the one definition of every reported error, for NumPy arrays and torch tensors alike (float64, one shape)."""
+    return {"abs_e": abs(de), "sq_e": de ** 2, "abs_e_atom": abs(de) / n, "sq_e_atom": (de / n) ** 2,
+            "abs_f": abs_f, "sq_f": sq_f, "n_f": 3.0 * n, "one": n ** 0}
+
+
 def frame_terms(de, df, n_atoms) -> dict[str, np.ndarray]:
     """Per-frame sums from which every statistic (and its bootstrap) is a ratio of totals. Shapes (M,).
 
     ``de`` (M,) energy errors in eV; ``df`` force errors in eV/Å, a list [(N_m, 3)] or an array
     (M, N, 3) that is zero at padding; ``n_atoms`` (M,).
     """
-    de = np.asarray(de, dtype=np.float64)
-    n = np.asarray(n_atoms, dtype=np.float64)
-    return {"abs_e": np.abs(de), "sq_e": de ** 2, "abs_e_atom": np.abs(de) / n, "sq_e_atom": (de / n) ** 2,
-            "abs_f": np.array([np.abs(d).sum() for d in df], dtype=np.float64),
-            "sq_f": np.array([np.square(d).sum() for d in df], dtype=np.float64),
-            "n_f": 3.0 * n, "one": np.ones_like(n)}
+    return _terms(np.asarray(de, dtype=np.float64), np.array([np.abs(d).sum() for d in df], dtype=np.float64),
+                  np.array([np.square(d).sum() for d in df], dtype=np.float64),
+                  np.asarray(n_atoms, dtype=np.float64))
+
+
+def batch_terms(de: torch.Tensor, df: torch.Tensor, mask: torch.Tensor,
+                weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``frame_terms`` of padded batches summed over their frames, on the device (no host sync). Shapes: de
+    (..., B), df (..., B, N, 3) zero at padding, mask (..., B, N), weight (B,) -> (..., len(TERMS)) float64;
+    a frame of weight 0 is not counted (a padded batch's repeats)."""
+    de, df = de.detach().to(torch.float64), df.detach().to(torch.float64)
+    terms = _terms(de, df.abs().sum((-1, -2)), (df * df).sum((-1, -2)), mask.sum(-1).to(torch.float64))
+    stacked = torch.stack([terms[k] for k in TERMS], dim=-1)  # (..., B, T)
+    if weight is not None:
+        stacked = stacked * weight.unsqueeze(-1)
+    return stacked.sum(-2)
 
 
 def statistic(totals: dict, name: str) -> float:
@@ -89,8 +106,9 @@ def statistic(totals: dict, name: str) -> float:
 class ErrorSums:
     """Running totals of ``frame_terms`` (float64), e.g. over the batches of an epoch."""
 
-    def __init__(self):
-        self.sums = torch.zeros(len(TERMS), dtype=torch.float64)
+    def __init__(self, sums: torch.Tensor | None = None):
+        """``sums``: totals already summed (``batch_terms``), shape (len(TERMS),)."""
+        self.sums = torch.zeros(len(TERMS), dtype=torch.float64) if sums is None else sums.to(torch.float64)
 
     def add(self, de, df, n_atoms) -> None:
         terms = frame_terms(de, df, n_atoms)
@@ -98,8 +116,7 @@ class ErrorSums:
 
     def add_batch(self, de: torch.Tensor, df: torch.Tensor, mask: torch.Tensor) -> None:
         """Errors of one padded batch: de (B,), df (B, N, 3) zero at padding, mask (B, N)."""
-        self.add(de.detach().to(torch.float64).cpu().numpy(), df.detach().to(torch.float64).cpu().numpy(),
-                 mask.sum(-1).cpu().numpy())
+        self.sums += batch_terms(de, df, mask).cpu()
 
     def summary(self, names: Sequence[str] = tuple(STATISTICS), prefix: str = "", reduce=None) -> dict:
         """``{prefix + name: value}``; ``reduce`` (e.g. a sum over processes) maps the totals first."""

@@ -17,9 +17,7 @@ serves all); fixed epochs, not a time budget; one process.
 """
 
 import copy
-import json
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +27,11 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from . import compile_train, distributed, objective
 from . import train as training
+from .compile import compiled_or_none
 from .console import notify
 from .errors import SakeMDError
-from .model import count_parameters
-from .predict import TERMS, ErrorSums
+from .model import compute_forces, count_parameters
+from .predict import TERMS, ErrorSums, batch_terms
 
 MAY_DIFFER = ("data", "out", "test", "seed", "progress")  # the settings in which stacked runs may differ
 
@@ -61,7 +60,7 @@ def check_stackable(trainers) -> None:
         if t.state["epoch"] != first.state["epoch"] or t.state["step"] != first.state["step"]:
             raise SakeMDError(f"runs trained together must be at the same epoch: {t.cfg.out} is at "
                               f"{t.state['epoch']}, {first.cfg.out} at {first.state['epoch']}")
-    if first.cfg.epochs is None:
+    if first.cfg.timed:
         raise SakeMDError("runs trained together need a fixed number of epochs (not a time budget)")
     if first.potential.cutoff is not None:
         raise SakeMDError("runs trained together must be dense (molecular) models")
@@ -71,8 +70,7 @@ def check_stackable(trainers) -> None:
 
 class FrameTensors:
     """All frames of K runs' datasets on the device, stacked: species, mask (K, T, N), positions,
-    forces (K, T, N, 3), energy targets (K, T) = E_ref − constant terms, in the model dtype (as
-    ``train.residuals`` forms them)."""
+    forces (K, T, N, 3), energy targets (K, T) (``objective.energy_target``), in the model dtype."""
 
     def __init__(self, datasets, potentials, dtype, device):
         from .data import labelled_batch
@@ -81,8 +79,7 @@ class FrameTensors:
         for data, potential in zip(datasets, potentials, strict=True):
             lb = labelled_batch(data, np.arange(len(data)), potential.species_index, dtype, device)
             b = lb.batch
-            target = (lb.energy - potential.reference_energy(b.species, b.mask).sum(-1)).to(dtype)
-            parts.append((b.species, b.positions, b.mask, target, lb.forces))
+            parts.append((b.species, b.positions, b.mask, objective.energy_target(lb, potential, dtype), lb.forces))
         self.species, self.positions, self.mask, self.target, self.forces = (
             torch.stack(t) for t in zip(*parts, strict=True))
         self.runs = torch.arange(len(parts), device=device).unsqueeze(1)  # (K, 1): row k takes run k's frames
@@ -94,23 +91,9 @@ class FrameTensors:
                 self.forces[k, index])
 
 
-def error_terms(de: torch.Tensor, df: torch.Tensor, mask: torch.Tensor, weight: torch.Tensor | None = None):
-    """``predict.frame_terms`` summed over frames, per run, on the device. Shapes: de (K, B), df (K, B, N, 3),
-    mask (K, B), weight (B,) or None -> (K, len(TERMS)) float64."""
-    de, df = de.detach().to(torch.float64), df.detach().to(torch.float64)
-    n = mask.sum(-1).to(torch.float64)
-    terms = {"abs_e": de.abs(), "sq_e": de * de, "abs_e_atom": de.abs() / n, "sq_e_atom": (de / n) ** 2,
-             "abs_f": df.abs().sum((-1, -2)), "sq_f": (df * df).sum((-1, -2)), "n_f": 3.0 * n,
-             "one": torch.ones_like(n)}
-    stacked = torch.stack([terms[k] for k in TERMS], dim=-1)  # (K, B, T)
-    if weight is not None:
-        stacked = stacked * weight.view(1, -1, 1)
-    return stacked.sum(1)
-
-
 class StackedTraining:
-    """K ``Trainer`` objects stepped together (see the module's docstring). ``fit`` trains them all and
-    saves each run's files after every epoch, as ``Trainer.fit`` does.
+    """K ``Trainer`` objects stepped together (see the module's docstring): a step of ``train.run_epochs``, the
+    loop that also trains one run, which saves each run's files after every epoch.
 
     ``compile``: the step as one compiled graph (``backend``, as ``CompiledTrainStep``); if tracing or
     compiling fails, the same step runs eagerly after one warning.
@@ -169,9 +152,9 @@ class StackedTraining:
         return sd
 
     @torch.no_grad()
-    def sync_run(self, k: int, lr: float) -> None:
+    def sync_run(self, k: int) -> None:
         """Copy run k's weights, weight average and optimiser state into its own Trainer."""
-        t = self.trainers[k]
+        t, lr = self.trainers[k], objective.learning_rate(self.trainers[0].progress(), self.cfg)
         for p, stacked in zip(t.potential.backbone.parameters(), self.params, strict=True):
             p.copy_(stacked[k])
         if self.shadow is not None:
@@ -201,7 +184,7 @@ class StackedTraining:
             view = compile_train.TracedSettings(cfg, {k: weights[i] for i, k in enumerate(names)})
             x = positions.detach().requires_grad_(True)
             energy = self.energies(ps, scale, species, x, mask)
-            predicted = -torch.autograd.grad(energy.sum(), x, create_graph=True)[0]
+            predicted = compute_forces(energy, x, training=True)
             de = energy - target
             df = (predicted - forces) * mask.unsqueeze(-1)
             losses = vmap(lambda a, b, m: objective.loss_from(a, b, m, view))(de, df, mask)
@@ -233,17 +216,18 @@ class StackedTraining:
         notify(f"compiling the stacked training step ({len(self)} runs x {B} frames x {batch[0].shape[2]} atoms, "
                f"{self.dtype}, {self.device}); minutes the first time", self.verbose)
         start = time.perf_counter()
-        try:
+
+        def compiled():
             params = [p.detach().requires_grad_(True) for p in self.params]
             flat = [*params, self.scale, *batch, torch.zeros(len(names), dtype=self.dtype, device=self.device)]
             graph = make_fx(self.step_function(cfg, names), tracing_mode="fake")(*flat)
             fn = compile_train._compile(graph, self.backend, self.device)
             with torch.no_grad():
                 fn(*self.inputs(batch, cfg, names))  # torch.compile compiles on the first call
-        except Exception as err:  # anything the tracer or compiler cannot do: go on eagerly
-            first = (str(err).strip().splitlines() or [""])[0][:300]
-            warnings.warn(f"compiling the stacked training step failed ({type(err).__name__}: {first}); "
-                          "training eagerly", RuntimeWarning, stacklevel=2)
+            return fn
+
+        fn, reason = compiled_or_none(compiled, "the stacked training step", "training eagerly")
+        if reason is not None:
             self.failed, self.fn = True, self.step_function(cfg, names)
             return
         self.fn, self.compile_seconds = fn, time.perf_counter() - start
@@ -283,8 +267,8 @@ class StackedTraining:
         return (torch.from_numpy(index).to(self.device),
                 torch.from_numpy(weight).to(device=self.device, dtype=torch.float64))
 
-    def train_epoch(self) -> torch.Tensor:
-        """One epoch of every run -> error terms (K, len(TERMS)) over its real frames."""
+    def train_epoch(self, bar=None) -> list[ErrorSums]:
+        """One epoch of every run -> each run's errors over its real frames."""
         lead = self.trainers[0]
         index, weight = self.epoch_index(lead.state["epoch"])
         sums = torch.zeros(len(self), len(TERMS), dtype=torch.float64, device=self.device)
@@ -294,12 +278,12 @@ class StackedTraining:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             losses, de, df = self.step(batch, lead.loss_settings())
-            sums += error_terms(de, df, batch[2], weight[s])
+            sums += batch_terms(de, df, batch[2], weight[s])
             lead.state["step"] += 1
-        return sums
+        return [ErrorSums(row) for row in sums.cpu()]
 
-    def validate(self, chunk: int = 64) -> torch.Tensor:
-        """Errors of each run's weight average (or weights) on its validation frames -> (K, len(TERMS))."""
+    def validate(self, chunk: int = 64) -> list[ErrorSums]:
+        """Each run's errors of its weight average (or weights) on its validation frames."""
         params = self.shadow if self.shadow is not None else self.params
         params = [p.detach() for p in params]
         v = self.valid_frames
@@ -309,73 +293,37 @@ class StackedTraining:
             x = v.positions[:, cut].detach().requires_grad_(True)
             with torch.enable_grad():
                 energy = self.energies(params, self.scale, v.species[:, cut], x, v.mask[:, cut])
-                predicted = -torch.autograd.grad(energy.sum(), x)[0]
+                predicted = compute_forces(energy, x)
             de = energy.detach() - v.target[:, cut]
             df = (predicted - v.forces[:, cut]) * v.mask[:, cut].unsqueeze(-1)
-            sums += error_terms(de, df, v.mask[:, cut])
-        return sums
+            sums += batch_terms(de, df, v.mask[:, cut])
+        return [ErrorSums(row) for row in sums.cpu()]
 
-    def fit(self, on_epoch_end=None) -> None:
-        """Train every run to its planned epochs; after each epoch, each run's row, last.pt and best.pt."""
+    def report_epoch(self, row: dict, bar) -> None:
         lead = self.trainers[0]
-        while lead.state["epoch"] < lead.state["planned_epochs"]:
-            start = time.perf_counter()
-            lr = objective.learning_rate(lead.progress(), self.cfg)
-            train_sums = self.train_epoch().cpu()
-            valid_sums = self.validate().cpu()
-            seconds = time.perf_counter() - start
-            for k, t in enumerate(self.trainers):
-                row = {"epoch": t.state["epoch"] + 1, "lr": lr, **t.summary(_sums(train_sums[k]), "train"),
-                       **t.summary(_sums(valid_sums[k]), "val"), "seconds": seconds}
-                t.state["step"] = lead.state["step"]
-                t.state["epoch"] += 1
-                t.state["seconds"] += seconds
-                t.state["epoch_seconds"] = (t.state["epoch_seconds"] + [seconds])[-20:]
-                self.sync_run(k, objective.learning_rate(lead.progress(), self.cfg))
-                t.save(row)
-                if on_epoch_end is not None:
-                    on_epoch_end(t, row)
-            notify(f"stacked epoch {lead.state['epoch']}/{lead.state['planned_epochs']} ({len(self)} runs, "
-                   f"{seconds:.1f} s)", self.verbose)
-
-
-def _sums(row: torch.Tensor) -> ErrorSums:
-    errors = ErrorSums()
-    errors.sums = row.to(torch.float64)
-    return errors
-
+        notify(f"stacked epoch {lead.state['epoch']}/{lead.state['planned_epochs']} ({len(self)} runs, "
+               f"{row['seconds']:.1f} s)", self.verbose)
 
 def train_stacked(cfgs, resume: bool = False, on_epoch_end=None, finalize: bool = True, compile: bool = True,
                   backend: str = "inductor") -> list[Path]:
     """``train.train`` for several runs at once (see the module's docstring). ``resume``: continue each
     run from its last.pt (all at the same epoch). ``finalize``: re-centre the energy shift and attach the
     test errors, as ``train`` does at the end. Returns the best.pt paths."""
-    if resume:
-        cfgs = [training.read_config(Path(c.out)) for c in cfgs]
+    cfgs = [training.run_config(c, resume) for c in cfgs]
     outs = [Path(c.out) for c in cfgs]
     if len(set(outs)) != len(outs):
         raise SakeMDError("runs trained together need distinct output folders")
-    for out in outs:
-        if not resume and (out / "last.pt").exists():
-            raise SakeMDError(f"{out} already holds a training run (last.pt); use --resume to continue it "
-                              f"or choose another --out")
     cfg = cfgs[0]
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = training.resolve_training_device(cfg.device)
-    ctx = distributed.Context()
-    trainers = [training.Trainer(c, ctx, device) for c in cfgs]
-    for t, c, out in zip(trainers, cfgs, outs, strict=True):
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.json").write_text(json.dumps(c.to_dict(), indent=2) + "\n")
-        if resume:
-            t.restore()
-        else:
-            (out / "metrics.jsonl").write_text("")
-    print(f"training {len(trainers)} runs of {cfg.model['variant']} together "
+    trainers = [training.Trainer(c, distributed.Context(), device) for c in cfgs]
+    for t in trainers:
+        training.open_run(t, resume)
+    print(f"training {len(trainers)} runs of {cfg.model.variant} together "
           f"({count_parameters(trainers[0].potential)} parameters each) on {device}, {cfg.dtype}",
           flush=True)
-    StackedTraining(trainers, compile=compile and cfg.compile, backend=backend).fit(on_epoch_end)
+    training.run_epochs(StackedTraining(trainers, compile=compile and cfg.compile, backend=backend), on_epoch_end)
     if finalize:
         for t, c, out in zip(trainers, cfgs, outs, strict=True):
             training.finalize(c, out, t.train_set)

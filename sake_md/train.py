@@ -28,7 +28,7 @@ from .checkpoint import potential_from_dict, read_checkpoint, save_checkpoint
 from .console import notify, warn
 from .data import Dataset, LabelledBatch, labelled_batch, read_dataset, shuffled_order, split
 from .errors import DataError, SakeMDError
-from .model import ModelConfig, SAKEPotential, count_parameters
+from .model import SAKEPotential, count_parameters
 from .objective import (  # noqa: F401  (re-exported: the training API)
     DEFAULT_RECIPE,
     LOSSES,
@@ -44,9 +44,9 @@ from .objective import (  # noqa: F401  (re-exported: the training API)
 )
 from .predict import ErrorSums, predict, predict_batches
 
-__all__ = ["MAX_COMPOSITIONS", "MIN_EPOCHS", "Trainer", "planned_length", "truncate_log", "load_split",
-           "resolve_training_device", "train", "finalize", "finalized", "read_config", "energy_offset",
-           "refit_energy_shift", "attach_test_metrics"]
+__all__ = ["MAX_COMPOSITIONS", "MIN_EPOCHS", "Trainer", "run_epochs", "run_config", "open_run", "planned_length",
+           "truncate_log", "load_split", "resolve_training_device", "train", "finalize", "finalized", "read_config",
+           "energy_offset"]
 
 MAX_COMPOSITIONS = 100  # recorded in checkpoints (data of more compositions: none recorded)
 MIN_EPOCHS = 20  # fewer leave a model far from trained (the shipped ethanol potential: 168 epochs of 30 min)
@@ -80,6 +80,7 @@ class Trainer:
                                    cfg.clip, cfg.amsgrad)
         self.average = WeightAverage(self.potential, cfg.ema_decay) if cfg.ema_decay else None
         self.step = self.eager_step
+        self.trainers = [self]  # the runs that this trains (``run_epochs``); a ``StackedTraining`` trains several
         if self.potential.cutoff is not None:
             keep_freed_memory()  # see sake_md.allocator
         if cfg.compile is True and self.potential.cutoff is not None:
@@ -102,7 +103,7 @@ class Trainer:
             from .compile_train import CompiledTrainStep
 
             compile_s, basis = CompiledTrainStep.for_trainer(self, verbose=False).expected_compile_s()
-            if self.cfg.time_budget is not None:
+            if self.cfg.timed:
                 work_s, what = self.cfg.time_budget, "a budget of"
             else:
                 work_s, what = self.cfg.epochs * self.steps_per_epoch() * self.eager_step_s(), "about"
@@ -130,12 +131,12 @@ class Trainer:
         energies = self.train_set.energy
         scale = float(energies.std()) if len(energies) > 1 and energies.std() > 0 else 1.0
         species = sorted(set(self.train_set.species) | set(self.valid_set.species))
-        return SAKEPotential(species, ModelConfig(**self.cfg.model), energy_scale=scale,
+        return SAKEPotential(species, self.cfg.model, energy_scale=scale,
                              energy_shift=float(energies.mean()))
 
     def finished(self) -> bool:
         """Whether the planned epochs are done (a resumed budget run: no time left for another epoch)."""
-        if self.cfg.time_budget is not None:
+        if self.cfg.timed:
             self.replan()
         return self.state["epoch"] > 0 and self.state["epoch"] >= self.state["planned_epochs"]
 
@@ -163,7 +164,7 @@ class Trainer:
 
     def replan(self, step_seconds: float | None = None) -> None:
         """Budget mode: epochs that fit = epochs done + remaining time / recent epoch time."""
-        if self.cfg.time_budget is None:
+        if not self.cfg.timed:
             return
         recent = self.state["epoch_seconds"][-5:]
         per_epoch = float(np.mean(recent)) if recent else step_seconds * self.steps_per_epoch()
@@ -193,7 +194,8 @@ class Trainer:
                 continue
             yield np.array_split(chunk, world)[self.ctx.rank]
 
-    def train_epoch(self, bar=None) -> dict:
+    def train_epoch(self, bar=None) -> list[ErrorSums]:
+        """One epoch of optimiser steps -> [the running errors of the batches trained on]."""
         self.model.train()
         errors = ErrorSums()
         order = shuffled_order(len(self.train_set), self.cfg.seed, self.state["epoch"])
@@ -209,12 +211,12 @@ class Trainer:
                 self.average.update()
             self.state["step"] += 1
             errors.add_batch(de, df, lb.batch.mask)
-            if k == 2 and self.state["epoch"] == 0 and self.cfg.time_budget is not None:
+            if k == 2 and self.state["epoch"] == 0 and self.cfg.timed:
                 self.replan(step_seconds=(time.perf_counter() - t0) / 3)
                 self.warn_if_too_short((time.perf_counter() - t0) / 3 * self.steps_per_epoch())
             if bar is not None:
                 bar.set_postfix_str(f"loss {float(loss.detach()):.3f}", refresh=False)
-        return self.summary(errors, "train")
+        return [errors]
 
     def eager_step(self, lb: LabelledBatch, cfg: TrainConfig):
         """Forward, forces, loss and its gradients (into p.grad) for one batch -> loss, de, df."""
@@ -226,15 +228,19 @@ class Trainer:
         loss.backward()
         return loss, de, df
 
-    def validate(self) -> dict:
-        """Errors on this process's share of the validation frames, summed over processes."""
+    def validate(self) -> list[ErrorSums]:
+        """[Errors of the evaluated weights on this process's share of the validation frames]."""
         self.model.eval()
         errors = ErrorSums()
         share = np.array_split(np.arange(len(self.valid_set)), self.ctx.world)[self.ctx.rank]
-        for lb, out in predict_batches(self.potential, self.valid_set, max(self.cfg.batch_size, 32), order=share):
-            de, df = objective.residuals(out["energy_model"], out["forces"], lb, self.potential)
-            errors.add_batch(de, df, lb.batch.mask)
-        return self.summary(errors, "val")
+        with self.evaluated_weights():
+            for lb, out in predict_batches(self.potential, self.valid_set, max(self.cfg.batch_size, 32), order=share):
+                de, df = objective.residuals(out["energy_model"], out["forces"], lb, self.potential)
+                errors.add_batch(de, df, lb.batch.mask)
+        return [errors]
+
+    def sync_run(self, k: int) -> None:
+        """Nothing to copy: the weights live in this run's own model (``StackedTraining`` copies its back)."""
 
     def summary(self, errors: ErrorSums, prefix: str) -> dict:
         """Energy and force MAE/RMSE (meV, meV/Å) over all processes, as ``{prefix}_energy_mae_meV`` etc."""
@@ -244,39 +250,19 @@ class Trainer:
     # ---- the run ---------------------------------------------------------------------------------
     def fit(self, on_epoch_end=None) -> dict:
         """Train until the planned epochs are done. ``on_epoch_end(trainer, row)`` runs after each save."""
-        bar = self.progress_bar()
-        if self.cfg.time_budget is not None and self.state["epoch"] > 0:
-            self.replan()
-        row = {}
-        while self.state["epoch"] < self.state["planned_epochs"] or (
-                self.state["epoch"] == 0 and self.cfg.time_budget is not None):
-            start = time.perf_counter()
-            lr = learning_rate(self.progress(), self.cfg)
-            row = {"epoch": self.state["epoch"] + 1, "lr": lr, **self.train_epoch(bar)}
-            with self.evaluated_weights():
-                row.update(self.validate())
-            seconds = distributed.all_max(self.ctx, time.perf_counter() - start)
-            self.state["epoch"] += 1
-            self.state["seconds"] += seconds
-            self.state["epoch_seconds"] = (self.state["epoch_seconds"] + [seconds])[-20:]
-            row["seconds"] = seconds
-            self.replan()
-            self.save(row)
-            if self.state["epoch"] == 1 and self.cfg.epochs is not None and self.ctx.main:
-                total = self.cfg.epochs * seconds
-                notify(f"epoch 1 took {seconds:.1f} s: {self.cfg.epochs} epochs take about {_duration(total)} at "
-                       "this speed")
-            if bar is not None:
-                bar.total = self.state["planned_epochs"]
-                bar.set_postfix_str(f"F {row['train_force_mae_meV_A']:.1f}/{row['val_force_mae_meV_A']:.1f} "
-                                    f"E {row['train_energy_mae_meV']:.1f}/{row['val_energy_mae_meV']:.1f} "
-                                    f"meV(/Å) train/val lr {lr:.1e}")
-                bar.update(1)
-            if on_epoch_end is not None:
-                on_epoch_end(self, row)
+        return run_epochs(self, on_epoch_end)
+
+    def report_epoch(self, row: dict, bar) -> None:
+        """The console after an epoch: what the run will take (after the first), the progress bar."""
+        if self.state["epoch"] == 1 and not self.cfg.timed and self.ctx.main:
+            notify(f"epoch 1 took {row['seconds']:.1f} s: {self.cfg.epochs} epochs take about "
+                   f"{_duration(self.cfg.epochs * row['seconds'])} at this speed")
         if bar is not None:
-            bar.close()
-        return row
+            bar.total = self.state["planned_epochs"]
+            bar.set_postfix_str(f"F {row['train_force_mae_meV_A']:.1f}/{row['val_force_mae_meV_A']:.1f} "
+                                f"E {row['train_energy_mae_meV']:.1f}/{row['val_energy_mae_meV']:.1f} "
+                                f"meV(/Å) train/val lr {row['lr']:.1e}")
+            bar.update(1)
 
     def progress_bar(self):
         if not (self.cfg.progress and self.ctx.main):
@@ -340,6 +326,43 @@ class Trainer:
             truncate_log(self.out / "metrics.jsonl", self.state["epoch"])
 
 
+def run_epochs(step, on_epoch_end=None) -> dict:
+    """The one epoch loop, whatever the step: a ``Trainer`` (its eager or compiled step) or a ``StackedTraining``.
+
+    ``step`` trains an epoch (``train_epoch(bar)``) and validates (``validate()``), each -> one ``ErrorSums`` per
+    run of ``step.trainers``, copies run k's weights into its ``Trainer`` (``sync_run(k)``) and reports
+    (``report_epoch(row, bar)``). Here: each run's row, state, replanning and files (``Trainer.save``), then
+    ``on_epoch_end(trainer, row)``, until the lead run's planned epochs are done. Returns the last row.
+    """
+    runs = step.trainers
+    lead = runs[0]
+    bar = lead.progress_bar() if len(runs) == 1 else None
+    if lead.cfg.timed and lead.state["epoch"] > 0:
+        lead.replan()
+    row = {}
+    while lead.state["epoch"] < lead.state["planned_epochs"] or (
+            lead.state["epoch"] == 0 and lead.cfg.timed):
+        start = time.perf_counter()
+        lr = learning_rate(lead.progress(), lead.cfg)
+        train_errors = step.train_epoch(bar)
+        valid_errors = step.validate()
+        seconds = distributed.all_max(lead.ctx, time.perf_counter() - start)
+        for k, t in enumerate(runs):
+            row = {"epoch": t.state["epoch"] + 1, "lr": lr, **t.summary(train_errors[k], "train"),
+                   **t.summary(valid_errors[k], "val"), "seconds": seconds}
+            t.state.update(step=lead.state["step"], epoch=t.state["epoch"] + 1, seconds=t.state["seconds"] + seconds,
+                           epoch_seconds=(t.state["epoch_seconds"] + [seconds])[-20:])
+            t.replan()
+            step.sync_run(k)
+            t.save(row)
+            if on_epoch_end is not None:
+                on_epoch_end(t, row)
+        step.report_epoch(row, bar)
+    if bar is not None:
+        bar.close()
+    return row
+
+
 def _duration(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds / 3600:.1f} h"
@@ -348,7 +371,7 @@ def _duration(seconds: float) -> str:
 
 def planned_length(cfg: TrainConfig) -> str:
     """The run's length as a user reads it when it starts."""
-    if cfg.time_budget is not None:
+    if cfg.timed:
         return f"recipe {cfg.recipe}: a time budget of {_duration(cfg.time_budget)} (the epochs that fit)"
     return f"recipe {cfg.recipe}: {cfg.epochs} epochs"
 
@@ -376,14 +399,33 @@ def resolve_training_device(name: str, ctx_local_rank: int = 0) -> torch.device:
     return torch.device("cuda", ctx_local_rank) if device.type == "cuda" else device
 
 
-def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
-    """Run (or resume) training into ``cfg.out``. Returns the path of best.pt."""
+def run_config(cfg: TrainConfig, resume: bool) -> TrainConfig:
+    """The settings of the run into ``cfg.out``: resuming, its config.json; else ``cfg``, never over another run."""
     out = Path(cfg.out)
     if resume:
-        cfg = read_config(out)
-    elif (out / "last.pt").exists():
+        return read_config(out)
+    if (out / "last.pt").exists():
         raise SakeMDError(f"{out} already holds a training run (last.pt); use --resume to continue it "
                           f"or choose another --out")
+    return cfg
+
+
+def open_run(trainer: Trainer, resume: bool) -> None:
+    """The one run-folder setup: config.json (the exact settings), then, resuming, the state of last.pt, else an
+    empty metrics.jsonl."""
+    if trainer.ctx.main:
+        trainer.out.mkdir(parents=True, exist_ok=True)
+        (trainer.out / "config.json").write_text(json.dumps(trainer.cfg.to_dict(), indent=2) + "\n")
+        if not resume:
+            (trainer.out / "metrics.jsonl").write_text("")
+    if resume:
+        trainer.restore()
+
+
+def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
+    """Run (or resume) training into ``cfg.out``. Returns the path of best.pt."""
+    cfg = run_config(cfg, resume)
+    out = Path(cfg.out)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_training_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
@@ -391,19 +433,14 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
     trainer = None
     try:
         trainer = Trainer(cfg, ctx, device)
-        if ctx.main:
-            out.mkdir(parents=True, exist_ok=True)
-            (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        if resume:
-            trainer.restore()
-            if trainer.finished() and (out / "best.pt").exists() and finalized(cfg, out / "best.pt"):
-                if ctx.main:
-                    print(f"nothing to do: the run in {out} finished after {trainer.state['epoch']} epochs "
-                          f"(best.pt: epoch {trainer.state['best_epoch']})", flush=True)
-                return out / "best.pt"
+        open_run(trainer, resume)
+        if resume and trainer.finished() and (out / "best.pt").exists() and finalized(cfg, out / "best.pt"):
+            if ctx.main:
+                print(f"nothing to do: the run in {out} finished after {trainer.state['epoch']} epochs "
+                      f"(best.pt: epoch {trainer.state['best_epoch']})", flush=True)
+            return out / "best.pt"
         if ctx.main and not resume:
-            (out / "metrics.jsonl").write_text("")
-            print(f"training {cfg.model['variant']} ({count_parameters(trainer.potential)} parameters) on "
+            print(f"training {cfg.model.variant} ({count_parameters(trainer.potential)} parameters) on "
                   f"{len(trainer.train_set)} frames, validating on {len(trainer.valid_set)}, "
                   f"{ctx.world} process(es), {device}, {cfg.dtype}; {planned_length(cfg)}", flush=True)
         trainer.fit(on_epoch_end)
@@ -427,14 +464,32 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
 
 
 def finalize(cfg: TrainConfig, out: Path, train_set: Dataset) -> dict | None:
-    """The end of a run: re-centre best.pt's energy shift on the training split, attach the test errors.
-    Returns the test report (None without a test file)."""
+    """The end of a run, on best.pt read once and written once: re-centre its energy shift on the training split
+    (``cfg.refit_shift``), attach the test errors (``cfg.test``). Returns the test report (None without a test file).
+
+    An MAE force loss leaves the constant energy offset to the small energy term, so it wanders during training;
+    the least-squares constant over the training frames (``energy_offset``) removes that offset.
+    """
+    from .checkpoint import load_checkpoint
+    from .devices import resolve_device
+    from .evaluate import evaluate
+
+    if not (cfg.refit_shift or cfg.test):
+        return None
+    potential, data = load_checkpoint(out / "best.pt", with_metadata=True)
+    training, metrics, report = dict(data.get("training") or {}), dict(data.get("metrics") or {}), None
     if cfg.refit_shift:
-        refit_energy_shift(out / "best.pt", train_set, cfg.device)
+        offset = energy_offset(potential.to(resolve_device(cfg.device)), train_set)
+        potential = potential.cpu()
+        potential.energy_shift += offset
+        training["energy_shift_refit_eV"] = training.get("energy_shift_refit_eV", 0.0) + offset
     if cfg.test:
-        return attach_test_metrics(out / "best.pt", cfg.test, energy_key=cfg.energy_key, forces_key=cfg.forces_key,
-                                   energy_unit=cfg.energy_unit, length_unit=cfg.length_unit, device=cfg.device)
-    return None
+        report = evaluate(out / "best.pt", cfg.test, energy_key=cfg.energy_key, forces_key=cfg.forces_key,
+                          energy_unit=cfg.energy_unit, length_unit=cfg.length_unit, device=cfg.device,
+                          loaded=(potential, {**data, "training": training}))
+        metrics["test"] = report
+    save_checkpoint(out / "best.pt", potential, training, metrics, data.get("extra"))
+    return report
 
 
 def finalized(cfg: TrainConfig, best: Path) -> bool:
@@ -455,35 +510,3 @@ def energy_offset(potential: SAKEPotential, data: Dataset, batch_size: int = 64)
     """Mean of E_ref − E_pred over ``data`` in eV (float64), energies only."""
     energy, _ = predict(potential, data, batch_size, forces=False)
     return float((data.energy - energy).sum()) / len(data)
-
-
-def refit_energy_shift(checkpoint, train_set: Dataset, device: str = "cpu") -> float:
-    """Add the mean training-set energy residual to the checkpoint's energy shift; returns it (eV).
-
-    An MAE force loss leaves the constant energy offset to the small energy term, so it wanders
-    during training; this least-squares constant (training frames only) removes that offset.
-    """
-    from .checkpoint import load_checkpoint
-    from .devices import resolve_device
-
-    potential, data = load_checkpoint(checkpoint, with_metadata=True)
-    offset = energy_offset(potential.to(resolve_device(device)), train_set)
-    potential = potential.cpu()
-    potential.energy_shift += offset
-    training = dict(data.get("training") or {})
-    training["energy_shift_refit_eV"] = training.get("energy_shift_refit_eV", 0.0) + offset
-    save_checkpoint(checkpoint, potential, training, data.get("metrics"), data.get("extra"))
-    return offset
-
-
-def attach_test_metrics(checkpoint, test, device: str = "cpu", **read_options) -> dict:
-    """Evaluate ``checkpoint`` on the file ``test`` (on ``device``) and store the report under ``metrics["test"]``."""
-    from .checkpoint import load_checkpoint
-    from .evaluate import evaluate
-
-    report = evaluate(checkpoint, test, device=device, **read_options)
-    potential, data = load_checkpoint(checkpoint, with_metadata=True)
-    metrics = dict(data.get("metrics") or {})
-    metrics["test"] = report
-    save_checkpoint(checkpoint, potential, data.get("training"), metrics, data.get("extra"))
-    return report

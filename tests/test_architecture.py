@@ -9,12 +9,12 @@ PACKAGE = Path(__file__).parents[1] / "sake_md"
 LAYERS = {  # lowest first; a module may import its own layer and those below
     "model": ["errors", "files", "console", "units", "version", "geometry", "modules", "layer", "graph", "spatial",
               "spatial_sh", "spatial_dot", "model", "neighbours", "checkpoint", "batch", "devices", "allocator",
-              "structures"],
-    "inference": ["inference", "compile", "export", "calculator", "committee", "calibration", "data", "predict",
-                  "evaluate", "shipped"],
+              "structures", "stacking"],
+    "inference": ["inference", "oracles", "compile", "export", "calculator", "committee", "calibration", "data",
+                  "predict", "evaluate", "shipped", "testing"],
     "md": ["md.*"],
     "training": ["objective", "train", "compile_train", "stacked", "distributed", "curves"],
-    "study": ["study.*"],
+    "study": ["study.*", "learn"],
     "engines": ["engines.*"],
     "cli": ["cli", "cli_options", "__main__", "__init__"],
 }

@@ -15,8 +15,9 @@ from sake_md import SAKECalculator
 from sake_md.calibration import binned_calibration, evaluate_committee
 from sake_md.checkpoint import save_checkpoint
 from sake_md.cli import main
-from sake_md.committee import CommitteeCalculator
-from sake_md.errors import CommitteeError
+from sake_md.committee import CommitteeCalculator, predict_dataset
+from sake_md.data import frames_to_dataset
+from sake_md.errors import CommitteeError, InputError
 from sake_md.md.early_warning import (
     committee_deviation_along,
     early_warning,
@@ -123,6 +124,8 @@ def test_mismatched_members_are_refused(tmp_path):
             CommitteeCalculator(lonely)
     with pytest.raises(TypeError, match="unknown keyword.*devcie; valid: models, device, dtype"):
         CommitteeCalculator([a, b], devcie="cpu")
+    with pytest.raises(CommitteeError, match="sparse-mode"):  # the stacked call would compute them dense
+        CommitteeCalculator([small_potential(0).with_cutoff(2.0), small_potential(1).with_cutoff(2.0)])
 
 
 # --- sake-md run -------------------------------------------------------------------------------------
@@ -221,6 +224,22 @@ def test_eval_of_a_committee(committee_files, tmp_path):
     assert len(report["calibration"]["energy"]["bins"]) == 2
 
 
+def test_a_dataset_goes_straight_into_the_members(committee_files):
+    """``predict_dataset`` (``sake-md eval``: padded batches of the dataset, no ASE Atoms) gives exactly what the
+    calculator gives for the same frames as Atoms, over batches of mixed sizes; unknown elements are refused."""
+    frames = [*emt_frames(3, seed=1), *emt_frames(2, seed=2, molecule="H2O"), *emt_frames(2, seed=3, molecule="CH3OH")]
+    data = frames_to_dataset(frames, "energy", "forces", "frames")
+    calc = CommitteeCalculator(committee_files, dtype="float64")
+    for got, expected in zip(predict_dataset(calc.committee, data, batch_size=3), calc.predict(frames, batch_size=3),
+                             strict=True):
+        assert list(got) == list(expected)
+        for key in got:
+            np.testing.assert_array_equal(got[key], expected[key])
+    with pytest.raises(InputError, match="frame 0 of nitrogen.*N \\(Z=7\\)"):
+        predict_dataset(calc.committee, frames_to_dataset([ase.build.molecule("NH3")], "energy", "forces", "nitrogen",
+                                                          labelled=False))
+
+
 # --- early warning along a trajectory ----------------------------------------------------------------
 
 def test_lead_time_before_a_collapse():
@@ -253,3 +272,26 @@ def test_deviation_along_a_trajectory_file(committee_files, tmp_path):
     crossing = 0.01 * np.flatnonzero(along > threshold)[0]
     assert warning.lead_ps[threshold] == pytest.approx(0.02 - crossing) and warning.lead_ps[1e9] is None
     assert json.loads(json.dumps(warning.to_dict()))["collapse_ps"] == 0.02
+
+
+def test_the_study_deviation_is_committee_deviation_along(committee_files):
+    """The study's committee records (``study.committee_md``) use ``committee_deviation_along``; it gives
+    exactly what the study's own ``deviations`` gave before (kept here as the reference), over several
+    batches of 64 frames."""
+    from sake_md.study.committee_md import molecule_frames
+
+    def study_deviations_before(calc, numbers, positions, batch_size=64):
+        from ase import Atoms
+
+        frames = [Atoms(numbers=numbers, positions=x) for x in np.asarray(positions, dtype=np.float64)]
+        return np.array([o["forces_std_max"] for o in calc.predict(frames, batch_size)]) if frames else np.zeros(0)
+
+    ethanol = molecules()[0]
+    rng = np.random.default_rng(5)
+    positions = ethanol.positions + rng.normal(scale=0.1, size=(150, len(ethanol), 3))
+    for dtype in (None, "float64"):
+        calc = CommitteeCalculator(committee_files, dtype=dtype)
+        before = study_deviations_before(calc, ethanol.numbers, positions)
+        after = committee_deviation_along(molecule_frames(ethanol.numbers, positions), calc, batch_size=64)
+        np.testing.assert_array_equal(after, before)
+        assert after.shape == (150,) and after.dtype == np.float64

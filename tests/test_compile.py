@@ -380,3 +380,13 @@ def test_inductor_options_from_the_environment(monkeypatch):
     monkeypatch.setenv(OPTIONS_ENV, "cudagraphs")
     with pytest.raises(ConfigError, match="JSON object"):
         default_options(torch.device("cpu"))
+
+
+def test_one_fall_back_rule_with_one_warning_text():
+    """Inference, the training step and the stacked step all fall back through ``compiled_or_none``."""
+    def broken():
+        raise ValueError("boom\nsecond line")
+
+    with pytest.warns(RuntimeWarning, match=r"^sake_md: cannot compile the thing \(ValueError: boom\); going on$"):
+        assert sc.compiled_or_none(broken, "the thing", "going on") == (None, "ValueError: boom")
+    assert sc.compiled_or_none(lambda: 7, "the thing", "going on") == (7, None)

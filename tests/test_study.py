@@ -22,7 +22,7 @@ from sake_md.md.stability import StabilityPreset, run_stability
 from sake_md.study import Run, load_study
 from sake_md.study.jobs import run_job
 from sake_md.study.publish import median_seed, model_card
-from sake_md.study.report import fmt_summary, load_records, record_counts, render, summarize, welch_p
+from sake_md.study.report import fmt_summary, load_records, record_counts, render, summarize
 from sake_md.study.runner import job_slots
 
 from .physics import small_potential
@@ -310,12 +310,21 @@ def test_report_tables_reproduce_the_fixture_numbers(tmp_path):
     row = table_row(text, "### Cost", "sake")
     assert "| 1,000 |" in row and "| 2.0 |" in row and "| 51.0 |" in row and "| 1.00 |" in row
     assert "| 0.50 |" in row and "| 10.0 |" in row
-    # Welch: t = -10 / √(4/3 + 4/3), 4 degrees of freedom
-    p = 2 * stats.t.sf(10 / math.sqrt(8 / 3), 4)
+    # paired by seed: every difference +10 (force) and +1 (energy): exact sign-flip p = 2/8; 3 tests, Holm
+    # multiplies the two smallest by 3 (0.75) and the largest (stability, p = 1) by 1
     row = table_row(text, "## Findings", "sake-no-spatial")
-    assert f"+10.00 (+83.3%); p = {p:.3g}, **beyond seed noise**" in row
-    assert "-0.08 (-8.3%); p = " in row and "within seed noise" in row  # stability: mean 0.917 vs 1 ps
-    assert "9.00 CPU-hours recorded: training 6.00 (6 models), MD 3.00 (6 models)" in text
+    assert ("+10.00 (+83.3%) [+10.00, +10.00]; per seed +10.00, +10.00, +10.00; exact p = 0.25 (min 0.25), "
+            "Holm p = 0.75") in row
+    assert "+1.00 (+83.3%) [+1.00, +1.00]; per seed +1.00, +1.00, +1.00; exact p = 0.25" in row
+    # stability: seed 2 lost 0.75 and 0.5 ps on 2 of its 5 start frames: RMST difference -0.25 ps there
+    assert "-0.08 (-8.3%)" in row and "per seed +0.00, +0.00, -0.25; exact p = 1 (min 0.25), Holm p = 1" in row
+    assert "start frames longer/shorter/tied 0/2/13" in row and "Welch" not in row
+    assert "Holm's adjustment over all 3 tests" in text and "0.25 for 3 seeds" in text
+    assert "Primary metric, force RMSE (meV/Å): `sake-no-spatial` +10.00 against `sake` (Holm p = 0.75)" in text
+    # Kaplan–Meier: seed 2 of sake-no-spatial keeps 3 of 5; pooled 15 runs lose one at 0.25 and one at 0.5 ps
+    row = table_row(text, "### MD stability, 1 ps", "sake-no-spatial")
+    assert f"| > 1 | {13 / 15:.2f} [1.00, 1.00, 0.60] |" in row
+    assert "9.00 CPU-hours recorded: training 6.00 (6 models), MD 3.00 (6 models), no committee analyses" in text
     assert "lowest test force RMSE: `sake` (12.00 meV/Å)" in text
     assert "not dominated in (force RMSE ↓, stability time ↑, E+F ms ↓): `sake`, `sake-no-spatial`" in text
     assert "Spearman ρ =" in text
@@ -324,10 +333,14 @@ def test_report_tables_reproduce_the_fixture_numbers(tmp_path):
 def test_report_includes_the_interpretation_and_flags_it_when_records_change(tmp_path):
     records = load_records(fixture_records(tmp_path))
     assert record_counts(records) == "6 training and 6 MD records"
-    current = "<!-- written against: 6 training and 6 MD records -->\nSpatial attention matters.\n"
+    current = ("<!-- written against: 6 training and 6 MD records; statistics: paired exact tests with Holm, "
+               "Kaplan–Meier -->\nSpatial attention matters.\n")
     text = render(records, interpretation=current)
     section = text.split("## Interpretation (written by hand")[1]
-    assert "Spatial attention matters." in section and "check it" not in section
+    assert "Spatial attention matters." in section and "check it" not in section and "older statistics" not in section
+    older = render(records, interpretation="<!-- written against: 6 training and 6 MD records -->\nIt matters.\n")
+    section = older.split("## Interpretation (written by hand")[1]
+    assert "Written against the older statistics (Welch's t-tests" in section and "check it" not in section
     stale = render(records, interpretation=current.replace("6 MD", "5 MD"))
     assert "Written against 6 training and 5 MD records; the records now hold 6 training and 6 MD records" in stale
     assert "does not say which records" in render(records, interpretation="Spatial attention matters.\n")
@@ -339,8 +352,6 @@ def test_statistics_helpers():
     assert (s.n, s.mean, s.std) == (4, 2.5, pytest.approx(np.std([1, 2, 3, 4], ddof=1)))
     assert s.lo == pytest.approx(2.5 - stats.t.ppf(0.975, 3) * s.std / 2)
     assert summarize([5.0]).n == 1 and math.isnan(summarize([5.0]).std)
-    assert welch_p([1.0], [2.0, 3.0]) is None and welch_p([1.0, 1.0], [1.0, 1.0]) is None
-    assert welch_p([1.0, 2.0, 3.0], [1.1, 2.1, 2.9]) > 0.5
 
 
 def test_median_seed_is_chosen_on_validation():

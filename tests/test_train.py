@@ -260,3 +260,39 @@ def test_a_short_run_of_the_budget_recipe_lowers_the_validation_error(npz, tmp_p
     train(cfg)
     rows = log_rows(out)
     assert rows[-1]["val_force_mae_meV_A"] < 0.7 * rows[0]["val_force_mae_meV_A"]
+
+
+def test_finalize_reads_best_once_and_writes_it_once(npz, tmp_path, monkeypatch):
+    """The end of a run (energy-shift refit, test errors) works on best.pt in memory: one read, one write."""
+    import sake_md.checkpoint
+    import sake_md.train as training
+
+    out = tmp_path / "run"
+    train(small_config(npz, out, epochs=1, refit_shift=False))
+    calls = {"read": 0, "write": 0}
+    read, save = sake_md.checkpoint.read_checkpoint, training.save_checkpoint
+
+    def counted(name, fn):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(sake_md.checkpoint, "read_checkpoint", counted("read", read))
+    monkeypatch.setattr(training, "save_checkpoint", counted("write", save))
+    report = training.finalize(small_config(npz, out, test=str(npz)), out, load_split(small_config(npz, out))[0])
+    assert calls == {"read": 1, "write": 1}
+    data = read(out / "best.pt")
+    assert data["metrics"]["test"] == report and "energy_shift_refit_eV" in data["training"]
+    assert report["checkpoint"] == str(out / "best.pt")
+
+
+def test_the_model_settings_are_a_model_config_and_config_json_keeps_its_form(npz, tmp_path):
+    """TrainConfig.model is a ModelConfig; config.json keeps the dict an older run wrote, and such a dict loads."""
+    cfg = small_config(npz, tmp_path / "run")
+    assert isinstance(cfg.model, ModelConfig) and cfg.model.hidden == 16
+    assert cfg.to_dict()["model"] == SMALL
+    again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert again == cfg and again.to_dict() == cfg.to_dict()
+    assert not cfg.timed and TrainConfig.preset("budget", "d", "o").timed
+    assert not TrainConfig.preset("budget", "d", "o", epochs=3).timed  # the "budget" recipe for fixed epochs

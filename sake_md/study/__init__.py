@@ -1,11 +1,12 @@
 """A study: variants × molecules × seeds, each trained, evaluated and run through the MD stability protocol,
-then compared in a report regenerated from the records alone. ``sake-md study STUDY.toml``.
+then compared in a report regenerated from the records alone. ``sake-md study STUDY.toml [--arm NAME]``.
 
 * ``definition``: the TOML file -> runs, training configurations, MD settings
 * ``jobs``: one run as a subprocess (train or resume, test errors, E+F timing, segmented MD), records
 * ``runner``: N jobs side by side, one thread and one core each (GPU jobs: the cores shared out)
 * ``committee_md``: each cell's seeds as a committee along every MD trajectory (lead times before collapses)
-* ``report``, ``plots``: records -> README.md tables, computed findings and PNGs
+* ``stats``: the statistics fit for the design (paired exact tests, Holm, Kaplan–Meier, within-variant correlation)
+* ``report``, ``plots``: records -> README.md tables, computed findings and PNGs (learning curves too)
 * ``publish``: the median-validation seed of each cell -> potentials/<variant>_<molecule>.pt + model card
 * ``sizing``: measured speed -> epochs and CPU-hours
 """
@@ -26,17 +27,18 @@ __all__ = ["Run", "Study", "load_study", "run_study", "write_report"]
 def run_study(study_file, variants=(), molecules=(), seeds=(), jobs: int = 2, device: str = "cpu", data_dir=None,
               report_only: bool = False, publish: bool = False, size: bool = False, dry_run: bool = False,
               stretch: bool = False, stack: bool = False, train_only: bool = False, precompile: bool = False,
-              echo=print) -> int:
+              arm: str | None = None, echo=print) -> int:
     """Run what is missing of the selection, then regenerate the report. Returns the exit status: 0, 1 if a job
     failed, 130 or 143 when stopped by Ctrl-C or SIGTERM (the jobs are stopped too; the report is not written).
 
     ``stack``: the runs still to train go in groups that share a model configuration, molecule size and
     epochs, each group one job training its runs together (``sake_md.stacked``; what makes a GPU pay
     at batch 4). ``precompile`` (with ``stack``): first compile every group's step side by side into torch's
-    cache, so that groups queued behind ``jobs`` start without compiling. ``train_only``: no MD stage."""
+    cache, so that groups queued behind ``jobs`` start without compiling. ``train_only``: no MD stage.
+    ``arm``: an ``[arms.NAME]`` of the study file (its own records folder and report)."""
     from .jobs import write_json  # not at import time: ``python -m sake_md.study.jobs`` runs that module
 
-    study = load_study(study_file, data_dir)
+    study = load_study(study_file, data_dir, arm)
     status = 0
     if not report_only:
         runs = study.select(variants, molecules, seeds, stretch)
@@ -54,6 +56,7 @@ def run_study(study_file, variants=(), molecules=(), seeds=(), jobs: int = 2, de
         if dry_run:
             for r in todo:
                 echo(f"  {r.key}")
+            echo(training_hours(study, [r for r in todo if not study.record_path(r, "train").exists()]))
             return 0
         write_json(study.records / "study.json", study.to_dict())
         if todo:
@@ -89,6 +92,17 @@ def run_study(study_file, variants=(), molecules=(), seeds=(), jobs: int = 2, de
         for path in publish_cells(load_records(study.records), study.out, study.potentials, source, study.root):
             echo(f"published {path}")
     return status
+
+
+def training_hours(study: Study, runs: list[Run]) -> str:
+    """What a dry run can say of the CPU-hours without measuring: the time budgets of the runs to train."""
+    budgets = [study.molecules[r.molecule].time_budget_s for r in runs]
+    known = sum(b for b in budgets if b is not None) / 3600
+    unknown = sum(b is None for b in budgets)
+    text = f"training: {known:.1f} CPU-hours for {len(runs) - unknown} run(s) with a time budget"
+    if unknown:
+        text += f"; {unknown} run(s) with a number of epochs"
+    return text + "; MD and epochs: measure with --size (CPU-hours of everything)"
 
 
 def stacked_groups(study: Study, runs: list[Run]) -> list[list[Run]]:

@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 import numpy as np
 
 from .. import __version__
-from ..md.early_warning import first_crossing, warning_lead_time
+from ..md.early_warning import committee_deviation_along, first_crossing, warning_lead_time
 from .definition import Run, Study
 
 THRESHOLDS = (("test p99", 99.0), ("test max", 100.0))
@@ -39,12 +39,11 @@ def committee_path(study: Study, molecule: str, variant: str):
     return study.records / molecule / variant / "committee.json"
 
 
-def deviations(calc, numbers, positions, batch_size: int = 64) -> np.ndarray:
-    """max_i σ_F,i (eV/Å) of each structure. Shapes: numbers (N,), positions (F, N, 3) -> (F,)."""
+def molecule_frames(numbers, positions) -> list:
+    """ASE Atoms of one molecule at each of its positions. Shapes: numbers (N,), positions (F, N, 3)."""
     from ase import Atoms
 
-    frames = [Atoms(numbers=numbers, positions=x) for x in np.asarray(positions, dtype=np.float64)]
-    return np.array([o["forces_std_max"] for o in calc.predict(frames, batch_size)]) if frames else np.zeros(0)
+    return [Atoms(numbers=numbers, positions=x) for x in np.asarray(positions, dtype=np.float64)]
 
 
 def committee_stage(study: Study, molecule: str, variant: str, device: str = "cpu") -> dict:
@@ -59,7 +58,7 @@ def committee_stage(study: Study, molecule: str, variant: str, device: str = "cp
     checkpoints = [study.run_dir(r) / "train" / "best.pt" for r in runs]
     calc = CommitteeCalculator([str(c) for c in checkpoints], device=device)
     test = read_reference(study.data_file(molecule, "test"))
-    on_test = deviations(calc, test.numbers, test.positions)
+    on_test = committee_deviation_along(molecule_frames(test.numbers, test.positions), calc, batch_size=64)
     thresholds = {name: float(np.percentile(on_test, q)) for name, q in THRESHOLDS}
     trajectories = []
     for run in runs:
@@ -68,7 +67,8 @@ def committee_stage(study: Study, molecule: str, variant: str, device: str = "cp
             collapse_ps = None if step < 0 else float(step) * dt_ps
             keep = f["time_ps"] <= collapse_ps + 1e-9 if collapse_ps is not None else np.ones(len(f["steps"]), bool)
             times = f["time_ps"][keep]
-            dev = deviations(calc, f["numbers"], f["positions"][keep, b])
+            dev = committee_deviation_along(molecule_frames(f["numbers"], f["positions"][keep, b]), calc,
+                                            batch_size=64)
             entry = {"seed": run.seed, "replica": b, "start_frame": int(start), "collapse_ps": collapse_ps,
                      "until_ps": float(times[-1]), "max_deviation_eV_A": float(dev.max()),
                      "first_crossing_ps": {k: first_crossing(times, dev, t) for k, t in thresholds.items()},

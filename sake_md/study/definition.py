@@ -2,6 +2,11 @@
 training configuration and MD settings. Every table is checked for unknown keys, so a misspelling
 is an error, not a silently ignored setting.
 
+Arms: the top-level tables define the study's default arm (``[study] arm``, e.g. "equal-epochs"); an
+``[arms.NAME]`` table defines another over the same variants, model and recipe: its own ``out`` (records never
+mix), its molecules and seeds, a training ``time_budget_minutes`` per model instead of epochs, and an MD
+length for every model (``md_time_ps``). ``load_study(path, arm=NAME)`` returns it as a study of its own.
+
 Paths: ``paths.root`` is relative to the TOML file; ``data_dir``, ``out`` and ``potentials`` are relative
 to the root (or absolute). Output layout under ``out``:
 
@@ -10,6 +15,7 @@ to the root (or absolute). Output layout under ``out``:
     runs/<molecule>/<variant>/seed<k>/         trainer folder, MD state, job log (not for git)
 """
 
+import copy
 import os
 import sys
 from dataclasses import dataclass, field, fields
@@ -25,6 +31,8 @@ if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - Python 3.10: the same parser, packaged as tomli
     import tomli as tomllib
+
+DEFAULT_ARM = "equal-epochs"  # the name of a file's top-level definition unless [study] arm says otherwise
 
 # keys of [training] that the study sets itself, per run
 RUN_SET = {"data", "out", "test", "seed", "epochs", "time_budget", "model", "progress", "threads", "device",
@@ -49,14 +57,16 @@ class Run:
 
 @dataclass(frozen=True)
 class Molecule:
-    """Epochs (the same for every variant), seeds, whether it is a stretch goal, and the long MD runs."""
+    """Epochs or a training time budget (seconds; the same for every variant), seeds, whether it is a stretch
+    goal, and the long MD runs."""
 
     name: str
-    epochs: int
+    epochs: int | None
     seeds: tuple[int, ...]
     optional: bool = False
     long_md_seeds: tuple[int, ...] = ()
     long_md_ps: float | None = None
+    time_budget_s: float | None = None
 
 
 @dataclass
@@ -75,6 +85,8 @@ class Study:
     md: dict
     report: dict = field(default_factory=dict)
     sizing: dict = field(default_factory=dict)
+    arm: str = DEFAULT_ARM
+    arm_option: bool = False  # selected with --arm (not the file's top-level definition)
 
     # ---- layout ------------------------------------------------------------------------------------
     @property
@@ -116,8 +128,10 @@ class Study:
         recipe = settings.pop("recipe", "budget")
         model = ModelConfig(variant=run.variant, **self.model).to_dict()
         out = self.run_dir(run) / "train"
+        m = self.molecules[run.molecule]
+        length = {"epochs": m.epochs} if m.time_budget_s is None else {"time_budget": m.time_budget_s}
         return TrainConfig.preset(recipe, str(self.data_file(run.molecule, "train")), str(out), model=model,
-                                  epochs=self.molecules[run.molecule].epochs, seed=run.seed,
+                                  **length, seed=run.seed,
                                   n_valid=self.data["n_valid"], test=str(self.data_file(run.molecule, "test")),
                                   threads=1, device=device, progress=False, **settings)
 
@@ -131,28 +145,32 @@ class Study:
 
     def to_dict(self) -> dict:
         """The resolved definition, as written to records/study.json."""
-        return {"name": self.name, "variants": self.variants,
-                "molecules": {k: {"epochs": m.epochs, "seeds": list(m.seeds), "optional": m.optional,
-                                  "long_md_seeds": list(m.long_md_seeds), "long_md_ps": m.long_md_ps}
+        return {"name": self.name, "arm": self.arm, "arm_option": self.arm_option, "variants": self.variants,
+                "molecules": {k: {"epochs": m.epochs, "time_budget_s": m.time_budget_s, "seeds": list(m.seeds),
+                                  "optional": m.optional, "long_md_seeds": list(m.long_md_seeds),
+                                  "long_md_ps": m.long_md_ps}
                               for k, m in self.molecules.items()},
                 "data": self.data, "model": self.model, "training": self.training, "md": self.md,
                 "report": self.report, "source": os.path.relpath(self.path, self.root)}
 
 
 # ---- reading -----------------------------------------------------------------------------------------
+ARM_KEYS = {"name", "out", "molecules", "seeds", "time_budget_minutes", "md_time_ps"}
 DEFAULTS = {
     "data": {"train": "rmd17_{molecule}_train_01.npz", "test": "rmd17_{molecule}_test_01.npz", "n_valid": 50},
     "md": {"preset": "mdsim-md17", "runs": 5, "time_ps": 10.0, "segment_ps": 1.0, "seed": 0, "dtype": None,
            "compile": True},
-    "report": {"baseline": "sake", "alpha": 0.05, "ef_repeats": 20},
+    "report": {"baseline": "sake", "alpha": 0.05, "ef_repeats": 20, "primary": "force_rmse_meV_A"},
     "sizing": {"target_minutes": 30.0, "steps": 3, "md_steps": 10},
     "paths": {"root": ".", "data_dir": "../shared/data/rmd17", "out": "study", "potentials": "potentials"},
 }
-MOLECULE_KEYS = {"epochs", "seeds", "optional", "long_md"}
+MOLECULE_KEYS = {"epochs", "time_budget_minutes", "seeds", "optional", "long_md"}
+PRIMARY = {"energy_rmse_meV", "energy_mae_meV", "force_rmse_meV_A", "force_mae_meV_A"}
 
 
-def load_study(path, data_dir=None) -> Study:
-    """Read and check a study file. ``data_dir`` (relative to the working directory) overrides the file's."""
+def load_study(path, data_dir=None, arm: str | None = None) -> Study:
+    """Read and check a study file. ``data_dir`` (relative to the working directory) overrides the file's;
+    ``arm`` selects an ``[arms.NAME]`` table (None or the file's own arm name: the top-level definition)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"study definition not found: {path}")
@@ -160,9 +178,11 @@ def load_study(path, data_dir=None) -> Study:
         raw = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from e
-    _check_keys(raw, {"study", "paths", "data", "model", "training", "md", "molecules", "report", "sizing"}, path)
+    _check_keys(raw, {"study", "paths", "data", "model", "training", "md", "molecules", "report", "sizing", "arms"},
+                path)
+    _check_keys(raw.get("study", {}), {"name", "variants", "seeds", "arm"}, f"{path} [study]")
+    raw, arm_name, arm_option = apply_arm(raw, arm, path)
     study = raw.get("study", {})
-    _check_keys(study, {"name", "variants", "seeds"}, f"{path} [study]")
     tables = {}
     for name, defaults in DEFAULTS.items():
         given = raw.get(name, {})
@@ -181,6 +201,9 @@ def load_study(path, data_dir=None) -> Study:
     md = tables["md"]
     if md["preset"] not in PRESETS:
         raise ConfigError(f"{path} [md]: unknown preset {md['preset']!r}; known: {', '.join(PRESETS)}")
+    if tables["report"]["primary"] not in PRIMARY:
+        raise ConfigError(f"{path} [report]: primary must be one of {', '.join(sorted(PRIMARY))} (a test error, "
+                          "stated before the runs)")
     seeds = tuple(study.get("seeds", (0,)))
     molecules = {name: _molecule(name, m, seeds, path) for name, m in raw.get("molecules", {}).items()}
     if not molecules:
@@ -190,7 +213,47 @@ def load_study(path, data_dir=None) -> Study:
     data = Path(data_dir).resolve() if data_dir else (root / p["data_dir"]).resolve()
     return Study(path.resolve(), study.get("name", path.stem), variants, molecules, root, data,
                  (root / p["out"]).resolve(), (root / p["potentials"]).resolve(), tables["data"], model, training,
-                 md, tables["report"], tables["sizing"])
+                 md, tables["report"], tables["sizing"], arm_name, arm_option)
+
+
+def apply_arm(raw: dict, arm: str | None, path) -> tuple[dict, str, bool]:
+    """The study file's tables with arm ``arm`` applied: (tables, the arm's name, whether it is an
+    ``[arms.NAME]`` arm). Its molecules keep their data but take the arm's seeds, budget and MD length."""
+    own = raw.get("study", {}).get("arm", DEFAULT_ARM)
+    arms = raw.get("arms", {})
+    if arm is None or arm == own:
+        return raw, own, False
+    if arm not in arms:
+        raise ConfigError(f"{path}: no arm {arm!r}; the file defines {', '.join([own, *arms])}")
+    table = arms[arm]
+    _check_keys(table, ARM_KEYS, f"{path} [arms.{arm}]")
+    if "out" not in table or table["out"] == raw.get("paths", {}).get("out", DEFAULTS["paths"]["out"]):
+        raise ConfigError(f"{path} [arms.{arm}]: give the arm an out folder of its own, so that its records never "
+                          "mix with another arm's")
+    raw = copy.deepcopy(raw)
+    molecules = raw.get("molecules", {})
+    chosen = table.get("molecules", list(molecules))
+    unknown = sorted(set(chosen) - set(molecules))
+    if unknown:
+        raise ConfigError(f"{path} [arms.{arm}]: unknown molecule(s) {', '.join(unknown)}; the file has "
+                          f"{', '.join(molecules)}")
+    arm_molecules = {}
+    for name in chosen:  # the arm's molecules are all required, with every model run for the arm's MD length
+        m = {k: v for k, v in molecules[name].items() if k not in ("optional", "long_md", "seeds")}
+        if "time_budget_minutes" in table:
+            m.pop("epochs", None)
+            m["time_budget_minutes"] = table["time_budget_minutes"]
+        if "seeds" in table:
+            m["seeds"] = table["seeds"]
+        arm_molecules[name] = m
+    raw["molecules"] = arm_molecules
+    if "md_time_ps" in table:
+        raw["md"] = {**raw.get("md", {}), "time_ps": table["md_time_ps"]}
+    raw["paths"] = {**raw.get("paths", {}), "out": table["out"]}
+    study = raw.setdefault("study", {})
+    study.pop("arm", None)
+    study["name"] = table.get("name", f"{study.get('name', Path(path).stem)}: {arm}")
+    return raw, arm, True
 
 
 def _check_keys(table: dict, known: set, where) -> None:
@@ -213,10 +276,17 @@ def _training(table: dict, path: Path) -> dict:
 
 def _molecule(name: str, table: dict, seeds: tuple, path: Path) -> Molecule:
     _check_keys(table, MOLECULE_KEYS, f"{path} [molecules.{name}]")
-    if not isinstance(table.get("epochs"), int) or table["epochs"] < 1:
+    budget = table.get("time_budget_minutes")
+    if ("epochs" in table) == (budget is not None):
+        raise ConfigError(f"{path} [molecules.{name}]: give exactly one of epochs and time_budget_minutes (the same "
+                          "for every variant of the molecule)")
+    if budget is not None and (not isinstance(budget, (int, float)) or budget <= 0):
+        raise ConfigError(f"{path} [molecules.{name}]: time_budget_minutes must be a positive number")
+    if budget is None and (not isinstance(table.get("epochs"), int) or table["epochs"] < 1):
         raise ConfigError(f"{path} [molecules.{name}]: epochs must be a positive integer (the same for every "
                           "variant of the molecule)")
     long_md = table.get("long_md", {})
     _check_keys(long_md, {"seeds", "time_ps"}, f"{path} [molecules.{name}] long_md")
-    return Molecule(name, table["epochs"], tuple(table.get("seeds", seeds)), bool(table.get("optional", False)),
-                    tuple(long_md.get("seeds", ())), long_md.get("time_ps"))
+    return Molecule(name, table.get("epochs"), tuple(table.get("seeds", seeds)), bool(table.get("optional", False)),
+                    tuple(long_md.get("seeds", ())), long_md.get("time_ps"),
+                    None if budget is None else 60.0 * float(budget))

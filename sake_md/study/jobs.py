@@ -1,7 +1,7 @@
 """One study job: train a run (or resume it), evaluate it, time it, then its MD stability, writing a record
 after each stage. Run as a subprocess by the study's runner:
 
-    python -m sake_md.study.jobs STUDY.toml MOLECULE/VARIANT/seedK [--data-dir DIR] [--device cpu]
+    python -m sake_md.study.jobs STUDY.toml MOLECULE/VARIANT/seedK [--data-dir DIR] [--device cpu] [--arm NAME]
 
 Each stage is skipped when its record exists. Training resumes from the trainer's last.pt (at most one
 epoch lost); MD resumes from its saved segment (at most one segment lost). CPU seconds are counted with
@@ -259,12 +259,13 @@ def main(argv=None) -> int:
     ap.add_argument("runs", nargs="+", help="MOLECULE/VARIANT/seedK")
     ap.add_argument("--data-dir")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--arm", help="an [arms.NAME] of the study file")
     ap.add_argument("--stack", action="store_true", help="train the runs together (one model configuration)")
     ap.add_argument("--train-only", action="store_true", help="no MD stage")
     ap.add_argument("--compile-only", action="store_true", help="with --stack: only compile the step into the cache")
     args = ap.parse_args(argv)
     try:
-        study, runs = load_study(args.study, args.data_dir), [parse_run(r) for r in args.runs]
+        study, runs = load_study(args.study, args.data_dir, args.arm), [parse_run(r) for r in args.runs]
         if args.stack and args.compile_only:
             compile_stacked(study, runs, args.device)
         elif args.stack:

@@ -1,12 +1,13 @@
 """The study's plots (PNG, matplotlib when installed), from the records alone: force RMSE per variant with
-95% intervals, stability time per variant, h(r) of each variant over the reference, validation curves."""
+95% intervals, stability time per variant, h(r) of each variant over the reference, validation curves by epoch
+and by training CPU time (learning.png: whether a ranking at this cost would hold at convergence)."""
 
 from pathlib import Path
 
 import numpy as np
 
 from ..md.rdf import BINS
-from .report import Records, error_values, summarize, trajectories
+from .report import Records, error_values, learning_curve, summarize, trajectories
 
 
 def write_plots(records: Records, out: Path) -> list[Path]:
@@ -24,7 +25,7 @@ def write_plots(records: Records, out: Path) -> list[Path]:
     horizon = records.main_horizon()
     written = []
     for name, draw in (("force_rmse", _force_rmse), ("stability", _stability), ("hr", _hr),
-                       ("validation", _validation), ("committee", _committee)):
+                       ("validation", _validation), ("learning", _learning), ("committee", _committee)):
         fig, axes = plt.subplots(1, len(molecules), figsize=(4.5 * len(molecules), 3.6), squeeze=False)
         drawn = [draw(ax, records, m, horizon) for ax, m in zip(axes[0], molecules, strict=True)]
         if any(drawn):
@@ -92,6 +93,21 @@ def _validation(ax, records, molecule, horizon) -> bool:
             drawn = True
     if drawn:
         ax.set(title=f"{molecule}: validation", xlabel="epoch", ylabel="force MAE (meV/Å)", yscale="log")
+        ax.legend(fontsize=7)
+    return drawn
+
+
+def _learning(ax, records, molecule, horizon) -> bool:
+    drawn = False
+    for k, v in enumerate(records.variants(molecule)):
+        for j, r in enumerate(records.trained(molecule, v)):
+            minutes, error = learning_curve(r)
+            if len(minutes) and np.isfinite(error).any():
+                ax.plot(minutes, error, color=f"C{k}", lw=1, label=v if j == 0 else None)
+                drawn = True
+    if drawn:
+        ax.set(title=f"{molecule}: learning", xlabel="training CPU minutes", ylabel="validation force RMSE (meV/Å)",
+               yscale="log")
         ax.legend(fontsize=7)
     return drawn
 

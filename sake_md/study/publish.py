@@ -92,8 +92,9 @@ def model_card(chosen: dict, trained: list[dict], md: dict | None, where: str, s
                          f"{len(broken)} collapsed{' (' + ', '.join(broken) + ')' if broken else ''}, h(r) error "
                          f"{result['hr_error']:.3f}, {result['steps_per_s']:.1f} steps/s ({md['config']['device']}).")
         lines.append("")
-    settings = ", ".join(f"{k} {cfg[k]}" for k in ("recipe", "epochs", "batch_size", "lr", "energy_weight",
-                                                   "warmup_fraction", "decay_end", "dtype") if k in cfg)
+    settings = ", ".join(f"{k} {cfg[k]}" for k in ("recipe", "epochs", "time_budget", "batch_size", "lr",
+                                                   "energy_weight", "warmup_fraction", "decay_end", "dtype")
+                         if cfg.get(k) is not None)  # epochs or a time budget (the equal-cost arm), not both
     model = ", ".join(f"{k} {v}" for k, v in cfg["model"].items() if k != "options" or v)
     lines += ["## Training", "", f"Model: {model}. Recipe: {settings}.",
               f"Cost: {cost['cpu_s'] / 3600:.2f} CPU-hours for {cost['epochs']} epochs, {cost['samples_per_s']:.1f} "

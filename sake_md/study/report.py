@@ -1,21 +1,26 @@
 """The study's report, a pure function of its records directory: ``README.md`` (tables and computed
 findings) and PNG plots (when matplotlib is installed).
 
-Statistics: over seeds, mean ± sample standard deviation (ddof 1) and the 95% t-interval of the mean
-(scipy.stats.t); stability over all trajectories of all seeds. "Beyond seed noise" means Welch's t-test
-(unequal variances) gives p < alpha; p-values are not corrected for the number of comparisons.
+Statistics (``sake_md.study.stats``, chosen for the design; docs/study.md says why): over seeds, mean ±
+sample standard deviation (ddof 1) and the 95% t-interval of the mean; variants against the baseline by
+per-seed paired differences (seed k shares its split with the baseline's seed k) with an exact sign-flip
+test and Holm's adjustment over every test in the report, the primary metric (``[report] primary``) first;
+stability by Kaplan–Meier survival (intact runs censored at the run length) and the restricted mean
+survival time paired by seed and start frame; force error against stability within variants and across.
+These replaced Welch's t-tests (uncorrected, MD trajectories taken as independent).
 """
 
 import json
 import math
 import re
-import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
+
+from . import stats as design
 
 ERRORS = [("energy_rmse_meV", "energy RMSE (meV)"), ("energy_mae_meV", "energy MAE (meV)"),
           ("force_rmse_meV_A", "force RMSE (meV/Å)"), ("force_mae_meV_A", "force MAE (meV/Å)")]
@@ -94,18 +99,6 @@ def summarize(values) -> Summary:
     return Summary(len(x), float(x.mean()), std, float(x.mean()) - half, float(x.mean()) + half)
 
 
-def welch_p(a, b) -> float | None:
-    """Two-sided p of Welch's t-test; None when either side has < 2 values or neither varies."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
-    if len(a) < 2 or len(b) < 2 or (np.ptp(a) == 0 and np.ptp(b) == 0):
-        return None
-    with warnings.catch_warnings():  # a constant side (e.g. every run intact) is fine for Welch's test
-        warnings.simplefilter("ignore", RuntimeWarning)
-        p = float(stats.ttest_ind(a, b, equal_var=False).pvalue)
-    return None if math.isnan(p) else p
-
-
 def fmt(x: float, digits: int = 2) -> str:
     return "—" if x is None or not np.isfinite(x) else f"{x:.{digits}f}"
 
@@ -153,8 +146,9 @@ def error_table(records: Records, molecule: str) -> list[str]:
 
 
 def stability_table(records: Records, molecule: str, horizon: str) -> list[str]:
-    lines = ["| variant | models | stability time (ps) | collapsed | h(r) error | first broken bonds |",
-             "|---|---:|---:|---:|---:|---|"]
+    lines = ["| variant | models | stability time (ps) | collapsed | KM median (ps) | KM S(end), pooled [per model] "
+             "| h(r) error | first broken bonds |",
+             "|---|---:|---:|---:|---:|---|---:|---|"]
     for v in records.variants(molecule):
         runs = trajectories(records, molecule, v, horizon)
         if not runs:
@@ -162,28 +156,70 @@ def stability_table(records: Records, molecule: str, horizon: str) -> list[str]:
         models = sum(horizon in r["horizons"] for r in records.simulated(molecule, v))
         collapsed = [bond_label(t["collapse"]) for t in runs if t["collapse"] is not None]
         bonds = ", ".join(f"{b} ×{k}" for b, k in Counter(collapsed).most_common()) or "none"
+        km = survival(records, molecule, v, horizon)
+        median = "—" if km["median"] is None else f"{km['median']:.2f}"
+        if km["median"] is None:  # fewer than half collapsed: the median lies beyond the run length
+            median = f"> {float(horizon):g}"
+        per_model = ", ".join(f"{x:.2f}" for x in km["per_model"])
         lines.append(f"| `{v}` | {models} | {fmt_summary(summarize([t['stability_ps'] for t in runs]), interval=False)}"
-                     f" | {len(collapsed)} / {len(runs)} | "
+                     f" | {len(collapsed)} / {len(runs)} | {median} | {km['end']:.2f} [{per_model}] | "
                      f"{fmt_summary(summarize([t['hr_error'] for t in runs]), 3, interval=False)} | {bonds} |")
     return lines
 
 
+def stability_arrays(records: Records, molecule: str, variant: str, horizon: str) -> dict[int, tuple]:
+    """Per seed: (start frames (R,), stability times (R,) ps, collapsed (R,) bool), in start-frame order."""
+    out = {}
+    for r in records.simulated(molecule, variant):
+        if horizon not in r["horizons"]:
+            continue
+        runs = sorted(r["horizons"][horizon]["runs"], key=lambda t: t["start_frame"])
+        out[r["run"]["seed"]] = (np.array([t["start_frame"] for t in runs]),
+                                 np.array([t["stability_ps"] for t in runs], dtype=float),
+                                 np.array([t["collapse"] is not None for t in runs]))
+    return out
+
+
+def survival(records: Records, molecule: str, variant: str, horizon: str) -> dict:
+    """Kaplan–Meier of one cell at ``horizon``: pooled over its models (median, S at the end) and S at the
+    end per model (seed order). Intact runs are censored at their stability time (the run length)."""
+    arrays = stability_arrays(records, molecule, variant, horizon)
+    end = float(horizon)
+    times = np.concatenate([a[1] for a in arrays.values()]) if arrays else np.zeros(0)
+    events = np.concatenate([a[2] for a in arrays.values()]) if arrays else np.zeros(0, bool)
+    t, s = design.kaplan_meier(times, events)
+    per_model = [design.km_survival_at(*design.kaplan_meier(a[1], a[2]), end) for a in arrays.values()]
+    return {"median": design.km_median(t, s), "end": design.km_survival_at(t, s, end), "per_model": per_model,
+            "events": int(events.sum()), "censored": int((~events).sum())}
+
+
 def cost_table(records: Records, molecule: str, horizon: str) -> list[str]:
     lines = ["| variant | parameters | E+F ms (B = 1; median over models) | training samples per CPU-s | epochs | "
-             "training CPU-h per model | MD steps/s (all runs together) | MD CPU-h per model |",
+             f"training CPU-h per model | MD steps/s (all runs together; median over models) | "
+             f"MD CPU-h per model ({horizon} ps runs only) |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    long = []
     for v in records.variants(molecule):
         trained, simulated = records.trained(molecule, v), records.simulated(molecule, v)
         params = sorted({r["parameters"] for r in trained})
         epochs = sorted({r["cost"]["epochs"] for r in trained})
         mean = lambda xs: float(np.mean(xs)) if xs else math.nan  # noqa: E731
+        median = lambda xs: float(np.median(xs)) if xs else math.nan  # noqa: E731
+        # a model that also ran a longer horizon carries its cost in the same record: kept out of this column
+        short = [r for r in simulated if set(r["horizons"]) == {horizon}]
+        long += [(v, r) for r in simulated if set(r["horizons"]) - {horizon}]
         lines.append(
             f"| `{v}` | {', '.join(f'{p:,}' for p in params) or '—'} | "
             f"{fmt(ef_ms(trained), 1)} | "
             f"{fmt(mean([samples_per_cpu_s(r) for r in trained]), 1)} | {', '.join(map(str, epochs)) or '—'} | "
             f"{fmt(mean([training_cpu_h(r) for r in trained]), 2)} | "
-            f"{fmt(mean([r['horizons'][horizon]['steps_per_s'] for r in simulated if horizon in r['horizons']]), 1)}"
-            f" | {fmt(mean([r['cost']['cpu_s'] / 3600 for r in simulated]), 2)} |")
+            f"{fmt(median([r['horizons'][horizon]['steps_per_s'] for r in simulated if horizon in r['horizons']]), 1)}"
+            f" | {fmt(mean([r['cost']['cpu_s'] / 3600 for r in short]), 2)} |")
+    if long:
+        lines += ["", "MD CPU-h of the models that also ran longer (the whole run, its shorter result taken on the "
+                  "way): " + "; ".join(f"`{v}` seed {r['run']['seed']} "
+                                       f"({max(map(float, r['horizons'])):g} ps) {r['cost']['cpu_s'] / 3600:.2f}"
+                                       for v, r in long) + "."]
     together = sorted({(r["cost"].get("device", "cpu"), r["cost"].get("trained_together", 1))
                        for v in records.variants(molecule) for r in records.trained(molecule, v)})
     if together != [("cpu", 1)] and together:
@@ -218,36 +254,119 @@ def long_horizons(records: Records, molecule: str, main: str) -> list[str]:
 
 
 # ---- findings -----------------------------------------------------------------------------------------------
-def comparison_table(records: Records, molecule: str, horizon: str, baseline: str, alpha: float) -> list[str]:
-    """Each variant against the baseline: difference of means and Welch's p, marked beyond/within seed noise."""
-    lines = [f"| variant − `{baseline}` | Δ force RMSE (meV/Å) | Δ energy RMSE (meV) | Δ stability time (ps) |",
-             "|---|---|---|---|"]
+DEFAULT_PRIMARY = "force_rmse_meV_A"
+LABELS = {**dict(ERRORS), "stability": "stability time (ps; RMST, paired by seed and start frame)"}
+
+
+@dataclass
+class Comparison:
+    """One variant against the baseline on one metric (an error quantity, or "stability") of one molecule:
+    the paired effect over seeds, the baseline's mean, the start-frame pairs (stability) and Holm's p."""
+
+    molecule: str
+    variant: str
+    metric: str
+    effect: design.PairedEffect
+    baseline_mean: float
+    frames: design.PairedStability | None = None
+    holm_p: float | None = None
+
+
+def primary_metric(study: dict) -> tuple[str, bool]:
+    """The primary metric's key and whether the study's definition states it (older ones did not)."""
+    given = study.get("report", {}).get("primary")
+    return (given or DEFAULT_PRIMARY), given is not None
+
+
+def paired_errors(records: Records, molecule: str, variant: str, baseline: str, quantity: str):
+    """(a, b), each (n,): ``quantity`` of the seeds that both cells trained, seed order."""
+    a = {r["run"]["seed"]: r["test"][quantity]["value"] for r in records.trained(molecule, variant)}
+    b = {r["run"]["seed"]: r["test"][quantity]["value"] for r in records.trained(molecule, baseline)}
+    seeds = sorted(set(a) & set(b))
+    return np.array([a[k] for k in seeds], dtype=float), np.array([b[k] for k in seeds], dtype=float)
+
+
+def paired_times(records: Records, molecule: str, variant: str, baseline: str, horizon: str):
+    """(a, b), each (S, R): stability times of the seeds both cells simulated from the same start frames."""
+    a = stability_arrays(records, molecule, variant, horizon)
+    b = stability_arrays(records, molecule, baseline, horizon)
+    seeds = [k for k in sorted(set(a) & set(b)) if np.array_equal(a[k][0], b[k][0])]
+    shape = (0, len(next(iter(a.values()))[1]) if a else 0)
+    if not seeds:
+        return np.zeros(shape), np.zeros(shape)
+    return np.stack([a[k][1] for k in seeds]), np.stack([b[k][1] for k in seeds])
+
+
+def comparisons(records: Records, molecule: str, horizon: str, baseline: str, primary: str) -> list[Comparison]:
+    """Every variant against ``baseline``: the primary metric, then the other errors' RMSEs, then stability."""
+    metrics = [primary] + [q for q in ("force_rmse_meV_A", "energy_rmse_meV") if q != primary]
+    out = []
     for v in records.variants(molecule):
-        if v == baseline:
+        if v == baseline or not records.trained(molecule, baseline):
             continue
-        cells = []
-        for a, b in ((error_values(records, molecule, v, "force_rmse_meV_A"),
-                      error_values(records, molecule, baseline, "force_rmse_meV_A")),
-                     (error_values(records, molecule, v, "energy_rmse_meV"),
-                      error_values(records, molecule, baseline, "energy_rmse_meV")),
-                     ([t["stability_ps"] for t in trajectories(records, molecule, v, horizon)],
-                      [t["stability_ps"] for t in trajectories(records, molecule, baseline, horizon)])):
-            cells.append(_difference(a, b, alpha))
-        lines.append(f"| `{v}` | " + " | ".join(cells) + " |")
+        for q in metrics:
+            a, b = paired_errors(records, molecule, v, baseline, q)
+            out.append(Comparison(molecule, v, q, design.paired_effect(a, b), _mean(b)))
+        a, b = paired_times(records, molecule, v, baseline, horizon)
+        if a.size:
+            frames = design.paired_stability(a, b)
+            out.append(Comparison(molecule, v, "stability", frames.effect, float(b.mean()), frames))
+    return out
+
+
+def all_comparisons(records: Records, horizon: str, baseline: str, primary: str) -> list[Comparison]:
+    """The comparisons of every molecule, with Holm's adjustment over all of them that have a test."""
+    comps = [c for m in records.molecules() for c in comparisons(records, m, horizon, baseline, primary)]
+    for c, p in zip(comps, design.holm([c.effect.p for c in comps]), strict=True):
+        c.holm_p = p
+    return comps
+
+
+def comparison_table(comps: list[Comparison], baseline: str, alpha: float) -> list[str]:
+    """One row per variant, one column per metric (the primary first): the paired difference and its tests."""
+    metrics = list(dict.fromkeys(c.metric for c in comps))
+    lines = [f"| variant − `{baseline}` | " + " | ".join(f"Δ {LABELS[m]}" + (" **(primary)**" if k == 0 else "")
+                                                       for k, m in enumerate(metrics)) + " |",
+             "|---|" + "---|" * len(metrics)]
+    for v in dict.fromkeys(c.variant for c in comps):
+        cells = {c.metric: _paired_cell(c, alpha) for c in comps if c.variant == v}
+        lines.append(f"| `{v}` | " + " | ".join(cells.get(m, "—") for m in metrics) + " |")
     return lines
 
 
-def _difference(a, b, alpha: float) -> str:
-    if not a or not b:
+def _paired_cell(c: Comparison, alpha: float) -> str:
+    e = c.effect
+    if e.n == 0:
         return "—"
-    ma, mb = float(np.mean(a)), float(np.mean(b))
-    rel = f" ({100 * (ma - mb) / mb:+.1f}%)" if mb else ""
-    p = welch_p(a, b)
-    if p is None:
-        verdict = "p n/a"
+    rel = f" ({100 * e.mean / c.baseline_mean:+.1f}%)" if c.baseline_mean else ""
+    seeds = ", ".join(f"{d:+.2f}" for d in e.diffs)
+    if e.p is None:
+        text = f"{e.mean:+.2f}{rel}; one model per variant: no test"
     else:
-        verdict = f"p = {p:.3g}, " + ("**beyond seed noise**" if p < alpha else "within seed noise")
-    return f"{ma - mb:+.2f}{rel}; {verdict}"
+        verdict = f" **Holm p < {alpha:g}**" if c.holm_p is not None and c.holm_p < alpha else ""
+        text = (f"{e.mean:+.2f}{rel} [{e.lo:+.2f}, {e.hi:+.2f}]; per seed {seeds}; exact p = {e.p:.3g} "
+                f"(min {e.min_p:.3g}), Holm p = {c.holm_p:.3g}{verdict}")
+    if c.frames is not None:
+        f = c.frames
+        text += f"; start frames longer/shorter/tied {f.wins}/{f.losses}/{f.ties}"
+    return text
+
+
+def long_run_pairs(records: Records, molecule: str, horizon: str, baseline: str) -> list[str]:
+    """Start-frame pairs of the longer runs against the baseline (one model per cell: counts, no test)."""
+    lines = []
+    for v in records.variants(molecule):
+        if v == baseline:
+            continue
+        a, b = paired_times(records, molecule, v, baseline, horizon)
+        if a.size:
+            f = design.paired_stability(a, b)
+            lines.append(f"`{v}` − `{baseline}`: {f.effect.mean:+.2f} ps RMST over {a.shape[0]} model pair(s); "
+                         f"start frames longer/shorter/tied {f.wins}/{f.losses}/{f.ties}")
+    if not lines:
+        return []
+    return [f"- {horizon} ps (seeds with the longer run; too few models for a test across models): "
+            + "; ".join(lines)]
 
 
 def cell_means(records: Records, molecule: str, horizon: str) -> dict[str, dict]:
@@ -280,32 +399,70 @@ def not_dominated(means: dict[str, dict]) -> list[str]:
     return [v for v in key if not any(dominates(key[w], key[v]) for w in key if w != v)]
 
 
-def correlation(records: Records, molecule: str, horizon: str) -> str:
-    """Test force RMSE against mean stability time, one point per trained and simulated model."""
+def correlation_points(records: Records, molecule: str, horizon: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Per trained and simulated model: test force RMSE (N,), mean stability time (N,) and its variant."""
     points = []
     for v in records.variants(molecule):
         stability = model_stability(records, molecule, v, horizon)
         for r in records.trained(molecule, v):
             if r["run"]["seed"] in stability:
-                points.append((r["test"]["force_rmse_meV_A"]["value"], stability[r["run"]["seed"]]))
-    if len(points) < 3:
-        return f"force error vs stability: {len(points)} model(s) with both, too few for a correlation"
-    x, y = np.array(points).T
+                points.append((r["test"]["force_rmse_meV_A"]["value"], stability[r["run"]["seed"]], v))
+    if not points:
+        return np.zeros(0), np.zeros(0), []
+    x, y, groups = zip(*points, strict=True)
+    return np.array(x), np.array(y), list(groups)
+
+
+def correlation(records: Records, molecule: str, horizon: str) -> str:
+    """Test force RMSE against mean stability time, one point per model: across all models (between- and
+    within-variant differences together), within variants (centred on each variant's mean), and per variant."""
+    x, y, groups = correlation_points(records, molecule, horizon)
+    if len(x) < 3:
+        return f"force error vs stability: {len(x)} model(s) with both, too few for a correlation"
     if np.ptp(y) == 0 or np.ptp(x) == 0:
-        return (f"force error vs stability: every one of the {len(points)} models has the same "
+        return (f"force error vs stability: every one of the {len(x)} models has the same "
                 f"{'stability time' if np.ptp(y) == 0 else 'force RMSE'} ({y[0] if np.ptp(y) == 0 else x[0]:g}): "
                 "no correlation to compute")
     rho, p_rho = stats.spearmanr(x, y)
     r, p_r = stats.pearsonr(x, y)
-    return (f"force error vs stability ({len(points)} models, test force RMSE against mean stability time): "
-            f"Spearman ρ = {rho:.2f} (p = {p_rho:.3g}), Pearson r = {r:.2f} (p = {p_r:.3g})")
+    ceiling = int(np.sum(y == float(horizon))) if horizon else 0
+    text = (f"force error vs stability ({len(x)} models, test force RMSE against mean stability time; "
+            f"{ceiling} of {len(x)} at the ceiling, every run intact): across all models (between-variant "
+            f"differences included) Spearman ρ = {rho:.2f} (p = {p_rho:.3g}), Pearson r = {r:.2f} (p = {p_r:.3g})")
+    within = design.within_correlation(x, y, groups)
+    if within is None and len(x) - len(set(groups)) - 1 < 1:
+        text += "; within variants: too few models per variant for a within-variant correlation"
+    elif within is None:
+        text += "; within variants: no variation to correlate"
+    else:
+        text += (f"; within variants (each centred on its variant's mean, {within.groups} variants, df = "
+                 f"{within.df}) r = {within.r:.2f} (p = {within.p:.3g})")
+    per = []
+    for v in dict.fromkeys(groups):
+        inside = np.array(groups) == v
+        if inside.sum() >= 3 and np.ptp(x[inside]) > 0 and np.ptp(y[inside]) > 0:
+            per.append(f"`{v}` {stats.spearmanr(x[inside], y[inside])[0]:+.2f} (n = {int(inside.sum())})")
+        elif inside.sum() >= 3:
+            per.append(f"`{v}` — (n = {int(inside.sum())}, no variation)")
+    if per:  # with 3 seeds ρ takes only the values ±1, ±0.5, 0: shown, not tested
+        text += "; Spearman ρ per variant across its seeds (descriptive, no test): " + ", ".join(per)
+    return text
 
 
-def findings(records: Records, molecule: str, horizon: str, baseline: str, alpha: float) -> list[str]:
+def findings(records: Records, molecule: str, horizon: str, baseline: str, alpha: float,
+             comps: list[Comparison] = (), primary: str = DEFAULT_PRIMARY) -> list[str]:
     means = cell_means(records, molecule, horizon)
     lines = []
-    if baseline in means and len(means) > 1:
-        lines += comparison_table(records, molecule, horizon, baseline, alpha) + [""]
+    mine = [c for c in comps if c.molecule == molecule]
+    first = [c for c in mine if c.metric == primary]
+    if first:
+        lines += [f"Primary metric, {LABELS[primary]}: " + "; ".join(
+            f"`{c.variant}` {c.effect.mean:+.2f} against `{baseline}`"
+            + (f" (Holm p = {c.holm_p:.3g})" if c.holm_p is not None else " (no test)") for c in first) + ".", ""]
+    if mine:
+        lines += comparison_table(mine, baseline, alpha) + [""]
+    for h in long_horizons(records, molecule, horizon):
+        lines += long_run_pairs(records, molecule, h, baseline)
     lines += [f"- {text}" for text in _extremes(means)]
     front = not_dominated(means)
     if front:
@@ -345,19 +502,31 @@ def record_counts(records: Records) -> str:
     return f"{len(records.train)} training and {len(records.md)} MD records"
 
 
+STATISTICS = "paired exact tests with Holm, Kaplan–Meier"  # what an interpretation's statistics are
+
+
 def interpretation_section(records: Records, text: str) -> list[str]:
     """The hand-written interpretation (``interpretation.md`` beside the report), flagged when the records
-    have changed since it was written: its first line is ``<!-- written against: N training and M MD
-    records -->``."""
+    have changed since it was written, or the report's statistics: its first line is ``<!-- written against:
+    N training and M MD records; statistics: paired exact tests with Holm, Kaplan–Meier -->`` (no
+    ``statistics:`` part: written against the older Welch's t-tests)."""
     first, _, body = text.partition("\n")
     lines = [f"## Interpretation (written by hand, `{INTERPRETATION}`)", ""]
     now = record_counts(records)
     if not (first.startswith("<!-- written against:") and first.endswith("-->")):
         body = text
         lines += [f"**It does not say which records it was written against; the tables above hold {now}.**", ""]
-    elif (against := first.removeprefix("<!-- written against:").removesuffix("-->").strip()) != now:
-        lines += [f"**Written against {against}; the records now hold {now}: check it against the tables "
+        return lines + [body.strip(), ""]
+    against, _, statistics = first.removeprefix("<!-- written against:").removesuffix("-->").partition(";")
+    if against.strip() != now:
+        lines += [f"**Written against {against.strip()}; the records now hold {now}: check it against the tables "
                   "above.**", ""]
+    if statistics.strip().removeprefix("statistics:").strip() != STATISTICS:
+        lines += ["**Written against the older statistics (Welch's t-tests over 3 seeds, uncorrected; stability "
+                  "over trajectories taken as independent). The Findings above replace them with per-seed paired "
+                  "differences, exact sign-flip tests and Holm's adjustment, Kaplan–Meier survival and the RMST "
+                  "paired by seed and start frame, and within-variant correlations: check each claim against "
+                  "them.**", ""]
     return lines + [body.strip(), ""]
 
 
@@ -368,13 +537,20 @@ def render(records: Records, plots: list[str] = (), interpretation: str | None =
     main = records.main_horizon()
     baseline = s.get("report", {}).get("baseline", "sake")
     alpha = s.get("report", {}).get("alpha", 0.05)
+    primary, stated = primary_metric(s)
     lines = [f"# {s.get('name', 'Study')}", "",
              f"Generated from the records in `records/` ({len(records.train)} training and {len(records.md)} MD "
-             f"records) by `sake-md study {s.get('source', 'STUDY.toml')} --report-only`; every number here is "
-             "recomputed from them: do not edit this file by hand.", ""]
+             f"records) by `sake-md study {s.get('source', 'STUDY.toml')}{_arm_option(s)} --report-only`; every "
+             "number here is recomputed from them: do not edit this file by hand.", ""]
     lines += _definition(s)
-    lines += ["Statistics: mean ± sample std over seeds (ddof 1) and [the 95% t-interval of the mean]; stability "
-              "times and h(r) errors: mean ± std over all trajectories of all seeds.", ""]
+    lines += [f"Primary metric: {LABELS[primary]} on the test set"
+              + (" (`[report] primary` of the study file)." if stated else
+                 " (the report's default: this arm's recorded definition names none; it ran before the study file "
+                 "stated one)."), "",
+              "Statistics: mean ± sample std over seeds (ddof 1) and [the 95% t-interval of the mean]; stability "
+              "times and h(r) errors: mean ± std over all trajectories of all seeds; KM: Kaplan–Meier survival "
+              "of the time to collapse, intact runs censored at the run length (median: the time it drops to "
+              "½; S(end): the fraction expected intact at the end, pooled and per model).", ""]
     for molecule in records.molecules():
         lines += [f"## {molecule}", "", "### Test errors", ""] + error_table(records, molecule) + [""]
         if main is not None:
@@ -382,20 +558,69 @@ def render(records: Records, plots: list[str] = (), interpretation: str | None =
             for h in long_horizons(records, molecule, main):
                 lines += [f"### MD stability, {h} ps", ""] + stability_table(records, molecule, h) + [""]
         lines += ["### Cost", ""] + cost_table(records, molecule, main or "") + [""]
+        lines += learning_section(records, molecule)
         lines += committee_section(records, molecule)
-    lines += ["## Findings", "", f"Computed from the records (Welch's t-test against `{baseline}`, α = {alpha}, "
-              "not corrected for multiple comparisons; errors: one value per seed; stability: one value per "
-              "trajectory, taken as independent; p n/a: fewer than 2 values on a side, or no variation on "
-              "either). " + ("The interpretation follows them." if interpretation else "Interpretation is left to "
-                                                                           "the reader."), ""]
+    comps = all_comparisons(records, main or "", baseline, primary)
+    tested = [c for c in comps if c.effect.p is not None]
+    seeds = sorted({c.effect.n for c in tested})
+    lines += ["## Findings", "", f"Computed from the records. Each variant against `{baseline}`: the mean of the "
+              "per-seed paired differences (seed k of both trained on the same split; MD from the same start "
+              "frames and momenta) with [its 95% t-interval], the differences per seed, the exact two-sided "
+              "sign-flip permutation p over seeds (min: the smallest p it can give with that many seeds"
+              + (f", {', '.join(f'{design.min_sign_flip_p(n):.3g} for {n}' for n in seeds)} seeds" if seeds else "")
+              + f") and Holm's adjustment over all {len(tested)} tests of this report (α = {alpha}). Stability: "
+              "the restricted mean survival time (mean stability time, runs censored at the run length) per "
+              "model, paired by seed; start frames: trajectory pairs (same model seed, start frame and momenta) "
+              "where the variant lasted longer/shorter/equally, conditional on the models. One model per "
+              "variant: no test. These replace the earlier Welch's t-tests (uncorrected, trajectories taken as "
+              "independent). " + ("The interpretation follows them." if interpretation else
+                                  "Interpretation is left to the reader."), ""]
     for molecule in records.molecules():
-        lines += [f"### {molecule}", ""] + findings(records, molecule, main or "", baseline, alpha) + [""]
+        lines += [f"### {molecule}", ""] + findings(records, molecule, main or "", baseline, alpha, comps,
+                                                     primary) + [""]
     if interpretation:
         lines += interpretation_section(records, interpretation)
     lines += _totals(records) + _missing(records)
     if plots:
         lines += ["## Plots", ""] + [f"![{Path(p).stem}]({Path(p).name})" for p in plots] + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _arm_option(s: dict) -> str:
+    return f" --arm {s['arm']}" if s.get("arm_option") else ""
+
+
+def learning_curve(record: dict) -> tuple[np.ndarray, np.ndarray]:
+    """(training CPU minutes at the end of each epoch, validation force RMSE (meV/Å)), each (epochs,). The
+    records time epochs by the wall clock; scaled by the job's CPU/wall ratio of training (one thread)."""
+    rows = record["validation_curve"]
+    wall = np.cumsum([row.get("seconds", 0.0) for row in rows])
+    scale = training_cpu_h(record) * 3600 / wall[-1] if len(wall) and wall[-1] > 0 else 1.0
+    return wall * scale / 60, np.array([row.get("val_force_rmse_meV_A", math.nan) for row in rows], dtype=float)
+
+
+def learning_section(records: Records, molecule: str) -> list[str]:
+    """Whether the models were still improving: validation force RMSE at ½, ¾ and all of each model's
+    training CPU time (median over seeds), and its change over the last quarter."""
+    rows = []
+    for v in records.variants(molecule):
+        points = []
+        for r in records.trained(molecule, v):
+            t, e = learning_curve(r)
+            if len(t) and np.isfinite(e).any():
+                at = [float(e[np.searchsorted(t, f * t[-1])]) for f in (0.5, 0.75)] + [float(e[-1])]
+                points.append([*at, float(t[-1])])
+        if points:
+            half, three, end, minutes = np.median(points, axis=0)
+            rows.append(f"| `{v}` | {len(points)} | {minutes:.1f} | {half:.2f} | {three:.2f} | {end:.2f} | "
+                        f"{100 * (end - three) / three:+.1f}% |")
+    if not rows:
+        return []
+    return ["### Learning (validation force RMSE against training CPU time)", "",
+            "| variant | models | training CPU-min | at ½ | at ¾ | at the end | last quarter |",
+            "|---|---:|---:|---:|---:|---:|---:|", *rows,
+            "", "Medians over seeds, meV/Å, of the validation frames; a last quarter still falling means the "
+            "ranking is of models not yet converged. Curves: learning.png.", ""]
 
 
 def committee_section(records: Records, molecule: str) -> list[str]:
@@ -433,23 +658,36 @@ def _definition(s: dict) -> list[str]:
     if not s:
         return []
     md = s["md"]
-    molecules = ", ".join(f"{k} (epochs {m['epochs']}, seeds {m['seeds']}"
+    molecules = ", ".join(f"{k} ({_length(m)}, seeds {m['seeds']}"
                           + (f"; {m['long_md_ps']:g} ps MD for seeds {m['long_md_seeds']}" if m["long_md_ps"] else "")
                           + (", optional" if m["optional"] else "") + ")" for k, m in s["molecules"].items())
     training = ", ".join(f"{k} = {v}" for k, v in s["training"].items()) or "the preset as it is"
-    return [f"Variants: {', '.join(f'`{v}`' for v in s['variants'])}. Molecules: {molecules}.",
+    arm = f"Arm: {s['arm']}. " if s.get("arm") else ""
+    return [f"{arm}Variants: {', '.join(f'`{v}`' for v in s['variants'])}. Molecules: {molecules}.",
             f"Data: `{s['data']['train']}` ({s['data']['n_valid']} frames held out for validation, split by the "
             f"seed) and `{s['data']['test']}` (test errors, MD start frames). Training: {training}.",
             f"MD: {md['preset']} protocol, {md['runs']} runs per model for {float(md['time_ps']):g} ps (start "
             f"frames and momenta drawn with seed {md['seed']}, the same for every model).", ""]
 
 
+def _length(m: dict) -> str:
+    if m.get("time_budget_s"):
+        return f"a training budget of {m['time_budget_s'] / 60:g} min per model"
+    return f"epochs {m['epochs']}"
+
+
 def _totals(records: Records) -> list[str]:
     train = sum(training_cpu_h(r) for r in records.train)
     md = sum(r["cost"]["cpu_s"] for r in records.md) / 3600
+    costs = [r.get("cost", {}).get("cpu_s") for r in records.committee]
+    if records.committee and all(c is not None for c in costs):
+        committee, text = sum(costs) / 3600, f"committee analyses {sum(costs) / 3600:.2f} ({len(costs)} cells)"
+    else:
+        committee = 0.0
+        text = "committee analyses not recorded" if records.committee else "no committee analyses"
     return ["## Cost of the study", "",
-            f"{train + md:.2f} CPU-hours recorded: training {train:.2f} ({len(records.train)} models), "
-            f"MD {md:.2f} ({len(records.md)} models). CPU time is process time of one-thread jobs.", ""]
+            f"{train + md + committee:.2f} CPU-hours recorded: training {train:.2f} ({len(records.train)} models), "
+            f"MD {md:.2f} ({len(records.md)} models), {text}. CPU time is process time of one-thread jobs.", ""]
 
 
 def _missing(records: Records) -> list[str]:

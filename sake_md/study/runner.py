@@ -33,8 +33,9 @@ def job_slots(jobs: int, cores=None, spread: bool = False) -> list[tuple[int, ..
 
 
 def job_command(study: Study, runs: list[Run], device: str, options=()) -> list[str]:
+    arm = ("--arm", study.arm) if study.arm_option else ()
     return [sys.executable, "-m", "sake_md.study.jobs", str(study.path), *(r.key for r in runs), "--data-dir",
-            str(study.data_dir), "--device", device, *options]
+            str(study.data_dir), "--device", device, *arm, *options]
 
 
 def job_env(cores: int = 1) -> dict:

@@ -68,14 +68,17 @@ def sizing_table(study: Study, speeds: list[Speed]) -> str:
     for s in speeds:
         m = study.molecules[s.molecule]
         slowest = max(x.epoch_cpu_s for x in speeds if x.molecule == s.molecule)
-        suggestions[s.molecule] = max(1, math.floor(target / slowest))
-        train_h = m.epochs * s.epoch_cpu_s / 3600
+        if m.time_budget_s is None:
+            suggestions[s.molecule] = max(1, math.floor(target / slowest))
+            epochs, train_h = m.epochs, m.epochs * s.epoch_cpu_s / 3600
+        else:  # a time budget: the epochs that fit it, at the measured speed
+            epochs, train_h = math.floor(m.time_budget_s / s.epoch_cpu_s), m.time_budget_s / 3600
         md_h = sum(_md_hours(study, s, seed) for seed in m.seeds) / len(m.seeds)
         total += len(m.seeds) * (train_h + md_h)
         lines.append(f"{s.molecule:14s} {s.variant:16s} {s.epoch_cpu_s:8.1f} {s.md_steps_per_cpu_s:10.1f} "
-                     f"{m.epochs:6d} {train_h:13.2f} {md_h:10.2f} {len(m.seeds):6d}")
+                     f"{epochs:6d} {train_h:13.2f} {md_h:10.2f} {len(m.seeds):6d}")
     lines.append(f"total: {total:.1f} CPU-hours for these variants and molecules with the epochs above "
-                 f"(one thread per job; wall time ≈ total / jobs)")
+                 f"(one thread per job; wall time ≈ total / jobs; the committee analyses add minutes)")
     for molecule, epochs in suggestions.items():
         lines.append(f"suggested epochs for {molecule}: {epochs} (slowest variant in {target / 60:g} min of one "
                      f"core; the study file says {study.molecules[molecule].epochs})")

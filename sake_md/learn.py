@@ -1,0 +1,290 @@
+"""``sake-md learn``: an uncertainty-driven data loop for molecules (the data lever of MD stability).
+
+One round, each stage resumable (its output is its record; a killed round continues where it stopped):
+
+1. **data**: the training file plus every frame labelled so far, as one extxyz in eV and Å;
+2. **train**: a committee of ``members`` potentials (seeds 0..M-1, the ``budget`` recipe) on it;
+3. **md**: the stability protocol (Nosé–Hoover at ``temperature_K``, 0.5 fs) with member 0, ``runs`` runs of
+   ``md_time_ps`` from frames of the training file, saved in segments;
+4. **select**: along every run up to its first collapsed frame (included: the geometry the potential
+   could not hold), the committee's largest per-atom force deviation; frames with a bond outside the
+   range the training data spans come first, then the largest deviations, at least ``spacing`` frames
+   apart within a run, ``select`` frames in all;
+5. **label**: the oracle (any ASE calculator) gives energies and forces; its energies are shifted by the
+   constant offset to the training data's level of theory, measured once on ``calibration`` frames of the
+   training file (a different code at the same level of theory differs by a constant: PySCF against rMD17
+   by 0.8 meV for ethanol, with a spread of 0.01 meV).
+
+``rounds/round<r>.json`` records each round: data size, member test errors, collapses, deviations, frames
+labelled, oracle CPU seconds. Oracles: ``emt`` (ASE's EMT, for tests), ``pyscf`` (PBE/def2-SVP, rMD17's
+level of theory; ``sake_md.oracles``) or ``module:attribute`` (a callable returning an ASE calculator).
+"""
+
+import importlib
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .console import notify
+from .data import Dataset, read_dataset
+from .errors import ConfigError
+from .files import atomic_write
+
+__all__ = ["LearnSettings", "learn", "make_oracle", "select_frames"]
+
+
+@dataclass
+class LearnSettings:
+    """Every setting of a loop; ``settings.json`` in ``out`` holds exactly this (a resumed loop must match)."""
+
+    data: str
+    out: str
+    oracle: str = "pyscf"
+    test: str | None = None
+    rounds: int = 3
+    members: int = 3
+    time_budget: float | None = 1800.0  # seconds per member and round (the shipped recipe's 30 minutes)
+    epochs: int | None = None
+    model: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"variant": "sake-dot"}
+    n_valid: int = 50
+    runs: int = 5
+    md_time_ps: float = 10.0
+    temperature_K: float = 500.0
+    select: int = 50
+    spacing: int = 10  # frames (of 0.05 ps) between two frames picked from one run
+    calibration: int = 5
+    seed: int = 0
+    dtype: str = "float32"
+    threads: int | None = 1
+
+    def __post_init__(self):
+        if (self.time_budget is None) == (self.epochs is None):
+            raise ConfigError("give exactly one of time_budget and epochs")
+        if self.members < 2:
+            raise ConfigError(f"a committee needs at least 2 members, got {self.members}")
+        if min(self.rounds, self.runs, self.select, self.calibration) < 1:
+            raise ConfigError("rounds, runs, select and calibration must be at least 1")
+
+
+def make_oracle(spec: str):
+    """An ASE calculator from ``spec``: "emt", "pyscf" or "module:attribute" (called with no arguments)."""
+    if spec == "emt":
+        from ase.calculators.emt import EMT
+
+        return EMT()
+    if spec == "pyscf":
+        from .oracles import PySCFCalculator
+
+        return PySCFCalculator()
+    module, sep, attribute = spec.partition(":")
+    if not sep:
+        raise ConfigError(f"unknown oracle {spec!r}: emt, pyscf or module:attribute (a callable returning an ASE "
+                          "calculator)")
+    try:
+        return getattr(importlib.import_module(module), attribute)()
+    except (ImportError, AttributeError) as e:
+        raise ConfigError(f"cannot make the oracle {spec!r}: {type(e).__name__}: {e}") from None
+
+
+def label(frames: list, oracle, offset: float = 0.0) -> tuple[list, float]:
+    """Energies (eV, + ``offset``) and forces (eV/Å) of ``frames`` (ASE Atoms) by the oracle; (frames, CPU s)."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    start, labelled = time.process_time(), []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = oracle
+        energy, forces = atoms.get_potential_energy() + offset, atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        labelled.append(atoms)
+    return labelled, time.process_time() - start
+
+
+def bond_range(data: Dataset, bonds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Shortest and longest length of each bond over the frames of ``data`` (one molecule). Shapes (M,)."""
+    from .md.bonds import bond_lengths
+
+    lengths = bond_lengths(np.stack(data.positions), bonds)
+    return lengths.min(0), lengths.max(0)
+
+
+def select_frames(deviation: np.ndarray, outside: np.ndarray, last: np.ndarray, count: int,
+                  spacing: int) -> list[tuple[int, int]]:
+    """(run, frame) pairs to label. Shapes: deviation, outside (R, F) — the committee's largest force deviation and
+    whether a bond leaves the training range; last (R,) the last frame to consider in each run (its first
+    collapsed frame, or the end). Out-of-range frames first, then by deviation; ``spacing`` frames apart."""
+    R, F = deviation.shape
+    keep = np.arange(F)[None, :] <= last[:, None]
+    order = sorted(((run, k) for run in range(R) for k in range(F) if keep[run, k]),
+                   key=lambda rk: (not outside[rk], -deviation[rk]))
+    chosen: list[tuple[int, int]] = []
+    for run, k in order:
+        if len(chosen) == count:
+            break
+        if all(r != run or abs(k - j) >= spacing for r, j in chosen):
+            chosen.append((run, k))
+    return chosen
+
+
+class Loop:
+    """The rounds of one ``learn`` run in ``settings.out``."""
+
+    def __init__(self, settings: LearnSettings):
+        self.s = settings
+        self.out = Path(settings.out)
+        self.base = read_dataset(settings.data)
+        self.oracle = None
+
+    # ---- bookkeeping ----------------------------------------------------------------------------------
+    def check_settings(self) -> None:
+        path = self.out / "settings.json"
+        mine = asdict(self.s)
+        if path.exists():
+            saved = json.loads(path.read_text())
+            changed = sorted(k for k in mine if k != "rounds" and saved.get(k) != mine[k])
+            if changed:
+                raise ConfigError(f"{self.out} holds a loop with other settings ({', '.join(changed)}); choose "
+                                  "another --out, or the same settings to continue it")
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(mine, indent=1) + "\n"))
+
+    def round_dir(self, r: int) -> Path:
+        return self.out / f"round{r}"
+
+    def get_oracle(self):
+        if self.oracle is None:
+            self.oracle = make_oracle(self.s.oracle)
+        return self.oracle
+
+    # ---- stages ---------------------------------------------------------------------------------------
+    def offset(self) -> float:
+        """The oracle's constant offset to the training data (eV), measured once."""
+        path = self.out / "oracle_offset.json"
+        if not path.exists():
+            rng = np.random.default_rng(self.s.seed)
+            frames = sorted(rng.choice(len(self.base), min(self.s.calibration, len(self.base)), replace=False))
+            atoms = self.base.subset(frames).to_atoms()
+            labelled, cpu = label(atoms, self.get_oracle())
+            diff = np.array([self.base.energy[k] - a.get_potential_energy() for k, a in zip(frames, labelled,
+                                                                                              strict=True)])
+            record = {"frames": [int(k) for k in frames], "offset_eV": float(diff.mean()),
+                      "std_eV": float(diff.std(ddof=1)) if len(diff) > 1 else 0.0, "cpu_s": cpu}
+            atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+        return json.loads(path.read_text())["offset_eV"]
+
+    def data_file(self, r: int) -> Path:
+        """Round r's training file: the base data and the frames labelled in rounds 0..r-1."""
+        import ase.io
+
+        path = self.round_dir(r) / "data.extxyz"
+        if not path.exists():
+            frames = self.base.to_atoms()
+            for k in range(r):
+                frames += ase.io.read(self.round_dir(k) / "labelled.extxyz", ":")
+            atomic_write(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
+        return path
+
+    def train_members(self, r: int, data: Path) -> list[Path]:
+        from .model import ModelConfig
+        from .objective import TrainConfig
+        from .train import read_config, train
+
+        best = []
+        for k in range(self.s.members):
+            out = self.round_dir(r) / "members" / f"seed{k}"
+            if (out / "best.pt").exists() and not (out / "last.pt").exists():
+                best.append(out / "best.pt")
+                continue
+            resume = (out / "last.pt").exists()
+            cfg = read_config(out) if resume else TrainConfig.preset(
+                "budget", str(data), str(out), model=ModelConfig(**self.s.model).to_dict(),
+                time_budget=self.s.time_budget, epochs=self.s.epochs, n_valid=self.s.n_valid, seed=k,
+                test=self.s.test, dtype=self.s.dtype, threads=self.s.threads, progress=False)
+            best.append(train(cfg, resume=resume))
+            (out / "last.pt").unlink()  # the member is finished: best.pt is what the loop uses
+        return best
+
+    def run_md(self, r: int, model: Path):
+        from .checkpoint import load_checkpoint
+        from .md.reference import MoleculeFrames
+        from .md.segments import SegmentedStability, run_segmented
+        from .md.stability import StabilityPreset
+
+        preset = StabilityPreset("learn", temperature_K=self.s.temperature_K, time_ps=self.s.md_time_ps,
+                                 runs=self.s.runs)
+        frames = MoleculeFrames(self.base)
+        run = SegmentedStability(load_checkpoint(model), frames, frames, preset, self.s.runs, self.s.seed + r,
+                                 name=f"round{r}", compile="auto", expected_calls=preset.steps() + 1)
+        run_segmented(run, [self.s.md_time_ps], 1.0, self.round_dir(r) / "md_state.pt")
+        return run
+
+    def select_and_label(self, r: int, run, members: list[Path]) -> dict:
+        import ase.io
+        from ase import Atoms
+
+        from .md.early_warning import committee_deviation_along
+
+        path = self.round_dir(r) / "labelled.extxyz"
+        positions = run.trajectory_tensor().numpy().astype(np.float64)  # (F, R, N, 3)
+        F, R = positions.shape[:2]
+        numbers = run.reference.numbers
+        collapse = [c[0] // run.preset.frame_interval if c else F - 1 for c in run.monitor.collapse]
+        lo, hi = bond_range(self.base, run.monitor.criteria[0].bonds)
+        from .md.bonds import bond_lengths
+
+        lengths = bond_lengths(positions.transpose(1, 0, 2, 3), run.monitor.criteria[0].bonds)  # (R, F, M)
+        outside = ((lengths < lo) | (lengths > hi)).any(-1)
+        frames = [Atoms(numbers=numbers, positions=positions[k, b]) for b in range(R) for k in range(F)]
+        deviation = committee_deviation_along(frames, [str(m) for m in members]).reshape(R, F)
+        chosen = select_frames(deviation, outside, np.array(collapse), self.s.select, self.s.spacing)
+        picked = [Atoms(numbers=numbers, positions=positions[k, b]) for b, k in chosen]
+        labelled, cpu = label(picked, self.get_oracle(), self.offset())
+        atomic_write(path, lambda tmp: ase.io.write(tmp, labelled, format="extxyz"))
+        return {"selected": [[int(b), int(k)] for b, k in chosen], "labelled": len(labelled), "oracle_cpu_s": cpu,
+                "outside_training_range": int(sum(outside[b, k] for b, k in chosen)),
+                "deviation_selected_eV_A": [float(deviation[b, k]) for b, k in chosen],
+                "deviation_median_eV_A": float(np.median(deviation)),
+                "collapses": sum(c is not None for c in run.monitor.collapse),
+                "collapse_ps": [None if c is None else c[0] * run.preset.timestep_fs / 1000 for c in
+                                run.monitor.collapse]}
+
+    def round(self, r: int) -> dict:
+        record_path = self.out / "rounds" / f"round{r}.json"
+        if record_path.exists():
+            return json.loads(record_path.read_text())
+        start = time.process_time()
+        notify(f"learn: round {r}: data")
+        data = self.data_file(r)
+        notify(f"learn: round {r}: training {self.s.members} members on {len(read_dataset(data))} frames")
+        members = self.train_members(r, data)
+        notify(f"learn: round {r}: {self.s.runs} × {self.s.md_time_ps:g} ps of MD at {self.s.temperature_K:g} K")
+        run = self.run_md(r, members[0])
+        notify(f"learn: round {r}: selecting and labelling {self.s.select} frames with {self.s.oracle}")
+        result = self.select_and_label(r, run, members)
+        from .checkpoint import read_checkpoint
+
+        tests = [(read_checkpoint(m).get("metrics") or {}).get("test") for m in members]
+        record = {"round": r, "data_frames": len(read_dataset(data)), "members": [str(m) for m in members],
+                  "member_test_force_mae_meV_A": [t["force_mae_meV_A"]["value"] if t else None for t in tests],
+                  **result, "cpu_s": time.process_time() - start}
+        atomic_write(record_path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+        return record
+
+
+def learn(settings: LearnSettings, echo=print) -> list[dict]:
+    """Run (or continue) the loop; returns every round's record."""
+    loop = Loop(settings)
+    loop.out.mkdir(parents=True, exist_ok=True)
+    loop.check_settings()
+    records = []
+    for r in range(settings.rounds):
+        done = (loop.out / "rounds" / f"round{r}.json").exists()
+        record = loop.round(r)
+        records.append(record)
+        echo(f"round {r}{' (recorded before)' if done else ''}: {record['data_frames']} training frames, "
+             f"{record['collapses']}/{settings.runs} runs collapsed, {record['labelled']} frames labelled "
+             f"({record['outside_training_range']} with a bond outside the training range), oracle "
+             f"{record['oracle_cpu_s']:.0f} CPU-s")
+    return records

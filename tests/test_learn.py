@@ -1,0 +1,72 @@
+"""``sake-md learn``: the data loop with ASE's EMT as the oracle, on tiny models and data (seconds)."""
+
+import json
+
+import ase.io
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+
+from sake_md.errors import ConfigError
+from sake_md.learn import LearnSettings, learn, make_oracle, select_frames
+
+from .test_data import emt_frames, write_npz
+
+TINY = {"hidden": 8, "heads": 2, "layers": 1, "radial": 8}
+
+
+def test_select_frames_prefers_frames_outside_the_training_range_then_deviation_and_spaces_them():
+    deviation = np.array([[0.1, 0.9, 0.8, 0.2, 0.3], [0.5, 0.4, 0.95, 0.1, 0.7]])
+    outside = np.zeros_like(deviation, dtype=bool)
+    outside[0, 4] = True
+    last = np.array([4, 2])  # run 1 collapsed at frame 2: frames after it are not considered
+    assert select_frames(deviation, outside, last, 3, spacing=2) == [(0, 4), (1, 2), (0, 1)]
+    assert select_frames(deviation, outside, last, 10, spacing=1) == [(0, 4), (1, 2), (0, 1), (0, 2), (1, 0),
+                                                                      (1, 1), (0, 3), (0, 0)]
+
+
+def test_unknown_oracle_is_a_clear_error():
+    with pytest.raises(ConfigError, match="emt, pyscf or module:attribute"):
+        make_oracle("dft")
+    assert isinstance(make_oracle("ase.calculators.emt:EMT"), EMT)
+
+
+def test_two_rounds_grow_the_data_with_oracle_labels_and_resume(tmp_path):
+    data = write_npz(tmp_path / "train.npz", emt_frames(12, seed=1))
+    settings = dict(data=str(data), out=str(tmp_path / "loop"), oracle="emt", rounds=1, members=2, time_budget=None,
+                    epochs=1, model=TINY, n_valid=2, runs=2, md_time_ps=0.1, select=2, spacing=1, calibration=2,
+                    dtype="float64")
+    lines = []
+    (first,) = learn(LearnSettings(**settings), echo=lines.append)
+    assert first["data_frames"] == 12 and first["labelled"] == 2 and len(first["members"]) == 2
+    offset = json.loads((tmp_path / "loop" / "oracle_offset.json").read_text())
+    assert abs(offset["offset_eV"]) < 1e-9  # the data were labelled by the same EMT
+    labelled = ase.io.read(tmp_path / "loop" / "round0" / "labelled.extxyz", ":")
+    for atoms in labelled:  # the labels are the oracle's, on the selected MD frames (extxyz keeps 1e-8 Å)
+        reference = atoms.copy()
+        reference.calc = EMT()
+        assert atoms.get_potential_energy() == pytest.approx(reference.get_potential_energy(), abs=1e-5)
+        np.testing.assert_allclose(atoms.get_forces(), reference.get_forces(), atol=1e-4)
+
+    lines.clear()
+    records = learn(LearnSettings(**{**settings, "rounds": 2}), echo=lines.append)  # continues: round 0 is kept
+    assert "round 0 (recorded before)" in lines[0] and records[0] == first
+    assert records[1]["data_frames"] == 14 and records[1]["round"] == 1
+    assert json.loads((tmp_path / "loop" / "rounds" / "round1.json").read_text())["labelled"] == 2
+
+    with pytest.raises(ConfigError, match="other settings \\(select\\)"):
+        learn(LearnSettings(**{**settings, "select": 3}))
+
+
+def test_learn_command(tmp_path):
+    from click.testing import CliRunner
+
+    from sake_md.cli import main
+
+    data = write_npz(tmp_path / "train.npz", emt_frames(10, seed=2))
+    args = ["learn", "--data", str(data), "--out", str(tmp_path / "loop"), "--oracle", "emt", "--rounds", "1",
+            "--members", "2", "--epochs", "1", "--runs", "1", "--md-time", "50fs", "--select", "1",
+            "--calibration", "1", "--valid", "2", "--hidden", "8", "--heads", "2", "--layers", "1", "--radial", "8"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "round 0: 10 training frames" in result.output and "1 frames labelled" in result.output
