@@ -27,9 +27,9 @@ from .errors import DataError, InputError
 from .neighbours import check_cell
 from .units import energy_factor, length_factor
 
-__all__ = ["NPZ_KEYS", "EXTXYZ_SUFFIXES", "DB_SUFFIXES", "Dataset", "convert_units", "read_dataset", "read_npz",
-           "read_extxyz", "read_ase_db", "frames_to_dataset", "validate", "split", "LabelledBatch", "batches",
-           "labelled_batch", "shuffled_order"]
+__all__ = ["NPZ_KEYS", "EXTXYZ_SUFFIXES", "DB_SUFFIXES", "Dataset", "composition", "convert_units", "read_dataset",
+           "read_npz", "read_extxyz", "read_ase_db", "frames_to_dataset", "validate", "split", "LabelledBatch",
+           "batches", "labelled_batch", "shuffled_order"]
 
 NPZ_KEYS = {
     "rmd17": ("nuclear_charges", "coords", "energies", "forces"),
@@ -65,6 +65,11 @@ class Dataset:
         return np.array([len(z) for z in self.numbers])
 
     @property
+    def compositions(self) -> list[tuple[tuple[int, int], ...]]:
+        """The sorted distinct compositions of the frames, each as sorted (atomic number, count) pairs."""
+        return sorted({composition(z) for z in self.numbers})
+
+    @property
     def species(self) -> list[int]:
         """Sorted unique atomic numbers of all frames."""
         return sorted({int(z) for frame in self.numbers for z in frame})
@@ -90,6 +95,12 @@ class Dataset:
             atoms.calc = SinglePointCalculator(atoms, energy=float(e), forces=f)
             frames.append(atoms)
         return frames
+
+
+def composition(numbers) -> tuple[tuple[int, int], ...]:
+    """A frame's composition as sorted (atomic number, count) pairs."""
+    z, counts = np.unique(np.asarray(numbers), return_counts=True)
+    return tuple((int(a), int(c)) for a, c in zip(z, counts, strict=True))
 
 
 def convert_units(dataset: Dataset, energy_unit: str, length_unit: str) -> Dataset:

@@ -13,7 +13,7 @@ from .console import warn
 from .data import Dataset, read_dataset
 from .predict import STATISTICS, frame_terms, predict
 
-__all__ = ["N_BOOTSTRAP", "per_frame_terms", "statistics", "evaluate", "composition", "warn_unseen_compositions",
+__all__ = ["N_BOOTSTRAP", "per_frame_terms", "statistics", "evaluate", "warn_unseen_compositions",
            "format_report", "write_extxyz", "parity_plot"]
 
 N_BOOTSTRAP = 2000
@@ -66,12 +66,6 @@ def evaluate(checkpoint, data_path, batch_size: int = 64, energy_key: str = "ene
     return (report, data, energy, forces) if return_predictions else report
 
 
-def composition(numbers) -> tuple[tuple[int, int], ...]:
-    """A frame's composition as sorted (atomic number, count) pairs."""
-    z, counts = np.unique(np.asarray(numbers), return_counts=True)
-    return tuple((int(a), int(c)) for a, c in zip(z, counts, strict=True))
-
-
 def warn_unseen_compositions(meta: dict, data: Dataset, label: str) -> bool:
     """Warn once (stderr) when no frame of ``data`` has a composition of the checkpoint's training data (e.g. an
     ethanol potential on malonaldehyde: same elements, another molecule). A transfer test is legitimate, so
@@ -79,7 +73,7 @@ def warn_unseen_compositions(meta: dict, data: Dataset, label: str) -> bool:
     trained = {tuple(map(tuple, c)) for c in (meta.get("training") or {}).get("compositions") or []}
     if not trained:
         return False
-    seen = {composition(z) for z in data.numbers}
+    seen = set(data.compositions)
     if seen & trained:
         return False
     from ase.data import chemical_symbols

@@ -224,6 +224,7 @@ class Loop:
         import ase.io
         from ase import Atoms
 
+        from .md.bonds import bond_lengths
         from .md.early_warning import committee_deviation_along
 
         path = self.round_dir(r) / "labelled.extxyz"
@@ -231,10 +232,9 @@ class Loop:
         F, R = positions.shape[:2]
         numbers = run.reference.numbers
         collapse = [c[0] // run.preset.frame_interval if c else F - 1 for c in run.monitor.collapse]
-        lo, hi = bond_range(self.base, run.monitor.criteria[0].bonds)
-        from .md.bonds import bond_lengths
-
-        lengths = bond_lengths(positions.transpose(1, 0, 2, 3), run.monitor.criteria[0].bonds)  # (R, F, M)
+        bonds = run.monitor.criteria[0].bonds
+        lo, hi = bond_range(self.base, bonds)
+        lengths = bond_lengths(positions.transpose(1, 0, 2, 3), bonds)  # (R, F, M)
         outside = ((lengths < lo) | (lengths > hi)).any(-1)
         frames = [Atoms(numbers=numbers, positions=positions[k, b]) for b in range(R) for k in range(F)]
         deviation = committee_deviation_along(frames, [str(m) for m in members]).reshape(R, F)
@@ -257,7 +257,8 @@ class Loop:
         start = time.process_time()
         notify(f"learn: round {r}: data")
         data = self.data_file(r)
-        notify(f"learn: round {r}: training {self.s.members} members on {len(read_dataset(data))} frames")
+        frames = len(read_dataset(data))
+        notify(f"learn: round {r}: training {self.s.members} members on {frames} frames")
         members = self.train_members(r, data)
         notify(f"learn: round {r}: {self.s.runs} × {self.s.md_time_ps:g} ps of MD at {self.s.temperature_K:g} K")
         run = self.run_md(r, members[0])
@@ -266,7 +267,7 @@ class Loop:
         from .checkpoint import read_checkpoint
 
         tests = [(read_checkpoint(m).get("metrics") or {}).get("test") for m in members]
-        record = {"round": r, "data_frames": len(read_dataset(data)), "members": [str(m) for m in members],
+        record = {"round": r, "data_frames": frames, "members": [str(m) for m in members],
                   "member_test_force_mae_meV_A": [t["force_mae_meV_A"]["value"] if t else None for t in tests],
                   **result, "cpu_s": time.process_time() - start}
         atomic_write(record_path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))

@@ -60,10 +60,8 @@ class Trainer:
         self.dtype = getattr(torch, cfg.dtype)
         self.out = Path(cfg.out)
         self.train_set, self.valid_set = load_split(cfg)
-        from .evaluate import composition
-
         # what the model was trained on, so that eval and compare can say when frames are of something else
-        compositions = sorted({composition(z) for z in self.train_set.numbers})
+        compositions = self.train_set.compositions
         many = len(compositions) > MAX_COMPOSITIONS
         self.compositions = None if many else [list(map(list, c)) for c in compositions]
         self.state = {"epoch": 0, "step": 0, "planned_epochs": cfg.epochs or 0, "seconds": 0.0,
@@ -85,33 +83,40 @@ class Trainer:
             keep_freed_memory()  # see sake_md.allocator
         if cfg.compile is True and self.potential.cutoff is not None:
             raise SakeMDError("--compile trains dense (molecular) models; a model with --cutoff trains eagerly")
-        if cfg.compile is True or (cfg.compile == "auto" and self.compile_pays()):
+        if cfg.compile is True:
             from .compile_train import CompiledTrainStep
 
             self.step = CompiledTrainStep.for_trainer(self)
+        elif cfg.compile == "auto":
+            self.step = self.auto_step()
 
-    def compile_pays(self) -> bool:
-        """compile="auto": compile the step when the run's expected training time exceeds ``AUTO_FACTOR`` × the
-        expected compile time (the inference rule); sparse models have no compiled step. Says which, once."""
+    def auto_step(self):
+        """compile="auto": the compiled step when the run's expected training time exceeds ``AUTO_FACTOR`` × the
+        expected compile time (the inference rule), else the eager one; sparse models have no compiled step.
+        Says which, once."""
         from .compile import AUTO_FACTOR, compiler_unavailable, should_compile
 
+        step = self.eager_step
         if self.potential.cutoff is not None:
-            why, decision = "a sparse (--cutoff) model has no compiled training step", False
+            why = "a sparse (--cutoff) model has no compiled training step"
         elif (unavailable := compiler_unavailable(self.device)) is not None:
-            why, decision = unavailable, False
+            why = unavailable
         else:
             from .compile_train import CompiledTrainStep
 
-            compile_s, basis = CompiledTrainStep.for_trainer(self, verbose=False).expected_compile_s()
+            compiled = CompiledTrainStep.for_trainer(self)
+            compile_s, basis = compiled.expected_compile_s()
             if self.cfg.timed:
                 work_s, what = self.cfg.time_budget, "a budget of"
             else:
                 work_s, what = self.cfg.epochs * self.steps_per_epoch() * self.eager_step_s(), "about"
-            decision = should_compile(1, work_s, compile_s)
+            if should_compile(1, work_s, compile_s):
+                step = compiled
             why = (f"{what} {work_s / 60:.1f} min of training vs ~{compile_s:.0f} s to compile the step ({basis}); "
                    f"rule: training time > {AUTO_FACTOR:g} × compile time")
-        notify(f"compile=auto: {why} -> {'compiled' if decision else 'eager'} training step", self.ctx.main)
-        return decision
+        notify(f"compile=auto: {why} -> {'eager' if step == self.eager_step else 'compiled'} training step",
+               self.ctx.main)
+        return step
 
     def eager_step_s(self) -> float:
         """Seconds of one eager step on the first training batch (the second of two calls; the gradients are

@@ -2,26 +2,28 @@
 # Issue 22's long runs: train one candidate potential with the shipped recipe (30 minutes on one core), then
 # the full stability protocol on it (`sake-md compare`, mdsim-md17: 5 runs x 300 ps at 500 K), resumable.
 #   taskset -c 0 bash md_runs/stability/run.sh ethanol sake-dot [TIME]
-# Run it again after a kill: the training resumes from last.pt (or is skipped when finished), the MD from
+# Run it again after a kill: the training resumes from last.pt (or is skipped once the model is in
+# potentials/stability/), the MD from
 # md_runs/stability/<molecule>/<variant>/state (at most 1 ps lost). The rMD17 folder: $RMD17.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 molecule=$1 variant=$2 time=${3:-300ps}
 data=${RMD17:-../shared/data/rmd17}
 train=runs/stability/${variant}_${molecule}     # checkpoints and logs (ignored by git)
-out=md_runs/stability/${molecule}/${variant}    # what is committed: the model, its MD state, compare.json
-mkdir -p "$out"
-if [ ! -f "$out/model.pt" ]; then
+out=md_runs/stability/${molecule}/${variant}    # what is committed: the run's settings, MD state, compare.json
+model=potentials/stability/${variant}_${molecule}.pt   # the trained candidate (potentials/: checkpoints live there)
+mkdir -p "$out" "$(dirname "$model")"
+if [ ! -f "$model" ]; then
     if [ -f "$train/last.pt" ]; then
         sake-md train --resume --out "$train" --threads 1 --no-progress
     else
         sake-md train --model "$variant" --recipe budget --time-budget 30m --threads 1 --no-progress \
             --data "$data/rmd17_${molecule}_train_01.npz" --test "$data/rmd17_${molecule}_test_01.npz" --out "$train"
     fi
-    cp "$train/best.pt" "$out/model.pt"
+    cp "$train/best.pt" "$model"
     cp "$train/metrics.jsonl" "$train/config.json" "$out/"
 fi
 resume=()
 [ -d "$out/state" ] && resume=(--resume)
-sake-md compare "$out/model.pt" --preset mdsim-md17 --time "$time" --threads 1 "${resume[@]}" \
+sake-md compare "$model" --preset mdsim-md17 --time "$time" --threads 1 "${resume[@]}" \
     --reference "$data/rmd17_${molecule}_train_01.npz" --test "$data/rmd17_${molecule}_test_01.npz" --out "$out"

@@ -20,7 +20,18 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from . import stats as design
+from .stats import (
+    PairedEffect,
+    PairedStability,
+    holm,
+    kaplan_meier,
+    km_median,
+    km_survival_at,
+    min_sign_flip_p,
+    paired_effect,
+    paired_stability,
+    within_correlation,
+)
 
 ERRORS = [("energy_rmse_meV", "energy RMSE (meV)"), ("energy_mae_meV", "energy MAE (meV)"),
           ("force_rmse_meV_A", "force RMSE (meV/Å)"), ("force_mae_meV_A", "force MAE (meV/Å)")]
@@ -187,9 +198,9 @@ def survival(records: Records, molecule: str, variant: str, horizon: str) -> dic
     end = float(horizon)
     times = np.concatenate([a[1] for a in arrays.values()]) if arrays else np.zeros(0)
     events = np.concatenate([a[2] for a in arrays.values()]) if arrays else np.zeros(0, bool)
-    t, s = design.kaplan_meier(times, events)
-    per_model = [design.km_survival_at(*design.kaplan_meier(a[1], a[2]), end) for a in arrays.values()]
-    return {"median": design.km_median(t, s), "end": design.km_survival_at(t, s, end), "per_model": per_model,
+    t, s = kaplan_meier(times, events)
+    per_model = [km_survival_at(*kaplan_meier(a[1], a[2]), end) for a in arrays.values()]
+    return {"median": km_median(t, s), "end": km_survival_at(t, s, end), "per_model": per_model,
             "events": int(events.sum()), "censored": int((~events).sum())}
 
 
@@ -266,9 +277,9 @@ class Comparison:
     molecule: str
     variant: str
     metric: str
-    effect: design.PairedEffect
+    effect: PairedEffect
     baseline_mean: float
-    frames: design.PairedStability | None = None
+    frames: PairedStability | None = None
     holm_p: float | None = None
 
 
@@ -306,10 +317,10 @@ def comparisons(records: Records, molecule: str, horizon: str, baseline: str, pr
             continue
         for q in metrics:
             a, b = paired_errors(records, molecule, v, baseline, q)
-            out.append(Comparison(molecule, v, q, design.paired_effect(a, b), _mean(b)))
+            out.append(Comparison(molecule, v, q, paired_effect(a, b), _mean(b)))
         a, b = paired_times(records, molecule, v, baseline, horizon)
         if a.size:
-            frames = design.paired_stability(a, b)
+            frames = paired_stability(a, b)
             out.append(Comparison(molecule, v, "stability", frames.effect, float(b.mean()), frames))
     return out
 
@@ -317,7 +328,7 @@ def comparisons(records: Records, molecule: str, horizon: str, baseline: str, pr
 def all_comparisons(records: Records, horizon: str, baseline: str, primary: str) -> list[Comparison]:
     """The comparisons of every molecule, with Holm's adjustment over all of them that have a test."""
     comps = [c for m in records.molecules() for c in comparisons(records, m, horizon, baseline, primary)]
-    for c, p in zip(comps, design.holm([c.effect.p for c in comps]), strict=True):
+    for c, p in zip(comps, holm([c.effect.p for c in comps]), strict=True):
         c.holm_p = p
     return comps
 
@@ -360,7 +371,7 @@ def long_run_pairs(records: Records, molecule: str, horizon: str, baseline: str)
             continue
         a, b = paired_times(records, molecule, v, baseline, horizon)
         if a.size:
-            f = design.paired_stability(a, b)
+            f = paired_stability(a, b)
             lines.append(f"`{v}` − `{baseline}`: {f.effect.mean:+.2f} ps RMST over {a.shape[0]} model pair(s); "
                          f"start frames longer/shorter/tied {f.wins}/{f.losses}/{f.ties}")
     if not lines:
@@ -429,7 +440,7 @@ def correlation(records: Records, molecule: str, horizon: str) -> str:
     text = (f"force error vs stability ({len(x)} models, test force RMSE against mean stability time; "
             f"{ceiling} of {len(x)} at the ceiling, every run intact): across all models (between-variant "
             f"differences included) Spearman ρ = {rho:.2f} (p = {p_rho:.3g}), Pearson r = {r:.2f} (p = {p_r:.3g})")
-    within = design.within_correlation(x, y, groups)
+    within = within_correlation(x, y, groups)
     if within is None and len(x) - len(set(groups)) - 1 < 1:
         text += "; within variants: too few models per variant for a within-variant correlation"
     elif within is None:
@@ -567,7 +578,7 @@ def render(records: Records, plots: list[str] = (), interpretation: str | None =
               "per-seed paired differences (seed k of both trained on the same split; MD from the same start "
               "frames and momenta) with [its 95% t-interval], the differences per seed, the exact two-sided "
               "sign-flip permutation p over seeds (min: the smallest p it can give with that many seeds"
-              + (f", {', '.join(f'{design.min_sign_flip_p(n):.3g} for {n}' for n in seeds)} seeds" if seeds else "")
+              + (f", {', '.join(f'{min_sign_flip_p(n):.3g} for {n}' for n in seeds)} seeds" if seeds else "")
               + f") and Holm's adjustment over all {len(tested)} tests of this report (α = {alpha}). Stability: "
               "the restricted mean survival time (mean stability time, runs censored at the run length) per "
               "model, paired by seed; start frames: trajectory pairs (same model seed, start frame and momenta) "
