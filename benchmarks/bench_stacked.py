@@ -81,7 +81,7 @@ def main() -> None:
     model = ModelConfig(variant=args.variant, hidden=args.hidden, layers=args.layers).to_dict()
     with tempfile.TemporaryDirectory() as tmp:
         data = data_file(Path(tmp))
-        cfgs = [TrainConfig(data=data, out=f"{tmp}/run{k}", recipe="budget", epochs=10, seed=k, model=model,
+        cfgs = [TrainConfig(data=data, out=f"{tmp}/run{k}", recipe="cpu", epochs=10, seed=k, model=model,
                             batch_size=args.batch_size, dtype=args.dtype, device=str(device), progress=False,
                             loss="mae", energy_per_atom=True, energy_weight=1.0, ema_decay=0.99,
                             compile=args.compile) for k in range(args.runs)]

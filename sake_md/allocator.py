@@ -2,10 +2,10 @@
 
 With glibc's defaults, a freed buffer above the mmap threshold goes back to the operating system and the
 next call page-faults a fresh one in. For the sparse model's (N, K, C) tensors that made the cost per atom
-grow with N: N^1.29 from 500 to 5,324 atoms on one core, the elementwise kernels slowing down as their
-buffers grew (README, "Periodic and large systems"). Raising the mmap and trim thresholds and padding
-the heap keeps the memory in the process: the time becomes linear (N^0.99) and 2.3x shorter at 5,324
-atoms, for a higher peak resident memory. Sparse-mode calculators and training switch it on.
+grow with N, the elementwise kernels slowing down as their buffers grew. Raising the mmap and trim
+thresholds and padding the heap keeps the memory in the process: the time becomes linear in N, for a higher
+peak resident memory (docs/periodic.md, benchmarks/bench_periodic.py). Sparse-mode calculators and training
+switch it on.
 """
 
 import ctypes

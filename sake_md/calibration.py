@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
-from .data import read_dataset
+from .data import as_source
 from .evaluate import N_BOOTSTRAP, format_report, per_frame_terms, statistics
 from .predict import STATISTICS, statistic
 
@@ -62,18 +62,17 @@ def member_errors(data, predictions: list[dict], labels: list[str]) -> list[dict
     return rows
 
 
-def evaluate_committee(checkpoints, data_path, batch_size: int = 64, energy_key: str = "energy",
-                       forces_key: str = "forces", energy_unit: str | None = None, length_unit: str | None = None,
-                       device: str = "cpu", bins: int = N_BINS, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0,
-                       return_predictions: bool = False):
-    """The report of a committee on ``data_path``: errors of the mean (as ``evaluate``), each member's
-    errors and the calibration of its deviation (meV, meV/Å). Optionally also the data, the mean
+def evaluate_committee(checkpoints, data, batch_size: int = 64, device: str = "cpu", bins: int = N_BINS,
+                       n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, return_predictions: bool = False):
+    """The report of a committee on ``data`` (a ``DataSource`` or a path): errors of the mean (as ``evaluate``),
+    each member's errors and the calibration of its deviation (meV, meV/Å). Optionally also the data, the mean
     energies (M,), mean forces [(N_m, 3)] and the arrays of ``committee_arrays``."""
     from .committee import CommitteeCalculator, predict_dataset
     from .model import count_parameters
 
     calculator = CommitteeCalculator(list(checkpoints), device=device)  # loads and checks the members
-    data = read_dataset(data_path, energy_key, forces_key, energy_unit, length_unit)
+    source = as_source(data)
+    data = source.read()
     predictions = predict_dataset(calculator.committee, data, batch_size)
     energy = np.array([p["energy"] for p in predictions])
     forces = [p["forces"] for p in predictions]
@@ -81,7 +80,7 @@ def evaluate_committee(checkpoints, data_path, batch_size: int = 64, energy_key:
     to_meV = {k: 1e3 * v for k, v in arrays.items()}
     variants = sorted({p.config.variant for p in calculator.potentials})
     report = {"checkpoint": ", ".join(calculator.labels), "members": len(calculator.labels),
-              "data": str(data_path), "frames": len(data), "atoms": int(data.n_atoms.sum()),
+              "data": source.path, "frames": len(data), "atoms": int(data.n_atoms.sum()),
               "variant": f"committee of {len(calculator.labels)} ({', '.join(variants)})",
               "parameters": sum(count_parameters(p) for p in calculator.potentials),
               "bootstrap": {"resamples": n_bootstrap, "seed": seed, "interval": "percentile 95% over frames"},

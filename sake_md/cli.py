@@ -12,7 +12,7 @@ from .errors import SakeMDError
 from .md.run import ENSEMBLES, MDSettings
 from .md.stability import PRESETS
 from .model import ModelConfig
-from .objective import DEFAULT_RECIPE, LOSSES, RECIPES, TrainConfig, describe_recipe
+from .objective import DEFAULT_RECIPE, LOSSES, RECIPE_ALIASES, RECIPES, TrainConfig, describe_recipe
 from .spatial import SPATIAL_BLOCKS
 
 MODEL, MD = ModelConfig(), MDSettings()  # the library's defaults, shown in the help
@@ -60,13 +60,24 @@ def format_summary(summary: dict, indent: int = 0) -> str:
     return "\n".join(lines)
 
 
+def data_source_options(command):
+    """How a data file is read (``sake_md.data.DataSource``): the extxyz/db keys of its labels and its units."""
+    for option in reversed((
+            click.option("--energy-key", default="energy", show_default=True, help="extxyz/db energy key."),
+            click.option("--forces-key", default="forces", show_default=True, help="extxyz/db forces key."),
+            click.option("--energy-unit", help="Energy unit of the file (default: kcal/mol for npz, eV otherwise)."),
+            click.option("--length-unit", help="Length unit of the file (default: Å)."))):
+        command = option(command)
+    return command
+
+
 @main.command()
 @click.option("--model", "variant", type=click.Choice(list(SPATIAL_BLOCKS)), default=MODEL.variant, show_default=True,
               help="Model variant (registry sake_md.spatial.SPATIAL_BLOCKS).")
 @click.option("--data", type=click.Path(dir_okay=False),
               help="Training file (npz, extxyz, ASE db); not needed with --resume.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--recipe", type=click.Choice(list(RECIPES)), default=None,
+@click.option("--recipe", type=click.Choice([*RECIPES, *RECIPE_ALIASES]), default=None,
               help="Preset settings (each option below overrides it): "
                    + "; ".join(f"{name}: {describe_recipe(name)}" for name in RECIPES)
                    + f". Default: {DEFAULT_RECIPE}.")
@@ -105,15 +116,12 @@ def format_summary(summary: dict, indent: int = 0) -> str:
 @click.option("--dtype", type=click.Choice(DTYPE_NAMES), default=TRAIN["dtype"], show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
 @click.option("--threads", type=int, help="torch.set_num_threads for each process.")
-@click.option("--energy-key", default="energy", show_default=True, help="extxyz/db energy key.")
-@click.option("--forces-key", default="forces", show_default=True, help="extxyz/db forces key.")
-@click.option("--energy-unit", help="Energy unit of the file (default: kcal/mol for npz, eV otherwise).")
-@click.option("--length-unit", help="Length unit of the file (default: Å).")
+@data_source_options
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt (its config.json wins).")
 @click.option("--compile/--no-compile", "compile", default=None,
               help="Compile forward, forces, loss and gradients into one graph (minutes to compile on a CPU, "
                    "seconds from torch's cache; pads the last partial batch of an epoch by repeating its "
-                   "frames); falls back to eager with a warning. Default: the recipe's (budget: auto, compile when "
+                   "frames); falls back to eager with a warning. Default: the recipe's (cpu: auto, compile when "
                    "the run's expected training time exceeds 3x the expected compile time; never for --cutoff).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def train(**options):
@@ -163,10 +171,7 @@ def parse_model_options(items) -> dict:
 @click.option("--bins", type=click.IntRange(min=1), default=10, show_default=True,
               help="Committee only: quantile bins of the calibration table.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--energy-key", default="energy", show_default=True)
-@click.option("--forces-key", default="forces", show_default=True)
-@click.option("--energy-unit", help="Energy unit of the file (default: kcal/mol for npz, eV otherwise).")
-@click.option("--length-unit", help="Length unit of the file (default: Å).")
+@data_source_options
 @click.option("--device", default="cpu", show_default=True)
 def eval_command(checkpoints, potentials, data, as_json, extxyz_out, plot, calibration_plot, bins, batch_size,
                  energy_key, forces_key, energy_unit, length_unit, device):
@@ -175,22 +180,24 @@ def eval_command(checkpoints, potentials, data, as_json, extxyz_out, plot, calib
     Several checkpoints form a committee: errors of its mean, each member's, and the calibration of
     its deviation (per-atom force std in quantile bins against the RMSE of the actual error).
     """
+    from .data import DataSource
     from .evaluate import evaluate, format_report, parity_plot, write_extxyz
 
     checkpoints = [*checkpoints, *potentials]
     if not checkpoints:
         raise click.UsageError("give a CHECKPOINT (or several, for a committee)")
-    keys = (batch_size, energy_key, forces_key, energy_unit, length_unit, device)
+    source = DataSource(data, energy_key, forces_key, energy_unit, length_unit)
     if len(checkpoints) == 1:
         if calibration_plot:
             raise click.UsageError("--calibration-plot needs a committee: give several checkpoints")
-        report, dataset, energy, forces = evaluate(checkpoints[0], data, *keys, return_predictions=True)
+        report, dataset, energy, forces = evaluate(checkpoints[0], source, batch_size, device,
+                                                      return_predictions=True)
         text = format_report(report)
     else:
         from .calibration import calibration_plot as plot_calibration
         from .calibration import evaluate_committee, format_committee_report
 
-        report, dataset, energy, forces, arrays = evaluate_committee(checkpoints, data, *keys, bins=bins,
+        report, dataset, energy, forces, arrays = evaluate_committee(checkpoints, source, batch_size, device, bins=bins,
                                                                      return_predictions=True)
         text = format_committee_report(report)
         if calibration_plot and plot_calibration(calibration_plot, report, arrays) is None:
@@ -502,6 +509,8 @@ def ipi_command(potential, structure, unix, host, port, dtype, device, cutoff, w
 @click.option("--members", type=click.IntRange(min=2), default=3, show_default=True, help="Committee size.")
 @click.option("--time-budget", help="Training time per member and round [30m].")
 @click.option("--epochs", type=int, help="Epochs per member and round (instead of a time budget).")
+@click.option("--start", multiple=True, type=click.Path(exists=True, dir_okay=False),
+              help="A trained potential for round 0's committee (repeat; at least 2): round 0 trains none.")
 @click.option("--model", "variant", type=click.Choice(list(SPATIAL_BLOCKS)), default=MODEL.variant, show_default=True)
 @click.option("--hidden", type=int, default=MODEL.hidden, show_default=True)
 @click.option("--heads", type=int, default=MODEL.heads, show_default=True)
@@ -519,7 +528,7 @@ def ipi_command(potential, structure, unix, host, port, dtype, device, cutoff, w
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
-def learn_command(data, out, oracle, test, rounds, members, time_budget, epochs, variant, hidden, heads, layers,
+def learn_command(data, out, oracle, test, rounds, members, time_budget, epochs, start, variant, hidden, heads, layers,
                   radial, n_valid, runs, md_time, temperature_k, select, spacing, calibration, seed, dtype, threads):
     """Grow the training data where the potential is unsure: each round trains a committee, runs hot MD with
     it, labels the frames where members disagree most or a bond leaves the training range with --oracle,
@@ -532,7 +541,7 @@ def learn_command(data, out, oracle, test, rounds, members, time_budget, epochs,
     _set_threads(threads)
     settings = LearnSettings(
         data=data, out=out, oracle=oracle, test=test, rounds=rounds, members=members,
-        time_budget=None if epochs else parse_duration(time_budget or "30m"), epochs=epochs,
+        time_budget=None if epochs else parse_duration(time_budget or "30m"), epochs=epochs, start=list(start),
         model={"variant": variant, "hidden": hidden, "heads": heads, "layers": layers, "radial": radial},
         n_valid=n_valid, runs=runs, md_time_ps=parse_time_ps(md_time), temperature_K=temperature_k, select=select,
         spacing=spacing, calibration=calibration, seed=seed, dtype=dtype, threads=threads)

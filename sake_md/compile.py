@@ -294,8 +294,8 @@ OPTIONS_ENV = "SAKE_MD_INDUCTOR_OPTIONS"
 
 
 def default_options(device: torch.device) -> dict:
-    """Inductor options. On CPU a C++ wrapper calls the kernels: no Python between ~100 small kernels
-    (about 3x faster per call for small molecules than the Python wrapper, and quicker to build).
+    """Inductor options. On CPU a C++ wrapper calls the kernels: no Python between ~100 small kernels (faster per
+    call for small molecules than the Python wrapper, and quicker to build; docs/speed.md).
 
     ``$SAKE_MD_INDUCTOR_OPTIONS`` (a JSON object, e.g. ``{"triton.cudagraphs": true}``) adds to or replaces
     these, for experiments on hardware where the defaults are not measured (CUDA: the Python wrapper's

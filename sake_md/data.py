@@ -27,9 +27,9 @@ from .errors import DataError, InputError
 from .neighbours import check_cell
 from .units import energy_factor, length_factor
 
-__all__ = ["NPZ_KEYS", "EXTXYZ_SUFFIXES", "DB_SUFFIXES", "Dataset", "composition", "convert_units", "read_dataset",
-           "read_npz", "read_extxyz", "read_ase_db", "frames_to_dataset", "validate", "split", "LabelledBatch",
-           "batches", "labelled_batch", "shuffled_order"]
+__all__ = ["NPZ_KEYS", "EXTXYZ_SUFFIXES", "DB_SUFFIXES", "Dataset", "DataSource", "as_source", "composition",
+           "convert_units", "read_dataset", "read_npz", "read_extxyz", "read_ase_db", "frames_to_dataset", "validate",
+           "split", "LabelledBatch", "batches", "labelled_batch", "shuffled_order"]
 
 NPZ_KEYS = {
     "rmd17": ("nuclear_charges", "coords", "energies", "forces"),
@@ -114,6 +114,25 @@ def convert_units(dataset: Dataset, energy_unit: str, length_unit: str) -> Datas
     return Dataset(dataset.numbers, [x * l for x in dataset.positions], dataset.energy * e,
                    [f * (e / l) for f in dataset.forces], dataset.source,
                    None if dataset.cells is None else [c * l for c in dataset.cells], dataset.pbc)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A data file and how to read it: the extxyz/db keys of its labels and its units (default: the format's)."""
+
+    path: str
+    energy_key: str = "energy"
+    forces_key: str = "forces"
+    energy_unit: str | None = None
+    length_unit: str | None = None
+
+    def read(self, labelled: bool | str = True) -> "Dataset":
+        return read_dataset(self.path, self.energy_key, self.forces_key, self.energy_unit, self.length_unit,
+                            labelled=labelled)
+
+
+def as_source(data: "DataSource | str | Path") -> DataSource:
+    return data if isinstance(data, DataSource) else DataSource(str(data))
 
 
 def read_dataset(path, energy_key: str = "energy", forces_key: str = "forces", energy_unit: str | None = None,

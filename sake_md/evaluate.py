@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .console import warn
-from .data import Dataset, read_dataset
+from .data import Dataset, as_source
 from .predict import STATISTICS, frame_terms, predict
 
 __all__ = ["N_BOOTSTRAP", "per_frame_terms", "statistics", "evaluate", "warn_unseen_compositions",
@@ -40,17 +40,18 @@ def statistics(terms: dict, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> di
     return result
 
 
-def evaluate(checkpoint, data_path, batch_size: int = 64, energy_key: str = "energy", forces_key: str = "forces",
-             energy_unit: str | None = None, length_unit: str | None = None, device: str = "cpu",
-             n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, return_predictions: bool = False, loaded=None):
-    """The error report of ``checkpoint`` on ``data_path`` (and, optionally, the predictions). ``loaded``: the
-    checkpoint already in memory, (potential, checkpoint dict), e.g. a run's best.pt before it is written."""
+def evaluate(checkpoint, data, batch_size: int = 64, device: str = "cpu", n_bootstrap: int = N_BOOTSTRAP,
+             seed: int = 0, return_predictions: bool = False, loaded=None):
+    """The error report of ``checkpoint`` on ``data`` (a ``DataSource`` or a path; optionally also the
+    predictions). ``loaded``: the checkpoint already in memory, (potential, checkpoint dict), e.g. a run's best.pt
+    before it is written."""
     from .checkpoint import load_checkpoint
     from .inference import inference_potential
     from .model import count_parameters
 
     potential, meta = loaded or load_checkpoint(checkpoint, with_metadata=True)
-    data = read_dataset(data_path, energy_key, forces_key, energy_unit, length_unit, labelled="energy")
+    source = as_source(data)
+    data = source.read(labelled="energy")
     warn_unseen_compositions(meta, data, str(checkpoint))
     potential = inference_potential(potential, device)
     energy, forces = predict(potential, data, batch_size)
@@ -58,7 +59,7 @@ def evaluate(checkpoint, data_path, batch_size: int = 64, energy_key: str = "ene
     stats = statistics(per_frame_terms(data, energy, forces), n_bootstrap, seed)
     if not has_forces:  # a file of energies only: its energy errors, and no force statistics
         stats = {k: v for k, v in stats.items() if not k.startswith("force_")}
-    report = {"checkpoint": str(checkpoint), "data": str(data_path), "frames": len(data),
+    report = {"checkpoint": str(checkpoint), "data": source.path, "frames": len(data),
               "atoms": int(data.n_atoms.sum()), "variant": meta.get("variant", meta["config"]["variant"]),
               "parameters": count_parameters(potential), "dtype": meta.get("dtype"),
               "bootstrap": {"resamples": n_bootstrap, "seed": seed, "interval": "percentile 95% over frames"},

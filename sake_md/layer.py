@@ -64,8 +64,8 @@ class SAKELayer(nn.Module):
         h_ij = self.edge_features(h, d, graph)
         a = self.attention(h_ij, graph)
         # h̃ = a ⊗ h_ij, head-major (index k·H + f): the broadcast's inner loop runs over H, not over
-        # K = 4, which makes it and its gradients ~3x faster. The reference flattens f·K + k; the
-        # checkpoint format (v2) and the parity loader account for the permutation.
+        # K = 4, which makes it and its gradients faster (benchmarks/bench_model.py). The reference flattens
+        # f·K + k; the checkpoint format (v2) and the parity loader account for the permutation.
         h_tilde = (a.unsqueeze(-1) * h_ij.unsqueeze(-2)).flatten(-2)  # (B, N, N|K, K·H)
         h_spa, dv = self.spatial(h_tilde, u, graph.inv_n)
         m = torch.matmul(h_ij.transpose(-1, -2), a).flatten(-2)  # Σ_j h̃_ij without re-reading h̃

@@ -3,7 +3,8 @@
 One round, each stage resumable (its output is its record; a killed round continues where it stopped):
 
 1. **data**: the training file plus every frame labelled so far, as one extxyz in eV and Å;
-2. **train**: a committee of ``members`` potentials (seeds 0..M-1, the ``budget`` recipe) on it;
+2. **train**: a committee of ``members`` potentials (seeds 0..M-1, the CPU recipe) on it; round 0 may
+   start from trained potentials instead (``start``: checkpoints trained on the same training file);
 3. **md**: the stability protocol (Nosé–Hoover at ``temperature_K``, 0.5 fs) with member 0, ``runs`` runs of
    ``md_time_ps`` from frames of the training file, saved in segments;
 4. **select**: along every run up to its first collapsed frame (included: the geometry the potential
@@ -12,8 +13,8 @@ One round, each stage resumable (its output is its record; a killed round contin
    apart within a run, ``select`` frames in all;
 5. **label**: the oracle (any ASE calculator) gives energies and forces; its energies are shifted by the
    constant offset to the training data's level of theory, measured once on ``calibration`` frames of the
-   training file (a different code at the same level of theory differs by a constant: PySCF against rMD17
-   by 0.8 meV for ethanol, with a spread of 0.01 meV).
+   training file (a different code at the same level of theory differs by a constant; for PySCF against rMD17
+   see ``md_runs/stability/oracle_check_ethanol.json``).
 
 ``rounds/round<r>.json`` records each round: data size, member test errors, collapses, deviations, frames
 labelled, oracle CPU seconds. Oracles: ``emt`` (ASE's EMT, for tests), ``pyscf`` (PBE/def2-SVP, rMD17's
@@ -48,6 +49,7 @@ class LearnSettings:
     members: int = 3
     time_budget: float | None = 1800.0  # seconds per member and round (the shipped recipe's 30 minutes)
     epochs: int | None = None
+    start: list[str] = field(default_factory=list)  # checkpoints that stand in for round 0's members
     model: dict = field(default_factory=dict)  # ModelConfig fields, e.g. {"variant": "sake-dot"}
     n_valid: int = 50
     runs: int = 5
@@ -63,8 +65,8 @@ class LearnSettings:
     def __post_init__(self):
         if (self.time_budget is None) == (self.epochs is None):
             raise ConfigError("give exactly one of time_budget and epochs")
-        if self.members < 2:
-            raise ConfigError(f"a committee needs at least 2 members, got {self.members}")
+        if self.members < 2 or len(self.start) == 1:
+            raise ConfigError(f"a committee needs at least 2 members, got {len(self.start) or self.members}")
         if min(self.rounds, self.runs, self.select, self.calibration) < 1:
             raise ConfigError("rounds, runs, select and calibration must be at least 1")
 
@@ -90,14 +92,21 @@ def make_oracle(spec: str):
 
 
 def label(frames: list, oracle, offset: float = 0.0) -> tuple[list, float]:
-    """Energies (eV, + ``offset``) and forces (eV/Å) of ``frames`` (ASE Atoms) by the oracle; (frames, CPU s)."""
+    """Energies (eV, + ``offset``) and forces (eV/Å) of ``frames`` (ASE Atoms) by the oracle; (frames, CPU s).
+    A frame the oracle cannot label (``OracleFailed``: an SCF that does not converge) is left out."""
     from ase.calculators.singlepoint import SinglePointCalculator
+
+    from .oracles import OracleFailed
 
     start, labelled = time.process_time(), []
     for atoms in frames:
         atoms = atoms.copy()
         atoms.calc = oracle
-        energy, forces = atoms.get_potential_energy() + offset, atoms.get_forces()
+        try:
+            energy, forces = atoms.get_potential_energy() + offset, atoms.get_forces()
+        except OracleFailed as e:
+            notify(f"learn: a frame left unlabelled: {e}")
+            continue
         atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
         labelled.append(atoms)
     return labelled, time.process_time() - start
@@ -191,6 +200,8 @@ class Loop:
         from .objective import TrainConfig
         from .train import read_config, train
 
+        if r == 0 and self.s.start:
+            return [Path(p) for p in self.s.start]
         best = []
         for k in range(self.s.members):
             out = self.round_dir(r) / "members" / f"seed{k}"
@@ -199,7 +210,7 @@ class Loop:
                 continue
             resume = (out / "last.pt").exists()
             cfg = read_config(out) if resume else TrainConfig.preset(
-                "budget", str(data), str(out), model=ModelConfig(**self.s.model).to_dict(),
+                "cpu", str(data), str(out), model=ModelConfig(**self.s.model).to_dict(),
                 time_budget=self.s.time_budget, epochs=self.s.epochs, n_valid=self.s.n_valid, seed=k,
                 test=self.s.test, dtype=self.s.dtype, threads=self.s.threads, progress=False)
             best.append(train(cfg, resume=resume))
@@ -258,7 +269,8 @@ class Loop:
         notify(f"learn: round {r}: data")
         data = self.data_file(r)
         frames = len(read_dataset(data))
-        notify(f"learn: round {r}: training {self.s.members} members on {frames} frames")
+        notify(f"learn: round {r}: " + ("the given committee" if r == 0 and self.s.start else
+                                        f"training {self.s.members} members on {frames} frames"))
         members = self.train_members(r, data)
         notify(f"learn: round {r}: {self.s.runs} × {self.s.md_time_ps:g} ps of MD at {self.s.temperature_K:g} K")
         run = self.run_md(r, members[0])

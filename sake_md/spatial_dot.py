@@ -15,8 +15,8 @@ matrix product per atom for all basis functions, G_ibjc = Σ_k T_b(cos_ijk) b_ik
 elementwise, so the largest tensor is (B, N, n_basis, N, C'), never (N, N, N, C'). C' = 64 channels
 and 8 basis functions (degree ≤ 7) keep the pair sum's multiply-adds below those of the C×C map that
 dominates SAKE while N < C²/(n_basis·C') = 128 atoms (aspirin: 21³·8·64 ≈ 4.7 M vs 21²·256² ≈ 29 M
-per layer); A and B add 2·C·C' (half a C×C map) per edge. Measured, the memory-bound intermediate
-makes the variant 1.7-2.3× SAKE's time on batches (README, "Variants and their cost"). A and B have
+per layer); A and B add 2·C·C' (half a C×C map) per edge. The intermediate is memory-bound, so the variant
+costs more time than SAKE on batches (benchmarks/bench_variants.py, docs/model.md). A and B have
 no bias, so the zero h̃ of the diagonal and of padded pairs contributes exactly nothing.
 
 Parameters per layer (MD17 configuration, C = 256, H = 64): A, B 32,768, ψ 512, post MLP (C' → H → H)

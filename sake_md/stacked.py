@@ -16,13 +16,12 @@ number of atoms; the same number of training frames, batch size and epochs (so o
 serves all); fixed epochs, not a time budget; one process.
 """
 
-import copy
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.func import functional_call, vmap
+from torch.func import vmap
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from . import compile_train, distributed, objective
@@ -32,6 +31,7 @@ from .console import notify
 from .errors import SakeMDError
 from .model import compute_forces, count_parameters
 from .predict import TERMS, ErrorSums, batch_terms
+from .stacking import StackedModules
 
 MAY_DIFFER = ("data", "out", "test", "seed", "progress")  # the settings in which stacked runs may differ
 
@@ -104,11 +104,8 @@ class StackedTraining:
         self.trainers, self.verbose = list(trainers), verbose
         first = self.trainers[0]
         self.cfg, self.device, self.dtype = first.cfg, first.device, first.dtype
-        self.names = [n for n, _ in first.potential.backbone.named_parameters()]
-        self.template = copy.deepcopy(first.potential.backbone).to("meta")
-        with torch.no_grad():
-            self.params = [torch.stack([p.detach() for p in ps]).contiguous()
-                           for ps in zip(*(t.potential.backbone.parameters() for t in self.trainers), strict=True)]
+        self.backbones = StackedModules([t.potential.backbone for t in self.trainers])
+        self.names, self.params = list(self.backbones.params), list(self.backbones.params.values())
         self.scale = torch.tensor([t.potential.energy_scale for t in self.trainers], dtype=self.dtype,
                                   device=self.device)
         cfg = self.cfg
@@ -166,12 +163,7 @@ class StackedTraining:
     def energies(self, params, scale, species, positions, mask):
         """Model energies (K, B) of each run's own frames, with the graph to ``positions`` (K, B, N, 3);
         ``scale`` (K,) the runs' energy scales."""
-        names = self.names
-
-        def one(ps, s, x, m):
-            return functional_call(self.template, dict(zip(names, ps, strict=True)), (s, x, m))
-
-        y = vmap(one)(list(params), species, positions, mask)
+        y = self.backbones(species, positions, mask, params=dict(zip(self.names, params, strict=True)))
         return (scale.view(-1, 1, 1) * y).sum(-1)  # as SAKEPotential: scale per atom, then the sum
 
     def step_function(self, cfg, names: tuple[str, ...]):

@@ -26,7 +26,7 @@ from . import distributed, objective
 from .allocator import keep_freed_memory
 from .checkpoint import potential_from_dict, read_checkpoint, save_checkpoint
 from .console import notify, warn
-from .data import Dataset, LabelledBatch, labelled_batch, read_dataset, shuffled_order, split
+from .data import Dataset, LabelledBatch, labelled_batch, shuffled_order, split
 from .errors import DataError, SakeMDError
 from .model import SAKEPotential, count_parameters
 from .objective import (  # noqa: F401  (re-exported: the training API)
@@ -391,7 +391,7 @@ def truncate_log(path: Path, epochs: int) -> None:
 
 def load_split(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     """Read and validate the training file, then split off ``n_valid`` frames with ``seed``."""
-    data = read_dataset(cfg.data, cfg.energy_key, cfg.forces_key, cfg.energy_unit, cfg.length_unit)
+    data = cfg.source(cfg.data).read()
     if len(data) < 2:
         raise DataError(f"{cfg.data}: need at least 2 frames to train and validate, found {len(data)}")
     return split(data, cfg.n_valid, cfg.seed)
@@ -489,8 +489,7 @@ def finalize(cfg: TrainConfig, out: Path, train_set: Dataset) -> dict | None:
         potential.energy_shift += offset
         training["energy_shift_refit_eV"] = training.get("energy_shift_refit_eV", 0.0) + offset
     if cfg.test:
-        report = evaluate(out / "best.pt", cfg.test, energy_key=cfg.energy_key, forces_key=cfg.forces_key,
-                          energy_unit=cfg.energy_unit, length_unit=cfg.length_unit, device=cfg.device,
+        report = evaluate(out / "best.pt", cfg.source(cfg.test), device=cfg.device,
                           loaded=(potential, {**data, "training": training}))
         metrics["test"] = report
     save_checkpoint(out / "best.pt", potential, training, metrics, data.get("extra"))

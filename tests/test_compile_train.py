@@ -180,7 +180,7 @@ def test_a_loss_setting_read_as_a_constant_makes_a_new_graph(trainers, monkeypat
     cfg = tiny_config("x.npz", "out")
     lb = labelled_batch(eager.train_set, np.arange(4), eager.potential.species_index, torch.float64)
     losses = []
-    for recipe, weight, n_graphs in (("paper", 0.1, 1), ("paper", 0.1, 1), ("budget", 0.1, 2), ("paper", 0.5, 3)):
+    for recipe, weight, n_graphs in (("paper", 0.1, 1), ("paper", 0.1, 1), ("cpu", 0.1, 2), ("paper", 0.5, 3)):
         cfg.recipe, cfg.energy_weight = recipe, weight
         losses.append(float(step(lb, cfg)[0]))
         assert step.n_graphs == n_graphs

@@ -9,7 +9,7 @@ import torch
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
-from sake_md.data import batches, read_dataset, shuffled_order, split
+from sake_md.data import DataSource, batches, read_dataset, shuffled_order, split
 from sake_md.errors import DataError
 from sake_md.units import KCAL_PER_MOL
 
@@ -96,6 +96,8 @@ def test_extxyz_with_custom_keys_and_with_single_point_calculator(tmp_path):
     assert_same_labels(read_dataset(spc), frames, 1e-6)
     kcal = read_dataset(custom, energy_key="dft_energy", forces_key="dft_forces", energy_unit="kcal/mol")
     np.testing.assert_allclose(kcal.energy, [a.get_potential_energy() * KCAL_PER_MOL for a in frames], rtol=1e-7)
+    source = DataSource(str(custom), "dft_energy", "dft_forces", energy_unit="kcal/mol")  # the options as one value
+    np.testing.assert_array_equal(source.read().energy, kcal.energy)
 
 
 def test_ase_database_with_calculator_and_with_key_value_pairs(tmp_path):

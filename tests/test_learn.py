@@ -57,6 +57,13 @@ def test_two_rounds_grow_the_data_with_oracle_labels_and_resume(tmp_path):
     with pytest.raises(ConfigError, match="other settings \\(select\\)"):
         learn(LearnSettings(**{**settings, "select": 3}))
 
+    start = first["members"]  # round 0 from trained potentials: it trains none
+    (again,) = learn(LearnSettings(**{**settings, "out": str(tmp_path / "again"), "start": start}))
+    assert again["members"] == start and again["labelled"] == 2
+    assert not (tmp_path / "again" / "round0" / "members").exists()
+    with pytest.raises(ConfigError, match="at least 2 members, got 1"):
+        LearnSettings(**{**settings, "start": start[:1]})
+
 
 def test_learn_command(tmp_path):
     from click.testing import CliRunner

@@ -43,7 +43,7 @@ def test_a_short_budget_is_not_spent_compiling_and_says_it_is_too_short(tmp_path
     assert result.exit_code == 0, result.output
     assert time.perf_counter() - start < 90  # a compile alone takes minutes
     assert "-> eager training step" in result.output and "compiled the training step" not in result.output
-    assert "recipe budget: a time budget of 2 s" in result.output  # the planned length, stated at the start
+    assert "recipe cpu: a time budget of 2 s" in result.output  # the planned length, stated at the start
     assert "fits only about" in result.output and "--time-budget" in result.output
 
 
@@ -55,9 +55,9 @@ def test_plain_train_uses_the_cpu_recipe_not_the_papers_5000_epochs(monkeypatch)
     monkeypatch.setattr(sake_md.train, "train", lambda cfg, resume=False: seen.append(cfg) or "best.pt")
     assert invoke("train", "--data", "d.npz", "--out", "o").exit_code == 0
     cfg = seen[0]
-    assert cfg.recipe == "budget" and cfg.epochs is None and cfg.time_budget == RECIPES["budget"]["time_budget"]
+    assert cfg.recipe == "cpu" and cfg.epochs is None and cfg.time_budget == RECIPES["cpu"]["time_budget"]
     assert cfg.compile == "auto"
-    assert "Default: budget." in " ".join(invoke("train", "--help").output.split())
+    assert "Default: cpu." in " ".join(invoke("train", "--help").output.split())
 
 
 def test_train_prints_the_test_errors_and_a_finished_resume_says_so(tmp_path):
@@ -67,7 +67,7 @@ def test_train_prints_the_test_errors_and_a_finished_resume_says_so(tmp_path):
     result = invoke(*args)
     assert result.exit_code == 0, result.output
     assert "test errors of best.pt" in result.output and "force_mae_meV_A" in result.output
-    assert "recipe budget: 1 epochs" in result.output
+    assert "recipe cpu: 1 epochs" in result.output
     before = (tmp_path / "r" / "best.pt").read_bytes()
     again = invoke("train", "--out", tmp_path / "r", "--data", data, "--resume", "--no-progress")
     assert again.exit_code == 0, again.output

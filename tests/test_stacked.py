@@ -31,7 +31,7 @@ def molecules(tmp_path_factory):
 
 
 def configs(molecules, out, **overrides):
-    """Three runs: ethanol seeds 0 and 1, ether seed 0; the budget recipe's loss and weight average."""
+    """Three runs: ethanol seeds 0 and 1, ether seed 0; the CPU recipe's loss and weight average."""
     settings = {"model": TINY, "epochs": 3, "loss": "mae", "energy_per_atom": True, "energy_weight": 1.0,
                 "ema_decay": 0.9, **overrides}
     runs = [(molecules[0], 0), (molecules[0], 1), (molecules[1], 0)]

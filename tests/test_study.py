@@ -472,3 +472,16 @@ def test_committee_table_counts_warnings_leads_and_false_alarms():
     row = table_row("\n".join(committee_section(records, "ethanol")), "Committee early warning", "sake")
     assert cell["usual_eV_A"] == 0.1 and cell["frame_before_collapse_eV_A"] == 0.2
     assert row == "| `sake` | 0.500 / 1.000 | 5 | 3 | 0.100 / 0.200 | 1/3 | 0.50 | 1/2 |"
+
+
+def test_the_published_study_records_match_its_study_file():
+    """The records were made with recipe "budget" (the CPU recipe's first name) and compile true; the study file
+    now says "cpu" and the recipe compiles where it pays: neither makes a record stale."""
+    from pathlib import Path
+
+    from sake_md.study import _warn_stale
+
+    study = load_study(Path(__file__).parents[1] / "md_runs" / "ablation" / "study.toml")
+    warnings = []
+    _warn_stale(study, study.select(), "cpu", warnings.append)
+    assert warnings == []

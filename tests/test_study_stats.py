@@ -167,7 +167,7 @@ def test_arm_definition_budget_seeds_md_and_its_own_records(tmp_path):
     assert study.md["time_ps"] == 0.1 and m.long_md_ps is None and study.out == tmp_path / "cost"
     run = study.select()[0]
     cfg = study.train_config(run)
-    assert (cfg.time_budget, cfg.epochs, cfg.recipe) == (3.0, None, "budget")
+    assert (cfg.time_budget, cfg.epochs, cfg.recipe) == (3.0, None, "cpu")
     assert study.md_horizons(run) == [0.1]
     d = study.to_dict()
     assert d["arm"] == "equal-cost" and d["molecules"]["ethanol"]["time_budget_s"] == 3.0

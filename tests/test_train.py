@@ -93,8 +93,8 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(npz, tmp_path):
 
 def test_time_budget_plans_the_schedule_and_stops(npz, tmp_path):
     out = tmp_path / "budget"
-    assert TrainConfig.preset("budget", "d.npz", "o").compile  # the compiled step is part of the recipe
-    cfg = TrainConfig.preset("budget", str(npz), str(out), time_budget=3.0, model=SMALL, n_valid=4, batch_size=4,
+    assert TrainConfig.preset("cpu", "d.npz", "o").compile  # the compiled step is part of the recipe
+    cfg = TrainConfig.preset("cpu", str(npz), str(out), time_budget=3.0, model=SMALL, n_valid=4, batch_size=4,
                              progress=False, compile=False)
     assert cfg.epochs is None and cfg.batch_size == 4 and cfg.energy_weight == 1.0 and cfg.ema_decay == 0.99
     train(cfg)
@@ -251,10 +251,10 @@ def test_best_checkpoint_holds_the_averaged_weights(npz, tmp_path):
 
 
 def test_a_short_run_of_the_budget_recipe_lowers_the_validation_error(npz, tmp_path):
-    """The budget preset as it ships (EMA, MAE with per-atom energies, cosine over the run), briefly."""
+    """The CPU recipe as it ships (EMA, MAE with per-atom energies, cosine over the run), briefly."""
     out = tmp_path / "budget"
     # batch 1: enough optimiser steps on 8 frames for the EMA (decay 0.99 per step) to move
-    cfg = TrainConfig.preset("budget", str(npz), str(out), epochs=30, batch_size=1, model=SMALL, n_valid=4,
+    cfg = TrainConfig.preset("cpu", str(npz), str(out), epochs=30, batch_size=1, model=SMALL, n_valid=4,
                              progress=False, compile=False, lr=1e-2)
     assert cfg.ema_decay == 0.99 and cfg.loss == "mae" and cfg.energy_per_atom and cfg.time_budget is None
     train(cfg)
@@ -294,5 +294,7 @@ def test_the_model_settings_are_a_model_config_and_config_json_keeps_its_form(np
     assert cfg.to_dict()["model"] == SMALL
     again = TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg and again.to_dict() == cfg.to_dict()
-    assert not cfg.timed and TrainConfig.preset("budget", "d", "o").timed
-    assert not TrainConfig.preset("budget", "d", "o", epochs=3).timed  # the "budget" recipe for fixed epochs
+    assert not cfg.timed and TrainConfig.preset("cpu", "d", "o").timed
+    assert not TrainConfig.preset("cpu", "d", "o", epochs=3).timed  # the CPU recipe for fixed epochs
+    old = TrainConfig.preset("budget", "d", "o")  # the CPU recipe's first name (old config.json files, studies)
+    assert old.recipe == "cpu" and old.to_dict() == TrainConfig.preset("cpu", "d", "o").to_dict()

@@ -8,7 +8,7 @@ DATA=${DATA:-../shared/data/rmd17}
 OUT=${OUT:-runs/recipe}
 train() {  # name, core, molecule, extra options
   local name=$1 core=$2 mol=$3; shift 3
-  taskset -c "$core" sake-md train --recipe budget --time-budget 30m --threads 1 --no-progress \
+  taskset -c "$core" sake-md train --recipe cpu --time-budget 30m --threads 1 --no-progress \
       --data "$DATA/rmd17_${mol}_train_01.npz" --test "$DATA/rmd17_${mol}_test_01.npz" --out "$OUT/$name" "$@"
   python md_runs/recipe/tail.py "$OUT/$name/best.pt" --data "$DATA/rmd17_${mol}_test_01.npz" \
       --train "$DATA/rmd17_${mol}_train_01.npz" --json "md_runs/recipe/tail_${name}.json"
@@ -17,7 +17,7 @@ runs=${*:-c1 c2 c3 malonaldehyde aspirin}
 for run in $runs; do
   case $run in
     c1) train c1_ethanol_eager 0 ethanol --no-compile ;;           # the new recipe without the compiled step
-    c2) train c2_ethanol 0 ethanol ;;                              # the budget recipe as shipped
+    c2) train c2_ethanol 0 ethanol ;;                              # the CPU recipe as shipped
     c3) train c3_ethanol_mse 0 ethanol --loss mse --energy-weight 10 ;;  # the MSE lever at full budget
     malonaldehyde) train budget_malonaldehyde 1 malonaldehyde ;;
     aspirin) train budget_aspirin 0 aspirin ;;

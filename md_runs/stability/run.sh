@@ -17,7 +17,7 @@ if [ ! -f "$model" ]; then
     if [ -f "$train/last.pt" ]; then
         sake-md train --resume --out "$train" --threads 1 --no-progress
     else
-        sake-md train --model "$variant" --recipe budget --time-budget 30m --threads 1 --no-progress \
+        sake-md train --model "$variant" --recipe cpu --time-budget 30m --threads 1 --no-progress \
             --data "$data/rmd17_${molecule}_train_01.npz" --test "$data/rmd17_${molecule}_test_01.npz" --out "$train"
     fi
     cp "$train/best.pt" "$model"

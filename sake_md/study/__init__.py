@@ -134,6 +134,7 @@ def _check_data(study: Study, runs: list[Run]) -> None:
 
 def _warn_stale(study: Study, runs: list[Run], device: str, echo) -> None:
     """Records made with other settings than the study file now gives are kept, with a warning."""
+    from ..objective import RECIPE_ALIASES
     from .jobs import MAY_CHANGE, portable
 
     for run in runs:
@@ -141,6 +142,7 @@ def _warn_stale(study: Study, runs: list[Run], device: str, echo) -> None:
         if not path.exists():
             continue
         recorded = json.loads(path.read_text())["config"]
+        recorded["recipe"] = RECIPE_ALIASES.get(recorded.get("recipe"), recorded.get("recipe"))
         now = portable(study.train_config(run, device).to_dict(), study.root)
         changed = sorted(k for k in now if k not in MAY_CHANGE and recorded.get(k) != now[k])
         if changed:

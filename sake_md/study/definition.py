@@ -24,8 +24,8 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..md.stability import PRESETS
 from ..model import ModelConfig
+from ..objective import DEFAULT_RECIPE, RECIPE_ALIASES, RECIPES, TrainConfig
 from ..spatial import SPATIAL_BLOCKS
-from ..train import RECIPES, TrainConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -125,7 +125,7 @@ class Study:
     def train_config(self, run: Run, device: str = "cpu") -> TrainConfig:
         """The trainer's preset with the study's overrides and this run's epochs, seed and variant."""
         settings = dict(self.training)
-        recipe = settings.pop("recipe", "budget")
+        recipe = settings.pop("recipe", DEFAULT_RECIPE)
         model = ModelConfig(variant=run.variant, **self.model).to_dict()
         out = self.run_dir(run) / "train"
         m = self.molecules[run.molecule]
@@ -263,8 +263,8 @@ def _check_keys(table: dict, known: set, where) -> None:
 
 
 def _training(table: dict, path: Path) -> dict:
-    recipe = table.get("recipe", "budget")
-    if recipe not in RECIPES:
+    recipe = table.get("recipe", DEFAULT_RECIPE)
+    if RECIPE_ALIASES.get(recipe, recipe) not in RECIPES:
         raise ConfigError(f"{path} [training]: unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
     set_per_run = sorted(set(table) & RUN_SET)
     if set_per_run:

@@ -35,8 +35,9 @@ from ..model import count_parameters
 from ..train import Trainer, read_config, train
 from .definition import Run, Study, load_study
 
-# settings that may differ between a killed run and its resumption: where files are, where it runs
-MAY_CHANGE = {"data", "out", "test", "device", "progress", "threads"}
+# settings that may differ between a killed run and its resumption: where files are, where and how it runs (the
+# compiled step takes the eager step's steps, to rounding)
+MAY_CHANGE = {"data", "out", "test", "device", "progress", "threads", "compile"}
 
 
 def write_json(path, obj) -> Path:
