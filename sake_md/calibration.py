@@ -16,6 +16,7 @@ from scipy.stats import spearmanr
 
 from .data import as_source
 from .evaluate import N_BOOTSTRAP, format_report, per_frame_terms, statistics
+from .plotting import pyplot, save
 from .predict import STATISTICS, statistic
 
 __all__ = ["N_BINS", "binned_calibration", "committee_arrays", "member_errors", "evaluate_committee",
@@ -116,12 +117,8 @@ def format_committee_report(report: dict) -> str:
 def calibration_plot(path, report: dict, arrays: dict, max_points: int = 20000, seed: int = 0) -> Path | None:
     """Per-atom σ_F against |ΔF| (a sample of atoms), the binned RMSE against RMS σ and the diagonal,
     log-log, in meV/Å; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     sigma, error = 1e3 * arrays["force_std"], 1e3 * arrays["force_error"]
     keep = np.random.default_rng(seed).permutation(len(sigma))[:max_points]
@@ -139,10 +136,7 @@ def calibration_plot(path, report: dict, arrays: dict, max_points: int = 20000, 
     ax.set_title(f"{report['variant']}\nSpearman ρ = {cal['spearman']:.2f}, RMSE / RMS σ = {cal['ratio']:.2g}",
                  fontsize=10)
     ax.legend(loc="best", fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def _short(path: str, width: int = 40) -> str:

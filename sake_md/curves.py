@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SakeMDError
+from .plotting import pyplot, save
 
 CURVE_KEYS = ("val_force_mae_meV_A", "val_energy_mae_meV")
 
@@ -44,12 +45,8 @@ def summary_table(curves: list[dict]) -> str:
 
 def plot_curves(curves: list[dict], path) -> Path | None:
     """Validation force and energy MAE (log scale) against training minutes; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (ax_f, ax_e) = plt.subplots(1, 2, figsize=(10, 4.2))
     for c in curves:
@@ -61,7 +58,4 @@ def plot_curves(curves: list[dict], path) -> Path | None:
     for ax in (ax_f, ax_e):
         ax.grid(alpha=0.3, which="both")
     ax_f.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)

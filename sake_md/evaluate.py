@@ -11,6 +11,7 @@ import numpy as np
 
 from .console import warn
 from .data import Dataset, as_source
+from .plotting import pyplot, save
 from .predict import STATISTICS, frame_terms, predict
 
 __all__ = ["N_BOOTSTRAP", "per_frame_terms", "statistics", "evaluate", "warn_unseen_compositions",
@@ -118,12 +119,8 @@ def write_extxyz(path, data: Dataset, energy: np.ndarray, forces: list[np.ndarra
 
 def parity_plot(path, data: Dataset, energy: np.ndarray, forces: list[np.ndarray], report: dict) -> Path | None:
     """Energy (relative to the reference mean) and force-component parity; None without matplotlib."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (ax_e, ax_f) = plt.subplots(1, 2, figsize=(9, 4.2))
     shift = data.energy.mean()
@@ -132,10 +129,7 @@ def parity_plot(path, data: Dataset, energy: np.ndarray, forces: list[np.ndarray
     _parity(ax_f, np.concatenate([f.ravel() for f in data.forces]), np.concatenate([f.ravel() for f in forces]),
             "force component (eV/Å)", f"MAE {report['force_mae_meV_A']['value']:.2f} meV/Å")
     fig.suptitle(f"{report['variant']} on {Path(report['data']).name} ({report['frames']} frames)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return Path(path)
+    return save(fig, path)
 
 
 def _parity(ax, ref, pred, label, title):

@@ -9,6 +9,7 @@ from ..batch import check_structure
 from ..checkpoint import load_checkpoint
 from ..devices import resolve_device, resolve_dtype
 from ..evaluate import warn_unseen_compositions
+from ..plotting import pyplot, save
 from .rdf import BINS, h_of_r
 from .reference import read_reference
 from .stability import PRESETS, StabilityResult, force_errors, run_stability
@@ -108,11 +109,7 @@ def write_outputs(results: list[StabilityResult], h_reference: np.ndarray, out, 
                "models": [r.to_dict() for r in results]}
     path.write_text(json.dumps(payload, indent=1, default=_json_default))
     written = [path]
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-    except ImportError:
+    if pyplot() is None:
         return written
     written += [_plot_stability(results, out / "stability.png", settings["time_ps"]),
                 _plot_hr(results, h_reference, out / "hr.png")]
@@ -126,9 +123,7 @@ def _json_default(value):
 
 
 def _plot_stability(results, path, time_ps):
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(results), 3.5))
+    fig, ax = pyplot().subplots(figsize=(1.5 + 1.2 * len(results), 3.5))
     x = np.arange(len(results))
     ax.bar(x, [r.stability_mean_ps for r in results], yerr=[r.stability_std_ps for r in results], capsize=4)
     for i, r in enumerate(results):
@@ -136,24 +131,16 @@ def _plot_stability(results, path, time_ps):
     ax.set_xticks(x, [r.model for r in results], rotation=20, ha="right")
     ax.set_ylabel("stability time (ps)")
     ax.set_ylim(0, time_ps * 1.05)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)
 
 
 def _plot_hr(results, h_reference, path):
-    import matplotlib.pyplot as plt
-
     centres = 0.5 * (BINS[1:] + BINS[:-1])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = pyplot().subplots(figsize=(6, 3.5))
     ax.plot(centres, h_reference, "k", lw=2, label="reference")
     for r in results:
         ax.plot(centres, r.hr, lw=1, label=f"{r.model} (error {r.hr_error:.3f})")
     ax.set_xlabel("r (Å)")
     ax.set_ylabel("h(r) (1/Å)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save(fig, path)

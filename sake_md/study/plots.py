@@ -7,17 +7,14 @@ from pathlib import Path
 import numpy as np
 
 from ..md.rdf import BINS
+from ..plotting import pyplot, save
 from .report import Records, error_values, learning_curve, summarize, trajectories
 
 
 def write_plots(records: Records, out: Path) -> list[Path]:
     """The PNGs written into ``out``; none without matplotlib or records."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     molecules = records.molecules()
     if not molecules:
@@ -29,11 +26,9 @@ def write_plots(records: Records, out: Path) -> list[Path]:
         fig, axes = plt.subplots(1, len(molecules), figsize=(4.5 * len(molecules), 3.6), squeeze=False)
         drawn = [draw(ax, records, m, horizon) for ax, m in zip(axes[0], molecules, strict=True)]
         if any(drawn):
-            fig.tight_layout()
-            path = out / f"{name}.png"
-            fig.savefig(path, dpi=110)
-            written.append(path)
-        plt.close(fig)
+            written.append(save(fig, out / f"{name}.png", dpi=110))
+        else:
+            plt.close(fig)
     return written
 
 
