@@ -1,5 +1,6 @@
 """Steps per second of SAKE MD, side by side in one run: ASE (what ``sake-md run`` does), OpenMM with the SAKE
-force (``sake_md.engines.openmm``), and OpenMM with openmm-ml's generic ASE wrapper (``MLPotential("ase")``,
+force (``sake_md.engines.openmm``: openmm-torch's TorchForce where it works here, and always the PythonForce
+running the same TorchScript module), and OpenMM with openmm-ml's generic ASE wrapper (``MLPotential("ase")``,
 a PythonForce calling ``SAKECalculator``); ethanol in vacuum and ethanol in a 2 nm TIP3P box (ML/MM,
 mechanical embedding, PME), with the MM-only box for scale.
 
@@ -8,8 +9,9 @@ mechanical embedding, PME), with the MM-only box for scale.
 
 Langevin, 0.5 fs, 300 K, one thread (torch and OpenMM's CPU platform). Each engine runs ``--steps`` after a
 warm-up of 20 steps, in ``--rounds`` interleaved rounds; the best round is reported, as wall-clock steps/s and
-as steps per CPU-second of this process (less sensitive to other jobs on the core). The SAKE force says which
-kind it is: "torch" (openmm-torch, no Python per step) or "python" (the PythonForce fallback).
+as steps per CPU-second of this process (less sensitive to other jobs on the core). The SAKE force rows say
+their kind: TorchForce (openmm-torch, no Python per step; only where ``torch_force_unavailable()`` finds none)
+and PythonForce (the fallback).
 """
 
 import argparse
@@ -60,19 +62,21 @@ def openmm_engine(system, positions_nm, box=None, platform_name="CPU"):
     return run
 
 
-def vacuum_systems(checkpoint, dtype):
+def vacuum_systems(checkpoint, dtype, kinds):
+    """Positions (nm), {force kind: System with the SAKE force}, the System with openmm-ml's ASE wrapper."""
     from openmmml import MLPotential
 
     from sake_md.engines.openmm import openmm_topology
 
     atoms = ase.build.molecule("CH3CH2OH")
     topology = openmm_topology(atoms)
-    sake = MLPotential("sake", model=checkpoint).createSystem(topology, dtype=dtype)
+    sake = {kind: MLPotential("sake", model=checkpoint).createSystem(topology, dtype=dtype, force=kind)
+            for kind in kinds}
     generic = MLPotential("ase").createSystem(topology, calculator=SAKECalculator(checkpoint, dtype=dtype))
     return atoms.positions / 10, sake, generic
 
 
-def box_systems(checkpoint, dtype):
+def box_systems(checkpoint, dtype, kinds):
     """Ethanol in 2 nm of TIP3P: MM only, ML/MM with the SAKE force, ML/MM with openmm-ml's ASE wrapper."""
     import openmm
     from openmm import app, unit
@@ -87,7 +91,9 @@ def box_systems(checkpoint, dtype):
     mm = forcefield.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=0.9 * unit.nanometer,
                                  constraints=app.HBonds)
     ml = list(range(len(atoms)))
-    sake = MLPotential("sake", model=checkpoint).createMixedSystem(modeller.topology, mm, ml, cutoff=1.0, dtype=dtype)
+    sake = {kind: MLPotential("sake", model=checkpoint).createMixedSystem(modeller.topology, mm, ml, cutoff=1.0,
+                                                                         dtype=dtype, force=kind)
+            for kind in kinds}
     # the generic wrapper hands ASE a periodic Atoms object: SAKE needs its sparse mode (10 Å, the same numbers)
     generic = MLPotential("ase").createMixedSystem(modeller.topology, mm, ml, mlLongRange=False,
                                                    calculator=SAKECalculator(checkpoint, dtype=dtype, cutoff=10.0))
@@ -122,32 +128,45 @@ def main():
     from sake_md.engines.openmm import torch_force_unavailable
 
     reason = torch_force_unavailable()
-    kind = "python (PythonForce fallback)" if reason else "torch (openmm-torch TorchForce)"
+    kinds = ["python"] if reason else ["torch", "python"]
+    names = {"torch": "OpenMM, SAKE TorchForce", "python": "OpenMM, SAKE PythonForce"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        x, sake, generic = vacuum_systems(checkpoint, args.dtype)
-        box_x, mm, box_sake, box_generic, waters = box_systems(checkpoint, args.dtype)
+        x, sake, generic = vacuum_systems(checkpoint, args.dtype, kinds)
+        box_x, mm, box_sake, box_generic, waters = box_systems(checkpoint, args.dtype, kinds)
     vacuum = measure({"ASE (sake-md run)": ase_engine(checkpoint, args.dtype),
-                      "OpenMM, SAKE force": openmm_engine(sake, x, platform_name=args.platform),
+                      **{names[k]: openmm_engine(sake[k], x, platform_name=args.platform) for k in kinds},
                       "OpenMM, openmm-ml ASE wrapper": openmm_engine(generic, x, platform_name=args.platform)},
                      args.steps, args.rounds)
     box = measure({"OpenMM, MM only (no ML)": openmm_engine(mm, box_x, platform_name=args.platform),
-                   "OpenMM, SAKE force": openmm_engine(box_sake, box_x, platform_name=args.platform),
+                   **{names[k]: openmm_engine(box_sake[k], box_x, platform_name=args.platform) for k in kinds},
                    "OpenMM, openmm-ml ASE wrapper": openmm_engine(box_generic, box_x, platform_name=args.platform)},
                   args.steps, args.rounds)
+    import openmm
+
+    versions = f"openmm {openmm.__version__}"
+    if not reason:
+        from importlib.metadata import version
+
+        versions += f", openmmtorch {version('openmmtorch')}"
     print(f"# bench_openmm.py, {datetime.date.today()}, {platform.node()}, torch {torch.__version__}, "
           f"{args.dtype}, {Path(checkpoint).name}, Langevin 0.5 fs, 1 thread, {args.platform} platform, "
-          f"{args.steps} steps x best of {args.rounds} rounds")
-    print(f"# SAKE force kind: {kind}" + (f" ({reason})" if reason else ""))
+          f"{args.steps} steps x best of {args.rounds} rounds, {versions}")
+    print("# SAKE force kinds: " + ("TorchForce and PythonForce" if not reason else f"PythonForce only ({reason})"))
     print(f"{'system':<28} {'engine':<32} {'steps/s (wall)':>15} {'steps/CPU-s':>12}")
     for label, table in (("ethanol, vacuum (9 atoms)", vacuum),
                          (f"ethanol + {waters} TIP3P", box)):
         for name, (wall, cpu) in table.items():
             print(f"{label:<28} {name:<32} {wall:>15.1f} {cpu:>12.1f}")
-    ratio = vacuum["OpenMM, SAKE force"][1] / box["OpenMM, SAKE force"][1]
-    print(f"# ML/MM box cost / vacuum ML cost (SAKE force, CPU time per step): {ratio:.2f}x")
-    ratio = vacuum["OpenMM, SAKE force"][1] / vacuum["ASE (sake-md run)"][1]
-    print(f"# OpenMM SAKE force / ASE in vacuum (steps per CPU-second): {ratio:.2f}x")
+    for kind in kinds:
+        ratio = vacuum[names[kind]][1] / box[names[kind]][1]
+        print(f"# ML/MM box cost / vacuum ML cost ({names[kind][8:]}, CPU time per step): {ratio:.2f}x")
+        ratio = vacuum[names[kind]][1] / vacuum["ASE (sake-md run)"][1]
+        print(f"# {names[kind]} / ASE in vacuum (steps per CPU-second): {ratio:.2f}x")
+    if "torch" in kinds:
+        for label, table in (("vacuum", vacuum), ("ML/MM box", box)):
+            ratio = table[names["torch"]][1] / table[names["python"]][1]
+            print(f"# TorchForce / PythonForce, {label} (steps per CPU-second): {ratio:.2f}x")
 
 
 if __name__ == "__main__":

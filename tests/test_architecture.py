@@ -7,9 +7,9 @@ from pathlib import Path
 PACKAGE = Path(__file__).parents[1] / "sake_md"
 
 LAYERS = {  # lowest first; a module may import its own layer and those below
-    "model": ["errors", "files", "console", "plotting", "units", "version", "geometry", "modules", "layer", "graph", "spatial",
-              "spatial_sh", "spatial_dot", "model", "neighbours", "checkpoint", "batch", "devices", "allocator",
-              "structures", "stacking"],
+    "model": ["errors", "files", "console", "plotting", "units", "version", "geometry", "modules", "layer", "graph",
+              "spatial", "spatial_sh", "spatial_dot", "model", "neighbours", "checkpoint", "batch", "devices",
+              "allocator", "structures", "stacking"],
     "inference": ["inference", "oracles", "compile", "export", "calculator", "committee", "calibration", "data",
                   "predict", "evaluate", "shipped", "testing"],
     "md": ["md.*"],

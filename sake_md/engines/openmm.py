@@ -16,11 +16,15 @@ own), ``force`` ("auto", "torch" or "python").
 The force: openmm-torch's ``TorchForce`` around the TorchScript module of ``sake_md.engines.torchscript``
 (no Python per step), or, when openmm-torch is missing or does not work with the installed torch (its
 PyPI wheels are built against one torch release and CUDA), OpenMM's ``PythonForce`` calling that same
-module, after one warning. Both give the same numbers: the module is the same.
+module, after one warning. Both give the same numbers: the module is the same. Where a TorchForce cannot
+be copied through XML (``torch_force_copy_crashes``), building one warns, naming what would crash.
 """
 
 import functools
 import io
+import subprocess
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -36,7 +40,7 @@ from ..shipped import shipped_potential
 from .torchscript import NM, export_energy_module
 
 __all__ = ["SAKEPotentialImpl", "SAKEPotentialImplFactory", "openmm_topology", "resolve_model", "sake_force",
-           "torch_force_unavailable", "FORCE_KINDS"]
+           "torch_force_unavailable", "torch_force_copy_crashes", "FORCE_KINDS"]
 
 FORCE_KINDS = ("auto", "torch", "python")
 EMBEDDING_KEYWORDS = {"linkAtomDistances", "mlLongRange"}  # read by openmm-ml's embeddings, then passed to us
@@ -200,6 +204,10 @@ def sake_force(potential: SAKEPotential, numbers, indices: list[int], periodic: 
     else:
         import openmmtorch
 
+        crash = torch_force_copy_crashes()
+        if crash:
+            warnings.warn(f"sake_md: {crash}; for those, pass force='python' (the same module through a "
+                          "PythonForce)", RuntimeWarning, stacklevel=3)
         f = openmmtorch.TorchForce(export_energy_module(potential, numbers, periodic, indices))
     f.setUsesPeriodicBoundaryConditions(periodic)
     return f
@@ -258,6 +266,37 @@ def torch_force_unavailable() -> str | None:
     if abs(energy - 0.14) > 1e-9:
         return f"openmm-torch's TorchForce gave {energy} kJ/mol for a probe whose energy is 0.14"
     return None
+
+
+@functools.cache
+def torch_force_copy_crashes() -> str | None:
+    """Why copying a TorchForce through OpenMM's XML kills the process (None when it does not).
+
+    openmm-torch 1.5's PyPI wheel, built against OpenMM 8.5, crashes in deserialization under OpenMM 8.6 (a
+    C++ return type changed), and XmlSerializer, ``copy.deepcopy`` of a System and openmm-ml's
+    ``interpolate=True`` all copy that way. A crash cannot be caught, so the probe runs in a child process.
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        module = Path(tmp) / "probe.pt"
+        torch.jit.save(torch.jit.script(_Probe()), module)
+        probe = ("import sys, torch, openmm, openmmtorch\n"  # torch first: it loads the CUDA libraries it needs
+                 "openmm.XmlSerializer.clone(openmmtorch.TorchForce(sys.argv[1]))\n")
+        done = subprocess.run([sys.executable, "-c", probe, str(module)], capture_output=True, text=True, timeout=600)
+    if done.returncode == 0:
+        return None
+    how = f"signal {-done.returncode}" if done.returncode < 0 else (done.stderr.strip().splitlines() or ["?"])[-1]
+    return (f"openmm-torch {_version('openmmtorch')} with OpenMM {openmm.__version__} cannot copy a TorchForce "
+            f"through XML ({how}): serializing the System, copy.deepcopy and openmm-ml's interpolate=True would "
+            "end the process")
+
+
+def _version(package: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "?"
 
 
 class _Probe(torch.nn.Module):
