@@ -525,14 +525,19 @@ def ipi_command(potential, structure, unix, host, port, dtype, device, cutoff, w
               help="Frames (of 0.05 ps) between two picks from one run.")
 @click.option("--calibration", type=click.IntRange(min=1), default=5, show_default=True,
               help="Training frames the oracle labels once to measure its constant energy offset.")
+@click.option("--energy-ceiling", type=float, default=1.0, show_default=True,
+              help="eV per atom above the training data's highest energy: labelled frames above it (atoms fused) "
+                   "stay in the record but out of the training data.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True)
 @click.option("--threads", type=int, default=1, show_default=True)
 def learn_command(data, out, oracle, test, rounds, members, time_budget, epochs, start, variant, hidden, heads, layers,
-                  radial, n_valid, runs, md_time, temperature_k, select, spacing, calibration, seed, dtype, threads):
+                  radial, n_valid, runs, md_time, temperature_k, select, spacing, calibration, energy_ceiling, seed,
+                  dtype, threads):
     """Grow the training data where the potential is unsure: each round trains a committee, runs hot MD with
-    it, labels the frames where members disagree most or a bond leaves the training range with --oracle,
-    and adds them to the data. Run the same command again to continue (or add rounds)."""
+    it, labels the frames where members disagree most or the geometry leaves the training data's (a bond
+    longer, any pair closer) with --oracle, and adds them to the data (but those more than
+    --energy-ceiling eV per atom above the data's highest energy). Run the same command again to continue."""
     from .cli_options import parse_duration, parse_time_ps
     from .learn import LearnSettings, learn
 
@@ -544,7 +549,8 @@ def learn_command(data, out, oracle, test, rounds, members, time_budget, epochs,
         time_budget=None if epochs else parse_duration(time_budget or "30m"), epochs=epochs, start=list(start),
         model={"variant": variant, "hidden": hidden, "heads": heads, "layers": layers, "radial": radial},
         n_valid=n_valid, runs=runs, md_time_ps=parse_time_ps(md_time), temperature_K=temperature_k, select=select,
-        spacing=spacing, calibration=calibration, seed=seed, dtype=dtype, threads=threads)
+        spacing=spacing, calibration=calibration, energy_ceiling_eV_per_atom=energy_ceiling, seed=seed, dtype=dtype,
+        threads=threads)
     learn(settings, echo=click.echo)
 
 

@@ -8,10 +8,11 @@ One round, each stage resumable (its output is its record; a killed round contin
 3. **md**: the stability protocol (Nosé–Hoover at ``temperature_K``, 0.5 fs) with member 0, ``runs`` runs of
    ``md_time_ps`` from frames of the training file, saved in segments;
 4. **select**: along every run up to its first collapsed frame (included: the geometry the potential
-   could not hold), the committee's largest per-atom force deviation; frames with a bond outside the
-   range the training data spans come first, then the largest deviations, at least ``spacing`` frames
-   apart within a run, ``select`` frames in all;
-5. **label**: the oracle (any ASE calculator) gives energies and forces; its energies are shifted by the
+   could not hold), the committee's largest per-atom force deviation; frames outside the training geometries (a
+   bond longer, or any pair closer, than in every training frame) come first, then the largest deviations,
+   at least ``spacing`` frames apart within a run, ``select`` frames in all;
+5. **label**: the oracle (any ASE calculator) gives energies and forces (the next round's data leaves out those
+   more than ``energy_ceiling_eV_per_atom`` above the training file's highest energy); its energies are shifted by the
    constant offset to the training data's level of theory, measured once on ``calibration`` frames of the
    training file (a different code at the same level of theory differs by a constant; for PySCF against rMD17
    see ``md_runs/stability/oracle_check_ethanol.json``).
@@ -58,6 +59,10 @@ class LearnSettings:
     select: int = 50
     spacing: int = 10  # frames (of 0.05 ps) between two frames picked from one run
     calibration: int = 5
+    # a labelled frame more than this above the training file's highest energy (eV per atom) stays in the record
+    # (labelled.extxyz) but out of the training data: atoms fused deep into the repulsive wall, whose labels teach
+    # no more than the wall's onset does (ethanol: +12 to +180 eV) and would distort the fit
+    energy_ceiling_eV_per_atom: float = 1.0
     seed: int = 0
     dtype: str = "float32"
     threads: int | None = 1
@@ -112,18 +117,28 @@ def label(frames: list, oracle, offset: float = 0.0) -> tuple[list, float]:
     return labelled, time.process_time() - start
 
 
-def bond_range(data: Dataset, bonds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Shortest and longest length of each bond over the frames of ``data`` (one molecule). Shapes (M,)."""
+def pair_distances(positions: np.ndarray) -> np.ndarray:
+    """Distances of every pair i < j. Shape (..., N, 3) -> (..., N(N-1)/2)."""
+    i, j = np.triu_indices(positions.shape[-2], 1)
+    return np.linalg.norm(positions[..., i, :] - positions[..., j, :], axis=-1)
+
+
+def outside_training_range(positions: np.ndarray, data: Dataset, bonds: np.ndarray) -> np.ndarray:
+    """Whether a frame leaves the geometries of ``data`` (one molecule): a bond longer than in any training frame,
+    or any pair, bonded or not, closer (two geminal hydrogens fused: a bond criterion does not see it).
+    Shape (..., N, 3) -> (...)."""
     from .md.bonds import bond_lengths
 
-    lengths = bond_lengths(np.stack(data.positions), bonds)
-    return lengths.min(0), lengths.max(0)
+    train = np.stack(data.positions)
+    longest = bond_lengths(train, bonds).max(0)
+    closest = pair_distances(train).min(0)
+    return (bond_lengths(positions, bonds) > longest).any(-1) | (pair_distances(positions) < closest).any(-1)
 
 
 def select_frames(deviation: np.ndarray, outside: np.ndarray, last: np.ndarray, count: int,
                   spacing: int) -> list[tuple[int, int]]:
     """(run, frame) pairs to label. Shapes: deviation, outside (R, F) — the committee's largest force deviation and
-    whether a bond leaves the training range; last (R,) the last frame to consider in each run (its first
+    whether the frame leaves the training geometries; last (R,) the last frame to consider in each run (its first
     collapsed frame, or the end). Out-of-range frames first, then by deviation; ``spacing`` frames apart."""
     R, F = deviation.shape
     keep = np.arange(F)[None, :] <= last[:, None]
@@ -184,14 +199,17 @@ class Loop:
         return json.loads(path.read_text())["offset_eV"]
 
     def data_file(self, r: int) -> Path:
-        """Round r's training file: the base data and the frames labelled in rounds 0..r-1."""
+        """Round r's training file: the base data and the frames labelled in rounds 0..r-1, those above the energy
+        ceiling left out."""
         import ase.io
 
         path = self.round_dir(r) / "data.extxyz"
         if not path.exists():
             frames = self.base.to_atoms()
+            ceiling = self.base.energy.max()
             for k in range(r):
-                frames += ase.io.read(self.round_dir(k) / "labelled.extxyz", ":")
+                frames += [a for a in ase.io.read(self.round_dir(k) / "labelled.extxyz", ":")
+                           if a.get_potential_energy() - ceiling <= self.s.energy_ceiling_eV_per_atom * len(a)]
             atomic_write(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
         return path
 
@@ -212,6 +230,7 @@ class Loop:
             cfg = read_config(out) if resume else TrainConfig.preset(
                 "cpu", str(data), str(out), model=ModelConfig(**self.s.model).to_dict(),
                 time_budget=self.s.time_budget, epochs=self.s.epochs, n_valid=self.s.n_valid, seed=k,
+                energy_scale=float(self.base.energy.std()),  # the base data's: added high frames must not set it
                 test=self.s.test, dtype=self.s.dtype, threads=self.s.threads, progress=False)
             best.append(train(cfg, resume=resume))
             (out / "last.pt").unlink()  # the member is finished: best.pt is what the loop uses
@@ -235,7 +254,6 @@ class Loop:
         import ase.io
         from ase import Atoms
 
-        from .md.bonds import bond_lengths
         from .md.early_warning import committee_deviation_along
 
         path = self.round_dir(r) / "labelled.extxyz"
@@ -243,10 +261,7 @@ class Loop:
         F, R = positions.shape[:2]
         numbers = run.reference.numbers
         collapse = [c[0] // run.preset.frame_interval if c else F - 1 for c in run.monitor.collapse]
-        bonds = run.monitor.criteria[0].bonds
-        lo, hi = bond_range(self.base, bonds)
-        lengths = bond_lengths(positions.transpose(1, 0, 2, 3), bonds)  # (R, F, M)
-        outside = ((lengths < lo) | (lengths > hi)).any(-1)
+        outside = outside_training_range(positions.transpose(1, 0, 2, 3), self.base, run.monitor.criteria[0].bonds)
         frames = [Atoms(numbers=numbers, positions=positions[k, b]) for b in range(R) for k in range(F)]
         deviation = committee_deviation_along(frames, [str(m) for m in members]).reshape(R, F)
         chosen = select_frames(deviation, outside, np.array(collapse), self.s.select, self.s.spacing)
@@ -298,6 +313,6 @@ def learn(settings: LearnSettings, echo=print) -> list[dict]:
         records.append(record)
         echo(f"round {r}{' (recorded before)' if done else ''}: {record['data_frames']} training frames, "
              f"{record['collapses']}/{settings.runs} runs collapsed, {record['labelled']} frames labelled "
-             f"({record['outside_training_range']} with a bond outside the training range), oracle "
+             f"({record['outside_training_range']} outside the training geometries), oracle "
              f"{record['oracle_cpu_s']:.0f} CPU-s")
     return records

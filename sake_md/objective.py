@@ -87,6 +87,7 @@ class TrainConfig:
     energy_unit: str | None = None
     length_unit: str | None = None
     refit_shift: bool = True  # at the end, re-centre best.pt's energy shift on the training split
+    energy_scale: float | None = None  # eV, the model's output scale; None: the std of the training energies
     progress: bool = True
     compile: bool | str = False  # the training step as one compiled graph (sake_md.compile_train); "auto": where
     # it is supported and its expected compile time pays off over the run (the inference rule, sake_md.compile)

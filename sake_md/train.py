@@ -134,7 +134,7 @@ class Trainer:
     def build_potential(self) -> SAKEPotential:
         torch.manual_seed(self.cfg.seed)
         energies = self.train_set.energy
-        scale = float(energies.std()) if len(energies) > 1 and energies.std() > 0 else 1.0
+        scale = self.cfg.energy_scale or (float(energies.std()) if len(energies) > 1 and energies.std() > 0 else 1.0)
         species = sorted(set(self.train_set.species) | set(self.valid_set.species))
         return SAKEPotential(species, self.cfg.model, energy_scale=scale,
                              energy_shift=float(energies.mean()))
@@ -168,7 +168,8 @@ class Trainer:
         return self.average.swapped() if self.average is not None else contextlib.nullcontext()
 
     def replan(self, step_seconds: float | None = None) -> None:
-        """Budget mode: epochs that fit = epochs done + remaining time / recent epoch time."""
+        """Budget mode: epochs that fit = epochs done + remaining time / recent epoch time (the first epoch's without
+        a compile on its first step: it is spent, not to be spent again)."""
         if not self.cfg.timed:
             return
         recent = self.state["epoch_seconds"][-5:]
@@ -205,7 +206,8 @@ class Trainer:
         errors = ErrorSums()
         order = shuffled_order(len(self.train_set), self.cfg.seed, self.state["epoch"])
         species_index = self.potential.species_index
-        t0 = time.perf_counter()
+        timed = min(3, self.steps_per_epoch() - 1)  # the step after which epoch 0 plans a time budget's epochs
+        start = t0 = time.perf_counter()
         for k, idx in enumerate(self.local_indices(order)):
             lb = labelled_batch(self.train_set, idx, species_index, self.dtype, self.device)
             for group in self.optimizer.param_groups:
@@ -216,9 +218,13 @@ class Trainer:
                 self.average.update()
             self.state["step"] += 1
             errors.add_batch(de, df, lb.batch.mask)
-            if k == 2 and self.state["epoch"] == 0 and self.cfg.timed:
-                self.replan(step_seconds=(time.perf_counter() - t0) / 3)
-                self.warn_if_too_short((time.perf_counter() - t0) / 3 * self.steps_per_epoch())
+            if k == 0:  # the first call may compile the step (minutes): steps 1-3 time the ones that follow
+                t0 = time.perf_counter()
+            if k == timed and self.state["epoch"] == 0 and self.cfg.timed:
+                step_s = (time.perf_counter() - t0) / k if k else time.perf_counter() - start
+                self.state["startup_s"] = max(t0 - start - step_s, 0.0) if k else 0.0  # the compile, for replan
+                self.replan(step_seconds=step_s)
+                self.warn_if_too_short(step_s * self.steps_per_epoch())
             if bar is not None:
                 bar.set_postfix_str(f"loss {float(loss.detach()):.3f}", refresh=False)
         return [errors]
@@ -356,7 +362,7 @@ def run_epochs(step, on_epoch_end=None) -> dict:
             row = {"epoch": t.state["epoch"] + 1, "lr": lr, **t.summary(train_errors[k], "train"),
                    **t.summary(valid_errors[k], "val"), "seconds": seconds}
             t.state.update(step=lead.state["step"], epoch=t.state["epoch"] + 1, seconds=t.state["seconds"] + seconds,
-                           epoch_seconds=(t.state["epoch_seconds"] + [seconds])[-20:])
+                           epoch_seconds=(t.state["epoch_seconds"] + [seconds - t.state.pop("startup_s", 0.0)])[-20:])
             t.replan()
             step.sync_run(k)
             t.save(row)

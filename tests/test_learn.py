@@ -5,10 +5,12 @@ import json
 import ase.io
 import numpy as np
 import pytest
+import torch
 from ase.calculators.emt import EMT
 
+from sake_md.data import read_dataset
 from sake_md.errors import ConfigError
-from sake_md.learn import LearnSettings, learn, make_oracle, select_frames
+from sake_md.learn import LearnSettings, learn, make_oracle, outside_training_range, select_frames
 
 from .test_data import emt_frames, write_npz
 
@@ -35,7 +37,7 @@ def test_two_rounds_grow_the_data_with_oracle_labels_and_resume(tmp_path):
     data = write_npz(tmp_path / "train.npz", emt_frames(12, seed=1))
     settings = dict(data=str(data), out=str(tmp_path / "loop"), oracle="emt", rounds=1, members=2, time_budget=None,
                     epochs=1, model=TINY, n_valid=2, runs=2, md_time_ps=0.1, select=2, spacing=1, calibration=2,
-                    dtype="float64")
+                    dtype="float64", energy_ceiling_eV_per_atom=1e9)  # a tiny untrained model's MD goes far up
     lines = []
     (first,) = learn(LearnSettings(**settings), echo=lines.append)
     assert first["data_frames"] == 12 and first["labelled"] == 2 and len(first["members"]) == 2
@@ -52,6 +54,9 @@ def test_two_rounds_grow_the_data_with_oracle_labels_and_resume(tmp_path):
     records = learn(LearnSettings(**{**settings, "rounds": 2}), echo=lines.append)  # continues: round 0 is kept
     assert "round 0 (recorded before)" in lines[0] and records[0] == first
     assert records[1]["data_frames"] == 14 and records[1]["round"] == 1
+    for member in records[1]["members"]:  # the base data's energy scale, whatever the added frames' energies
+        scale = torch.load(member, weights_only=True)["normalization"]["energy_scale"]
+        assert scale == pytest.approx(read_dataset(data).energy.std(), rel=1e-12)
     assert json.loads((tmp_path / "loop" / "rounds" / "round1.json").read_text())["labelled"] == 2
 
     with pytest.raises(ConfigError, match="other settings \\(select\\)"):
@@ -63,6 +68,28 @@ def test_two_rounds_grow_the_data_with_oracle_labels_and_resume(tmp_path):
     assert not (tmp_path / "again" / "round0" / "members").exists()
     with pytest.raises(ConfigError, match="at least 2 members, got 1"):
         LearnSettings(**{**settings, "start": start[:1]})
+
+    ceiling = {**settings, "out": str(tmp_path / "ceiling"), "start": start, "rounds": 2,
+               "energy_ceiling_eV_per_atom": -1e9}  # every labelled frame above it: recorded, not trained on
+    records = learn(LearnSettings(**ceiling))
+    assert records[0]["labelled"] == 2 and records[1]["data_frames"] == 12
+
+
+def test_outside_training_range_sees_stretched_bonds_and_fused_pairs(tmp_path):
+    from sake_md.md.bonds import find_bonds
+
+    frames = emt_frames(6, seed=3)
+    data = read_dataset(write_npz(tmp_path / "d.npz", frames))
+    bonds = find_bonds(frames[0])
+    x = np.stack(data.positions)
+    assert not outside_training_range(x, data, bonds).any()
+    i, j = bonds[0]
+    stretched = x[0].copy()
+    stretched[j] = x[0][i] + 1.6 * (x[0][j] - x[0][i])
+    fused = x[0].copy()  # two atoms that share no bond, brought within 0.1 Å: every bond keeps its length
+    a, b = next((a, b) for a in range(len(fused)) for b in range(a + 1, len(fused)) if {a, b} not in map(set, bonds))
+    fused[b] = fused[a] + 0.1 * (fused[b] - fused[a]) / np.linalg.norm(fused[b] - fused[a])
+    assert outside_training_range(np.stack([stretched, fused]), data, bonds).tolist() == [True, True]
 
 
 def test_learn_command(tmp_path):

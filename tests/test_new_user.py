@@ -47,6 +47,27 @@ def test_a_short_budget_is_not_spent_compiling_and_says_it_is_too_short(tmp_path
     assert "fits only about" in result.output and "--time-budget" in result.output
 
 
+def test_a_first_step_that_compiles_does_not_make_the_budget_look_too_short(tmp_path, monkeypatch):
+    """The compiled step compiles on its first call (minutes): a 30-minute budget was said to fit "1 epoch of
+    20401 s" (the compile counted as 1/3 of the first three steps). Here the first step sleeps 2 s instead."""
+    from sake_md.train import Trainer
+
+    eager, calls = Trainer.eager_step, []
+
+    def compiles_first(self, lb, cfg):
+        if not calls:
+            time.sleep(2.0)
+        calls.append(1)
+        return eager(self, lb, cfg)
+
+    monkeypatch.setattr(Trainer, "eager_step", compiles_first)
+    data = write_npz(tmp_path / "emt.npz", emt_frames(30, seed=4))
+    result = invoke("train", "--data", data, "--out", tmp_path / "r", "--time-budget", "5s", "--recipe", "cpu",
+                    "--no-compile", *TINY)
+    assert result.exit_code == 0, result.output
+    assert len(calls) > 7 * 20 and "fits only about" not in result.output  # 7 steps an epoch, many epochs
+
+
 def test_plain_train_uses_the_cpu_recipe_not_the_papers_5000_epochs(monkeypatch):
     import sake_md.train
     from sake_md.train import RECIPES
