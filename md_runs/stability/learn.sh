@@ -5,7 +5,8 @@
 # `sake`), so it trains none; later rounds train 2 members with the shipped recipe (30 minutes each, one core).
 # Round r's member 0 is a candidate trained on train_01 + the frames labelled in rounds 0..r-1.
 # The loop lives in runs/ (it holds a copy of rMD17 frames, which stay out of git); what is ours (the records,
-# the oracle's frames and labels, the settings) is copied to md_runs/stability/ethanol/learn/.
+# the oracle's frames and labels, the settings) is copied to md_runs/stability/ethanol/learn/. Each round's MD
+# state (runs/stability/learn_ethanol/round<r>/md_state.pt, starting from rMD17 frames) stays in runs/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 rounds=${1:-2}
