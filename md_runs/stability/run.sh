@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Issue 22's long runs: train one candidate potential with the shipped recipe (30 minutes on one core), then
 # the full stability protocol on it (`sake-md compare`, mdsim-md17: 5 runs x 300 ps at 500 K), resumable.
-#   taskset -c 0 bash md_runs/stability/run.sh ethanol sake-dot [TIME]
+#   taskset -c 0 bash md_runs/stability/run.sh ethanol sake-dot [TIME [MODEL]]
+# MODEL: an already trained checkpoint to run the protocol on (e.g. the shipped potentials/sake_ethanol.pt
+# as NAME "shipped"), instead of training one.
 # Run it again after a kill: the training resumes from last.pt (or is skipped once the model is in
 # potentials/stability/), the MD from
 # md_runs/stability/<molecule>/<variant>/state (at most 1 ps lost). The rMD17 folder: $RMD17.
@@ -11,7 +13,7 @@ molecule=$1 variant=$2 time=${3:-300ps}
 data=${RMD17:-../shared/data/rmd17}
 train=runs/stability/${variant}_${molecule}     # checkpoints and logs (ignored by git)
 out=md_runs/stability/${molecule}/${variant}    # what is committed: the run's settings, MD state, compare.json
-model=potentials/stability/${variant}_${molecule}.pt   # the trained candidate (potentials/: checkpoints live there)
+model=${4:-potentials/stability/${variant}_${molecule}.pt}   # the candidate (potentials/: checkpoints live there)
 mkdir -p "$out" "$(dirname "$model")"
 if [ ! -f "$model" ]; then
     if [ -f "$train/last.pt" ]; then
