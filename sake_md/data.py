@@ -126,12 +126,13 @@ class DataSource:
     energy_unit: str | None = None
     length_unit: str | None = None
 
-    def read(self, labelled: bool | str = True) -> "Dataset":
+    def read(self, labelled: bool | str = True) -> Dataset:
         return read_dataset(self.path, self.energy_key, self.forces_key, self.energy_unit, self.length_unit,
                             labelled=labelled)
 
 
-def as_source(data: "DataSource | str | Path") -> DataSource:
+def as_source(data: DataSource | str | Path) -> DataSource:
+    """A ``DataSource`` as given, or a path read with the default keys and units."""
     return data if isinstance(data, DataSource) else DataSource(str(data))
 
 

@@ -206,7 +206,7 @@ class Trainer:
         errors = ErrorSums()
         order = shuffled_order(len(self.train_set), self.cfg.seed, self.state["epoch"])
         species_index = self.potential.species_index
-        timed = min(3, self.steps_per_epoch() - 1)  # the step after which epoch 0 plans a time budget's epochs
+        plan_at = min(3, self.steps_per_epoch() - 1)  # the step after which epoch 0 plans a time budget's epochs
         start = t0 = time.perf_counter()
         for k, idx in enumerate(self.local_indices(order)):
             lb = labelled_batch(self.train_set, idx, species_index, self.dtype, self.device)
@@ -220,7 +220,7 @@ class Trainer:
             errors.add_batch(de, df, lb.batch.mask)
             if k == 0:  # the first call may compile the step (minutes): steps 1-3 time the ones that follow
                 t0 = time.perf_counter()
-            if k == timed and self.state["epoch"] == 0 and self.cfg.timed:
+            if k == plan_at and self.state["epoch"] == 0 and self.cfg.timed:
                 step_s = (time.perf_counter() - t0) / k if k else time.perf_counter() - start
                 self.state["startup_s"] = max(t0 - start - step_s, 0.0) if k else 0.0  # the compile, for replan
                 self.replan(step_seconds=step_s)

@@ -6,13 +6,15 @@
 # as NAME "shipped"), instead of training one.
 # Run it again after a kill: the training resumes from last.pt (or is skipped once the model is in
 # potentials/stability/), the MD from
-# md_runs/stability/<molecule>/<variant>/state (at most 1 ps lost). The rMD17 folder: $RMD17.
+# runs/stability/<molecule>/<variant>/state (at most 1 ps lost; not committed: it grows with the run and starts from
+# rMD17 frames). The rMD17 folder: $RMD17.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 molecule=$1 variant=$2 time=${3:-300ps}
 data=${RMD17:-../shared/data/rmd17}
 train=runs/stability/${variant}_${molecule}     # checkpoints and logs (ignored by git)
-out=md_runs/stability/${molecule}/${variant}    # what is committed: the run's settings, MD state, compare.json
+out=md_runs/stability/${molecule}/${variant}    # what is committed: the run's settings, curve and compare.json
+md=runs/stability/${molecule}/${variant}        # compare's --out: its MD state, then its results
 model=${4:-potentials/stability/${variant}_${molecule}.pt}   # the candidate (potentials/: checkpoints live there)
 mkdir -p "$out" "$(dirname "$model")"
 if [ ! -f "$model" ]; then
@@ -26,6 +28,8 @@ if [ ! -f "$model" ]; then
     cp "$train/metrics.jsonl" "$train/config.json" "$out/"
 fi
 resume=()
-[ -d "$out/state" ] && resume=(--resume)
+[ -d "$md/state" ] && resume=(--resume)
 sake-md compare "$model" --preset mdsim-md17 --time "$time" --threads 1 "${resume[@]}" \
-    --reference "$data/rmd17_${molecule}_train_01.npz" --test "$data/rmd17_${molecule}_test_01.npz" --out "$out"
+    --reference "$data/rmd17_${molecule}_train_01.npz" --test "$data/rmd17_${molecule}_test_01.npz" --out "$md"
+cp "$md"/compare.json "$out/"
+cp "$md"/*.png "$out/" 2>/dev/null || true   # plots only with matplotlib
