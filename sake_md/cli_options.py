@@ -15,9 +15,8 @@ def config_from_options(options: dict) -> TrainConfig:
                         variant=o.pop("variant"), options=o.pop("model_options", None) or {},
                         cutoff=o.pop("cutoff", None)).to_dict()
     budget = o.pop("time_budget")
-    recipe = o.pop("recipe") or DEFAULT_RECIPE
     o["progress"] = not o.pop("no_progress")
-    return TrainConfig.preset(recipe, o.pop("data"), o.pop("out"), model=model,
+    return TrainConfig.preset(o.pop("recipe") or DEFAULT_RECIPE, o.pop("data"), o.pop("out"), model=model,
                               time_budget=parse_duration(budget) if budget else None, **o)
 
 
@@ -32,12 +31,9 @@ def parse_duration(text: str) -> float:
     return sum(float(a) * {"h": 3600, "m": 60, "s": 1}[b] for a, b in parts)
 
 
-_TIME_UNITS = {"fs": 1e-3, "ps": 1.0, "ns": 1e3}
-
-
 def parse_time_ps(text: str) -> float:
     """'10ps', '500fs', '0.3ns' or a bare number of ps -> ps."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(fs|ps|ns)?\s*", str(text))
     if not m or float(m.group(1)) <= 0:
         raise InputError(f"cannot read the time {text!r}; write e.g. 10ps, 500fs or 0.3ns")
-    return float(m.group(1)) * _TIME_UNITS[m.group(2) or "ps"]
+    return float(m.group(1)) * {"fs": 1e-3, "ps": 1.0, "ns": 1e3}[m.group(2) or "ps"]

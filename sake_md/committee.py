@@ -12,12 +12,11 @@ forces_std      (N,)      σ_F,i = sqrt(mean_m |F_m,i − F̄_i|²), |·| over x
 forces_std_max  ()        max_i σ_F,i                                            eV/Å
 ==============  ========  =====================================================  =====
 
-σ_F,i is the norm form: √3 times the per-component standard deviation when x, y and z are equally
-uncertain, and directly comparable with the norm of the force error |F̄_i − F_i^ref|.
+σ_F,i is the norm form: √3 times the per-component standard deviation when x, y and z are equally uncertain, and
+directly comparable with the norm of the force error |F̄_i − F_i^ref|.
 
-Members that share a variant and configuration are evaluated in ONE call: their backbones' weights
-are stacked and the backbone is ``vmap``-ed over them (``sake_md.stacking``). Members of
-another configuration form their own stacked group.
+Members that share a variant and configuration are evaluated in ONE call: their backbones' weights are stacked and the
+backbone is ``vmap``-ed over them (``sake_md.stacking``). Members of another configuration form their own stacked group.
 """
 
 import json
@@ -25,7 +24,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 from ase.data import chemical_symbols
@@ -40,10 +38,10 @@ from .errors import CommitteeError
 from .inference import inference_potential
 from .model import SAKEPotential, compute_forces
 from .predict import predict_batches
-from .stacking import StackedModules
+from .stacking import StackedPotentials as StackedMembers  # public here under this name
 
-__all__ = ["Member", "check_members", "StackedMembers", "group_key", "Committee", "committee_statistics",
-           "CommitteeCalculator", "per_structure", "predict_dataset", "as_numpy", "make_calculator"]
+__all__ = ["Member", "check_members", "StackedMembers", "Committee", "committee_statistics",
+           "CommitteeCalculator", "per_structure", "predict_dataset", "make_calculator"]
 
 
 @dataclass
@@ -74,34 +72,9 @@ def check_members(members: Sequence[Member], dtype_given: bool = False):
         checks.append(("dtypes", lambda m: str(m.potential.dtype).removeprefix("torch."),
                        "; pass one dtype (dtype=..., --dtype) to evaluate all members in it"))
     for what, describe, hint in checks:
-        odd = [m for m in members if describe(m) != describe(first)]
-        if odd:
+        if odd := [m for m in members if describe(m) != describe(first)]:
             listing = "; ".join(f"{m.label}: {describe(m)}" for m in [first, *odd])
             raise CommitteeError(f"committee members have different {what}: {listing}{hint}")
-
-
-class StackedMembers:
-    """Members with one variant and configuration, evaluated by one ``vmap``-ed backbone call
-    (``sake_md.stacking``). Energy scales differ per member and are applied after the call."""
-
-    def __init__(self, potentials: Sequence[SAKEPotential]):
-        self.backbones = StackedModules([p.backbone for p in potentials])
-        first = next(iter(self.backbones.params.values()))
-        self.scale = torch.tensor([p.energy_scale for p in potentials], dtype=first.dtype, device=first.device)
-
-    def __len__(self) -> int:
-        return len(self.scale)
-
-    def atomic(self, species: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """Scaled per-atom model energies of every member, each at its own copy of the positions.
-
-        Shape: species (B, N), positions (M, B, N, 3), mask (B, N) -> (M, B, N).
-        """
-        return self.backbones(species, positions, mask, in_dims=(None, 0, None)) * self.scale.view(-1, 1, 1)
-
-
-def group_key(potential: SAKEPotential) -> str:
-    return json.dumps(potential.config.to_dict(), sort_keys=True)
 
 
 class Committee(nn.Module):
@@ -118,9 +91,9 @@ class Committee(nn.Module):
             raise CommitteeError("a committee of sparse-mode (cutoff) models is not supported: its stacked call "
                                  "is dense and would give other energies; evaluate the members one by one")
         self.potentials = nn.ModuleList(potentials)
-        groups: dict[str, list[int]] = {}
+        groups: dict[str, list[int]] = {}  # one group per configuration
         for m, potential in enumerate(self.potentials):
-            groups.setdefault(group_key(potential), []).append(m)
+            groups.setdefault(json.dumps(potential.config.to_dict(), sort_keys=True), []).append(m)
         self.groups = [(idx, StackedMembers([self.potentials[m] for m in idx])) for idx in groups.values()]
         self.order = torch.tensor([m for idx, _ in self.groups for m in idx]).argsort()
 
@@ -135,7 +108,7 @@ class Committee(nn.Module):
         for idx, stacked in self.groups:
             x = positions.detach().expand(len(stacked), *positions.shape).clone().requires_grad_(True)
             with torch.enable_grad():
-                atomic = stacked.atomic(species, x, mask)
+                atomic = stacked.atomic(species, x, mask, in_dims=(None, 0, None))  # (M, B, N): shared structures
                 forces.append(compute_forces(atomic.sum(-1), x))
             refs = torch.stack([self.potentials[m].reference_energy(species, mask) for m in idx])
             energies.append(atomic.detach().to(torch.float64) + refs)
@@ -151,12 +124,10 @@ class Committee(nn.Module):
         periodic batch (``pbc``) is refused. Shape: species (B, N), positions (B, N, 3), mask (B, N).
         """
         if pbc is not None and bool(pbc.any()):
-            raise CommitteeError("a committee evaluates molecules (dense mode); periodic structures are not "
-                                 "supported")
+            raise CommitteeError("a committee evaluates molecules (dense mode); periodic structures are not supported")
         members = self.members(species, positions, mask)
-        stats = committee_statistics(members["energy"], members["forces"])
-        stats["energies"] = members["energies"].mean(0)
-        return {**stats, "committee_energy": members["energy"], "committee_forces": members["forces"]}
+        return {**committee_statistics(members["energy"], members["forces"]), "energies": members["energies"].mean(0),
+                "committee_energy": members["energy"], "committee_forces": members["forces"]}
 
 
 def committee_statistics(energy: torch.Tensor, forces: torch.Tensor) -> dict:
@@ -192,8 +163,7 @@ class CommitteeCalculator(Calculator):
             raise CommitteeError("CommitteeCalculator takes a list of potentials; for one, use SAKECalculator")
         members = [Member.load(model, k) for k, model in enumerate(models)]
         check_members(members, dtype_given=dtype is not None)
-        self.labels = [m.label for m in members]
-        self.device = resolve_device(device)
+        self.labels, self.device = [m.label for m in members], resolve_device(device)
         self.dtype = resolve_dtype(dtype) if dtype is not None else members[0].potential.dtype
         self.potentials = [inference_potential(m.potential, self.device, self.dtype) for m in members]
         self.potential = self.potentials[0]  # the elements, for validating structures
@@ -221,7 +191,7 @@ class CommitteeCalculator(Calculator):
 def per_structure(out: dict, n_atoms: Sequence[int]) -> list[dict]:
     """The padded outputs of ``Committee.predict`` as one dict per structure of n_atoms[b] atoms, with the
     keys of ``CommitteeCalculator.results`` (floats and float64 arrays)."""
-    out = {k: as_numpy(v) for k, v in out.items()}
+    out = {k: v.detach().to(torch.float64).cpu().numpy() for k, v in out.items()}
     return [{**{k: float(out[k][b]) for k in ("energy", "energy_std", "forces_std_max")},
              **{k: out[k][b, :n].copy() for k in ("energies", "forces", "forces_std")},
              "committee_energy": out["committee_energy"][:, b].copy(),
@@ -240,10 +210,6 @@ def predict_dataset(committee: Committee, data: Dataset, batch_size: int = 64) -
     for lb, out in predict_batches(committee, data, batch_size):
         results += per_structure(out, data.n_atoms[lb.indices])
     return results
-
-
-def as_numpy(t: torch.Tensor) -> np.ndarray:
-    return t.detach().to(torch.float64).cpu().numpy()
 
 
 def make_calculator(models: Sequence[str | Path | SAKEPotential], device: str = "cpu", dtype=None, **single):

@@ -4,19 +4,17 @@
 FX graph of ATen ops (``make_fx``), and ``CompiledPotential`` compiles that graph with inductor
 (``torch.compile(fullgraph=True, dynamic=False)``), one graph per (B, N, dtype, device, variant).
 
-The parameters are graph inputs, not constants baked into the graph: the compiled code depends on the
-architecture and the shapes only, so (a) it always uses the potential's current weights (a
-``load_state_dict`` or a fine-tuning step needs no recompile and can never leave stale weights in a
-compiled graph), and (b) torch's on-disk cache serves every checkpoint of the same architecture, e.g. a
-retrained model starts warm. Baking them in buys nothing on CPU (inductor does not fold weights
-without ``freezing``); the exported artifact (``sake_md.export``) does embed them.
+The parameters are graph inputs, not constants baked into the graph: the compiled code depends on the architecture and
+the shapes only, so (a) it always uses the potential's current weights (a ``load_state_dict`` or a fine-tuning step
+needs no recompile and can never leave stale weights in a compiled graph), and (b) torch's on-disk cache serves every
+checkpoint of the same architecture, e.g. a retrained model starts warm. Baking them in buys nothing on CPU (inductor
+does not fold weights without ``freezing``); the exported artifact (``sake_md.export``) does embed them.
 
-Start-up cost: the first compile of a shape takes minutes on one CPU core (inductor writes and builds
-C++ kernels); torch keeps the results in ``TORCHINDUCTOR_CACHE_DIR`` (default here
-``~/.cache/sake_md/inductor``), so a later process compiles the same shape in seconds. Each compile is
-announced on stderr with the time it is expected to take and the time it took; the times are kept in
-``~/.cache/sake_md/compile_times.json``. Without a working compiler, or when compiling fails, the
-potential runs eagerly after one warning that says why.
+Start-up cost: the first compile of a shape takes minutes on one CPU core (inductor writes and builds C++ kernels);
+torch keeps the results in ``TORCHINDUCTOR_CACHE_DIR`` (default here ``~/.cache/sake_md/inductor``), so a later process
+compiles the same shape in seconds. Each compile is announced on stderr with the time it is expected to take and the
+time it took; the times are kept in ``~/.cache/sake_md/compile_times.json``. Without a working compiler, or when
+compiling fails, the potential runs eagerly after one warning that says why.
 """
 
 import hashlib
@@ -34,6 +32,7 @@ from torch import nn
 
 from .console import notify
 from .errors import ConfigError
+from .files import atomic_write
 from .model import SAKEPotential
 
 __all__ = ["AUTO_FACTOR", "COLD_COMPILE_S", "WARM_FRACTION", "energy_forces", "graph_inputs", "graph_state", "trace",
@@ -105,7 +104,6 @@ def trace(potential: SAKEPotential, species, positions, mask) -> torch.fx.GraphM
 
 
 # --- the persistent cache and the announced compile times ----------------------------------------------
-
 def cache_root() -> Path:
     """``$XDG_CACHE_HOME/sake_md`` or ``~/.cache/sake_md``."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sake_md"
@@ -166,10 +164,7 @@ def record_compile_s(record_key: str, seconds: float):
         entry = times.get(record_key) if isinstance(times.get(record_key), dict) else {}
         entry["cached" if "first" in entry else "first"] = round(seconds, 1)
         times[record_key] = entry
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(times, indent=0))
-        tmp.replace(path)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(times, indent=0)))
     except (OSError, ValueError, TypeError, AttributeError):
         pass
 
@@ -191,7 +186,6 @@ def expected_compile_s(potential: SAKEPotential, key: tuple, options: dict | Non
 
 
 # --- availability and fallback -------------------------------------------------------------------------
-
 def compiler_unavailable(device: torch.device) -> str | None:
     """Why ``torch.compile`` cannot work here, or None when it should."""
     if not hasattr(torch, "compile"):
@@ -232,22 +226,18 @@ def compiled_or_none(build: Callable, what: str, then: str, device: torch.device
 class CompiledPotential:
     """``potential.predict`` (with forces) compiled, one graph per (B, N, dtype, device, variant).
 
-    Call it as ``predict``: ``(species (B, N), positions (B, N, 3), mask (B, N)) -> {"energy" (B,),
-    "energies" (B, N), "forces" (B, N, 3)}``. The first call of a new shape or dtype traces and compiles
-    (announced on stderr); later calls of that shape reuse the graph. If the compiler is missing, or
-    tracing, compiling or the first call fails, it warns once and evaluates eagerly from then on
-    (``compiled_or_none``).
+    Call it as ``predict``: ``(species (B, N), positions (B, N, 3), mask (B, N)) -> {"energy" (B,), "energies" (B, N),
+    "forces" (B, N, 3)}``. The first call of a new shape or dtype traces and compiles (announced on stderr); later calls
+    of that shape reuse the graph. If the compiler is missing, or tracing, compiling or the first call fails, it warns
+    once and evaluates eagerly from then on (``compiled_or_none``).
     ``compiles`` counts the graphs compiled; ``eager_reason`` says why it fell back (None if it did not).
     """
 
     def __init__(self, potential: SAKEPotential, verbose: bool = True, options: dict | None = None):
-        self.potential = potential
-        self.verbose = verbose
-        self.options = options
+        self.potential, self.verbose, self.options = potential, verbose, options
         self.graphs: dict[tuple, Callable] = {}
         self._inputs = graph_inputs(potential)
-        self.compiles = 0
-        self.eager_reason: str | None = None
+        self.compiles, self.eager_reason = 0, None
 
     def key(self, positions: torch.Tensor) -> tuple:
         B, N = positions.shape[:2]
@@ -311,7 +301,6 @@ def default_options(device: torch.device) -> dict:
 
 
 # --- choosing: True, False or "auto" --------------------------------------------------------------------
-
 def check_mode(mode) -> bool | str:
     if mode is True or mode is False or mode == "auto":
         return mode

@@ -1,29 +1,27 @@
 """The compiled training step: forward, forces, loss and parameter gradients as ONE compiled graph.
 
-One function of (parameters, buffers, species, positions, mask, energy and force labels, loss
-weights) runs the model through ``torch.func.functional_call``, takes forces with
-``create_graph=True``, forms the residuals and the loss with the trainer's own ``residuals`` and
-``loss_from`` (the one definition of the loss) and differentiates the loss by the parameters. It is
-traced with ``make_fx`` (fake tensors, so nothing is computed and data-dependent Python branches
-fail loudly instead of being baked in) into a single aten graph, which ``torch.compile(fullgraph=True,
-dynamic=False)`` compiles with the inductor options and the persistent cache of compiled inference
-(``sake_md.compile``). The optimiser step stays eager; gradients are written into ``p.grad``
-(under DDP they are all-reduced and averaged here, as DDP would).
+One function of (parameters, buffers, species, positions, mask, energy and force labels, loss weights) runs the model
+through ``torch.func.functional_call``, takes forces with ``create_graph=True``, forms the residuals and the loss with
+the trainer's own ``residuals`` and ``loss_from`` (the one definition of the loss) and differentiates the loss by the
+parameters. It is traced with ``make_fx`` (fake tensors, so nothing is computed and data-dependent Python branches fail
+loudly instead of being baked in) into a single aten graph, which ``torch.compile(fullgraph=True, dynamic=False)``
+compiles with the inductor options and the persistent cache of compiled inference (``sake_md.compile``). The optimiser
+step stays eager; gradients are written into ``p.grad`` (under DDP they are all-reduced and averaged here, as DDP
+would).
 
 Shapes are fixed, so every graph serves one (frames, atoms) shape:
 
-* **Frames.** Full batches have a fixed size. The last, partial batch of an epoch is **padded** to
-  that size by repeating its own frames (as ``DistributedSampler`` pads): no frame is dropped, no
-  extra compile, and no empty frame (whose 1/N would be inf) enters the graph. Those repeats weigh
-  double in that one step's loss; the running train errors count each real frame once.
-* **Atoms.** Data of one molecule is never padded. With mixed sizes a batch's atom count is rounded
-  up to a multiple of ``ATOM_BUCKET`` (capped at the largest molecule of the data), so at most
-  ceil(N_max / 8) graphs are compiled; padding atoms are masked as everywhere in sake_md.
+* **Frames.** Full batches have a fixed size. The last, partial batch of an epoch is **padded** to that size by
+  repeating its own frames (as ``DistributedSampler`` pads): no frame is dropped, no extra compile, and no empty frame
+  (whose 1/N would be inf) enters the graph. Those repeats weigh double in that one step's loss; the running train
+  errors count each real frame once.
+* **Atoms.** Data of one molecule is never padded. With mixed sizes a batch's atom count is rounded up to a multiple of
+  ``ATOM_BUCKET`` (capped at the largest molecule of the data), so at most ceil(N_max / 8) graphs are compiled; padding
+  atoms are masked as everywhere in sake_md.
 
-Float fields of the config that the loss reads (energy and force weights, ...) are inputs of the
-graph, so a weight changed between epochs does not recompile; any other field it reads (a loss kind,
-a flag) is a constant of the graph and a change makes a new one. If compiling fails, training goes
-on eagerly after one warning.
+Float fields of the config that the loss reads (energy and force weights, ...) are inputs of the graph, so a weight
+changed between epochs does not recompile; any other field it reads (a loss kind, a flag) is a constant of the graph and
+a change makes a new one. If compiling fails, training goes on eagerly after one warning.
 """
 
 import dataclasses
@@ -31,7 +29,6 @@ import time
 
 import numpy as np
 import torch
-from torch import nn
 from torch.func import functional_call
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -47,18 +44,15 @@ ATOM_BUCKET = 8
 
 
 def bucket_atoms(n: int, n_max: int, step: int = ATOM_BUCKET) -> int:
-    """Padded atom count for a batch whose largest molecule has ``n`` atoms.
-
-    ``n`` rounded up to a multiple of ``step``, never above ``n_max`` (the data's largest molecule),
-    so data of one molecule keeps its exact size.
-    """
+    """Padded atom count for a batch whose largest molecule has ``n`` atoms: ``n`` rounded up to a multiple of
+    ``step``, never above ``n_max`` (the data's largest molecule), so data of one molecule keeps its exact size."""
     return max(n, min(-(-n // step) * step, n_max))
 
 
 def pad_batch(lb: LabelledBatch, frames: int, atoms: int) -> LabelledBatch:
     """Pad ``lb`` (b, n) to (frames, atoms): extra frames repeat the batch's own frames cyclically,
     extra atoms are padding (mask False, species 0, zero positions and forces)."""
-    b, n = lb.batch.species.shape
+    b, n = lb.batch.species.shape[-2:]
     if (b, n) == (frames, atoms):
         return lb
     rows = torch.arange(frames, device=lb.energy.device) % b
@@ -74,12 +68,9 @@ def pad_batch(lb: LabelledBatch, frames: int, atoms: int) -> LabelledBatch:
 
 def weight_names(cfg) -> tuple[str, ...]:
     """The config's numeric (float-typed) fields: these enter the graph as tensors."""
-    names = []
-    for f in dataclasses.fields(cfg):
-        value = getattr(cfg, f.name)
-        if isinstance(value, float) or (f.type is float and isinstance(value, int) and not isinstance(value, bool)):
-            names.append(f.name)
-    return tuple(names)
+    values = [(f, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)]
+    return tuple(f.name for f, v in values
+                 if isinstance(v, float) or (f.type is float and isinstance(v, int) and not isinstance(v, bool)))
 
 
 class TracedSettings:
@@ -94,8 +85,7 @@ class TracedSettings:
             raise AttributeError(name)
         if name in self._weights:
             return self._weights[name]
-        value = getattr(self._cfg, name)
-        self.constants[name] = value
+        value = self.constants[name] = getattr(self._cfg, name)
         return value
 
 
@@ -106,26 +96,21 @@ def _compile(graph: torch.fx.GraphModule, backend: str, device: torch.device):
         return torch.compile(graph, backend=backend, fullgraph=True, dynamic=False)
     from .compile import compiler_unavailable, default_options, use_persistent_cache
 
-    reason = compiler_unavailable(device)
-    if reason:
+    if reason := compiler_unavailable(device):
         raise RuntimeError(reason)
     use_persistent_cache()
     return torch.compile(graph, fullgraph=True, dynamic=False, options=default_options(device))
 
 
-class BatchLoss(nn.Module):
+class BatchLoss(objective.EnergyAndForces):
     """The trainer's loss of one labelled batch, as a module around the potential: ``functional_call``
     on it swaps parameters and buffers in everywhere (model and reference energies alike)."""
 
-    def __init__(self, potential):
-        super().__init__()
-        self.model = objective.EnergyAndForces(potential)
-
     def forward(self, species, positions, mask, energy, forces, settings):
         """Shape: (B, N), (B, N, 3), (B, N), (B,), (B, N, 3) -> loss (), de (B,), df (B, N, 3), with graph."""
-        energy_model, predicted = self.model(species, positions, mask)
+        energy_model, predicted = super().forward(species, positions, mask)
         labelled = LabelledBatch(Batch(species, positions, mask), energy, forces, None)
-        de, df = objective.residuals(energy_model, predicted, labelled, self.model.potential)
+        de, df = objective.residuals(energy_model, predicted, labelled, self.potential)
         return objective.loss_from(de, df, mask, settings), de, df
 
 
@@ -133,13 +118,11 @@ class CompiledGraph:
     """One compiled step for one shape: flat tensors in, (loss, de, df, *grads of used params) out."""
 
     def __init__(self, fn, used: list[bool], weights: tuple[str, ...], constants: dict):
-        self.fn, self.used, self.weights, self.constants = fn, used, weights, constants
-        self.calls = 0
+        self.fn, self.used, self.weights, self.constants, self.calls = fn, used, weights, constants, 0
 
     def matches(self, cfg, weights: tuple[str, ...]) -> bool:
-        if self.weights not in ((), weights):  # () : the loss's floats are constants of this graph
-            return False
-        return all(_same(getattr(cfg, k, _MISSING), v) for k, v in self.constants.items())
+        same_weights = self.weights in ((), weights)  # () : the loss's floats are constants of this graph
+        return same_weights and all(_same(getattr(cfg, k, _MISSING), v) for k, v in self.constants.items())
 
 
 _MISSING = object()
@@ -153,25 +136,28 @@ def _same(a, b) -> bool:
 
 
 class CompiledTrainStep:
-    """``step(lb, cfg) -> (loss, de, df)`` like ``Trainer.eager_step``, through compiled graphs.
+    """``step(lb, cfg) -> (loss, de, df)`` like ``Trainer.eager_step``, through compiled graphs (module docstring).
 
-    ``frames``: the (local) batch size of full batches; smaller batches are padded to it. ``n_max``:
-    the largest molecule of the data (caps the atom buckets). ``backend``: torch.compile's
-    ("eager" or "aot_eager" to debug the traced graph without inductor). Graphs are kept per shape in
-    ``self.graphs``. If tracing or compiling fails, the same step function runs eagerly from then on.
-    Under DDP (``ctx.active``) every step, compiled or not, averages the gradients with one all-reduce,
-    so processes never disagree about collectives.
+    ``frames``: the (local) batch size of full batches; smaller batches are padded to it. ``n_max``: the largest
+    molecule of the data (caps the atom buckets). ``backend``: torch.compile's ("eager" or "aot_eager" to debug the
+    traced graph without inductor). Graphs are kept per shape in ``self.graphs``. ``self.module``: (species,
+    positions, mask, energy, forces, settings) -> (loss, de, df), its parameters the trained ones (``BatchLoss``;
+    ``sake_md.stacked``: K runs, a loss each). Under DDP (``ctx.active``) every step, compiled or not, averages
+    the gradients with one all-reduce, so processes never disagree about collectives.
     """
+
+    what = "the training step"  # in messages, the first when a graph is compiled:
+    announcement = ("compiling the training step for batches of {B} frames x {N} atoms ({dtype}); minutes on a CPU "
+                    "the first time, torch's cache makes later runs faster")
 
     def __init__(self, potential, frames: int, n_max: int, ctx: distributed.Context | None = None,
                  verbose: bool = True, backend: str = "inductor"):
         self.potential, self.frames, self.n_max, self.backend = potential, frames, n_max, backend
-        self.ctx = ctx or distributed.Context()
-        self.verbose = verbose
-        self.module = BatchLoss(potential)
+        self.ctx, self.verbose = ctx or distributed.Context(), verbose
+        self.module, self.failed, self.compile = BatchLoss(potential), False, True  # compile False: always eager
         self.graphs: dict[tuple, list[CompiledGraph]] = {}
-        self.failed = False
         self.compile_seconds: list[float] = []
+        self._weights: tuple[tuple, torch.Tensor] | None = None  # (key, device tensor) of the loss weights
 
     @classmethod
     def for_trainer(cls, trainer, backend: str = "inductor", verbose: bool = True) -> "CompiledTrainStep":
@@ -179,13 +165,11 @@ class CompiledTrainStep:
         cfg, ctx = trainer.cfg, trainer.ctx
         global_batch = min(cfg.batch_size, len(trainer.train_set))
         frames = len(np.array_split(np.arange(global_batch), ctx.world)[ctx.rank])
-        return cls(trainer.potential, frames, int(trainer.train_set.n_atoms.max()), ctx, ctx.main and verbose,
-                   backend)
+        return cls(trainer.potential, frames, int(trainer.train_set.n_atoms.max()), ctx, ctx.main and verbose, backend)
 
     def record_key(self) -> tuple:
         """The full batches' shape, as ``sake_md.compile`` keys compile times (device at index 3)."""
-        n = bucket_atoms(self.n_max, self.n_max)
-        return (self.frames, n, self.potential.dtype, self.potential.device, "training step", self.backend)
+        return (self.frames, self.n_max, self.potential.dtype, self.potential.device, "training step", self.backend)
 
     def expected_compile_s(self) -> tuple[float, str]:
         """(seconds, basis) to compile the full batches' step now: as ``sake_md.compile.expected_compile_s``,
@@ -198,51 +182,41 @@ class CompiledTrainStep:
 
     # ---- the step ------------------------------------------------------------------------------
     def __call__(self, lb: LabelledBatch, cfg):
-        if self.failed:
+        if self.failed or not self.compile:
             return self.eager(lb, cfg)
-        b, n = lb.batch.species.shape
+        b, n = lb.batch.species.shape[-2:]
         padded = pad_batch(lb, max(b, self.frames), bucket_atoms(n, max(self.n_max, n)))
         names = weight_names(cfg)
-        graph = self.find(padded, cfg, names)
+        graph = next((g for g in self.graphs.get(self.shape_key(padded), []) if g.matches(cfg, names)), None)
         if graph is None:
-            built, reason = compiled_or_none(lambda: self.build(padded, cfg, names), "the training step",
-                                             "training eagerly")
+            built, reason = compiled_or_none(lambda: self.build(padded, cfg, names), self.what, "training eagerly")
             if reason is not None:
                 self.failed = True
                 return self.eager(lb, cfg)
-            graph, out = built
+            graph, (loss, de, df, grads) = built
         else:
-            out = self.run(graph, padded, cfg)
-        loss, de, df, grads = out
+            loss, de, df, grads = self.run(graph, padded, cfg)
         self.write_grads(graph.used, grads)
-        return loss, de[:b], df[:b, :n]
+        return loss, de[..., :b], df[..., :b, :n, :]
 
     def eager(self, lb: LabelledBatch, cfg):
         """The same step function, run eagerly on the unpadded batch."""
-        params = [p.detach().requires_grad_(True) for p in self.module.parameters()]
-        used, settings = [], []
-        loss, de, df, *grads = self.step_function(cfg, (), used, settings)(*self.inputs(params, lb, cfg, ()))
+        (loss, de, df, *grads), used, _ = self.trace(lb, cfg, (), tracer=lambda step: step)
         self.write_grads(used, grads)
         return loss, de, df
 
-    def find(self, lb: LabelledBatch, cfg, names) -> CompiledGraph | None:
-        for graph in self.graphs.get(self.shape_key(lb), []):
-            if graph.matches(cfg, names):
-                return graph
-        return None
-
     def shape_key(self, lb: LabelledBatch) -> tuple:
-        p = self.potential
-        return (tuple(lb.batch.positions.shape), lb.batch.positions.dtype, lb.batch.positions.device,
-                p.energy_scale, p.energy_shift)
+        x = lb.batch.positions
+        return tuple(x.shape), x.dtype, x.device, self.potential.energy_scale, self.potential.energy_shift
 
     def inputs(self, params, lb: LabelledBatch, cfg, names) -> list[torch.Tensor]:
-        """The step function's flat inputs: parameters, buffers, the batch, its labels, the loss weights."""
-        dtype = lb.batch.positions.dtype
-        weights = torch.tensor([float(getattr(cfg, k)) for k in names], dtype=dtype, device=lb.energy.device)
-        buffers = [b for _, b in self.module.named_buffers()]
+        """The step function's flat inputs: parameters, buffers, the batch, its labels, the loss weights (a device
+        tensor made again only when they change: a new host-to-device copy every step would wait for the GPU)."""
         b = lb.batch
-        return [*params, *buffers, b.species, b.positions, b.mask, lb.energy, lb.forces, weights]
+        key = tuple(float(getattr(cfg, k)) for k in names), b.positions.dtype, lb.energy.device
+        if self._weights is None or self._weights[0] != key:
+            self._weights = key, torch.tensor(key[0], dtype=key[1], device=key[2])
+        return [*params, *self.module.buffers(), b.species, b.positions, b.mask, lb.energy, lb.forces, self._weights[1]]
 
     def run(self, graph: CompiledGraph, lb: LabelledBatch, cfg):
         params = [p.detach() for p in self.module.parameters()]
@@ -251,9 +225,9 @@ class CompiledTrainStep:
             loss, de, df, *grads = graph.fn(*self.inputs(params, lb, cfg, graph.weights))
         if graph.calls == 0:  # torch.compile compiles on the first call
             self.compile_seconds[-1] += time.perf_counter() - start
-            if lb.batch.species.shape[1] == self.record_key()[1]:  # the full batches' graph: what "auto" weighs
+            if lb.batch.species.shape[1:] == (self.n_max,):  # the full batches' graph of one run: what "auto" weighs
                 record_compile_s(compile_record_key(self.potential, self.record_key()), self.compile_seconds[-1])
-            notify(f"compiled the training step in {self.compile_seconds[-1]:.0f} s", self.verbose)
+            notify(f"compiled {self.what} in {self.compile_seconds[-1]:.0f} s", self.verbose)
         graph.calls += 1
         return loss, de, df, grads
 
@@ -280,16 +254,15 @@ class CompiledTrainStep:
         param_names = [k for k, _ in self.module.named_parameters()]
         buffer_names = [k for k, _ in self.module.named_buffers()]
         n_p, n_b = len(param_names), len(buffer_names)
-        module = self.module
 
         def step(*flat):
-            ps, bs = flat[:n_p], flat[n_p:n_p + n_b]
-            species, positions, mask, energy, forces, weights = flat[n_p + n_b:]
+            ps, bs, (*batch, weights) = flat[:n_p], flat[n_p:n_p + n_b], flat[n_p + n_b:]
             state = {**dict(zip(param_names, ps, strict=True)), **dict(zip(buffer_names, bs, strict=True))}
             view = TracedSettings(cfg, {k: weights[i] for i, k in enumerate(names)})
             settings.append(view)
-            loss, de, df = functional_call(module, state, (species, positions, mask, energy, forces, view))
-            grads = torch.autograd.grad(loss, ps, allow_unused=True)
+            loss, de, df = functional_call(self.module, state, (*batch, view))
+            # ones: what autograd takes for a scalar loss; for K runs' losses (K,), the gradient of their sum
+            grads = torch.autograd.grad(loss, ps, torch.ones_like(loss), allow_unused=True)
             used[:] = [g is not None for g in grads]
             return (loss.detach(), de.detach(), df.detach(), *[g for g in grads if g is not None])
 
@@ -298,9 +271,9 @@ class CompiledTrainStep:
     def build(self, lb: LabelledBatch, cfg, names) -> tuple[CompiledGraph, tuple]:
         """Trace the step for this shape and these settings, compile it and run it on ``lb`` (torch compiles at the
         first call) -> (graph, its outputs)."""
-        B, N = lb.batch.species.shape
-        notify(f"compiling the training step for batches of {B} frames x {N} atoms ({lb.batch.positions.dtype}); "
-               "minutes on a CPU the first time, torch's cache makes later runs faster", self.verbose)
+        *K, B, N = lb.batch.species.shape
+        x = lb.batch.positions
+        notify(self.announcement.format(K=K[0] if K else None, B=B, N=N, dtype=x.dtype, device=x.device), self.verbose)
         start = time.perf_counter()
         try:
             traced, used, constants = self.trace(lb, cfg, names)
@@ -312,10 +285,10 @@ class CompiledTrainStep:
         self.graphs.setdefault(self.shape_key(lb), []).append(graph)
         return graph, self.run(graph, lb, cfg)
 
-    def trace(self, lb: LabelledBatch, cfg, names):
-        """make_fx on fake tensors -> (graph module, used parameters, config constants the loss read)."""
+    def trace(self, lb: LabelledBatch, cfg, names, tracer=lambda step: make_fx(step, tracing_mode="fake")):
+        """``tracer(step function)`` (make_fx on fake tensors: the graph module; the identity: the step run eagerly)
+        called on the step's inputs -> (its result, used parameters, config constants the loss read)."""
         params = [p.detach().requires_grad_(True) for p in self.module.parameters()]
         used, settings = [], []
-        traced = make_fx(self.step_function(cfg, names, used, settings), tracing_mode="fake")(
-            *self.inputs(params, lb, cfg, names))
-        return traced, list(used), dict(settings[-1].constants)
+        out = tracer(self.step_function(cfg, names, used, settings))(*self.inputs(params, lb, cfg, names))
+        return out, list(used), dict(settings[-1].constants)

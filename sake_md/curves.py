@@ -25,11 +25,8 @@ def read_curve(run) -> dict:
     if not rows:
         raise SakeMDError(f"{path} is empty: the run has not finished an epoch yet")
     config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
-    curve = {"name": run.name, "config": config, "epoch": np.array([r["epoch"] for r in rows]),
-             "seconds": np.cumsum([r["seconds"] for r in rows])}
-    for key in CURVE_KEYS:
-        curve[key] = np.array([r[key] for r in rows])
-    return curve
+    return {"name": run.name, "config": config, "seconds": np.cumsum([r["seconds"] for r in rows]),
+            **{key: np.array([r[key] for r in rows]) for key in ("epoch", *CURVE_KEYS)}}
 
 
 def summary_table(curves: list[dict]) -> str:
@@ -45,17 +42,13 @@ def summary_table(curves: list[dict]) -> str:
 
 def plot_curves(curves: list[dict], path) -> Path | None:
     """Validation force and energy MAE (log scale) against training minutes; None without matplotlib."""
-    plt = pyplot()
-    if plt is None:
+    if (plt := pyplot()) is None:
         return None
     fig, (ax_f, ax_e) = plt.subplots(1, 2, figsize=(10, 4.2))
-    for c in curves:
-        minutes = c["seconds"] / 60.0
-        ax_f.plot(minutes, c["val_force_mae_meV_A"], label=c["name"])
-        ax_e.plot(minutes, c["val_energy_mae_meV"], label=c["name"])
-    ax_f.set(xlabel="training time (min, one core)", ylabel="validation force MAE (meV/Å)", yscale="log")
-    ax_e.set(xlabel="training time (min, one core)", ylabel="validation energy MAE (meV)", yscale="log")
-    for ax in (ax_f, ax_e):
+    for ax, key, what in zip((ax_f, ax_e), CURVE_KEYS, ("force MAE (meV/Å)", "energy MAE (meV)"), strict=True):
+        for c in curves:
+            ax.plot(c["seconds"] / 60.0, c[key], label=c["name"])
+        ax.set(xlabel="training time (min, one core)", ylabel=f"validation {what}", yscale="log")
         ax.grid(alpha=0.3, which="both")
     ax_f.legend(fontsize=8)
     return save(fig, path)

@@ -6,7 +6,7 @@ Readers (``read_dataset`` dispatches on the file name):
   kcal/mol and Å unless told otherwise (sGDML's ``e_unit``/``r_unit`` keys are honoured).
 * extended XYZ (``.xyz``, ``.extxyz``): energy and forces under configurable keys, in ``atoms.info`` /
   ``atoms.arrays`` or in the SinglePointCalculator ASE attaches; eV and Å unless told otherwise.
-* ASE databases (``.db``, ``.json``, ``.aselmdb``): the row's energy/forces, key-value pairs or data.
+* ASE databases (``.db``, ``.json``, ``.aselmdb``): the row's energy/forces, key-value pairs or data; eV and Å.
 
 Everything is converted to eV, Å and eV/Å in ``convert_units`` (the one place) and checked by
 ``validate`` before any training starts; bad data raises ``DataError`` naming the file and frame.
@@ -31,10 +31,7 @@ __all__ = ["NPZ_KEYS", "EXTXYZ_SUFFIXES", "DB_SUFFIXES", "Dataset", "DataSource"
            "convert_units", "read_dataset", "read_npz", "read_extxyz", "read_ase_db", "frames_to_dataset", "validate",
            "split", "LabelledBatch", "batches", "labelled_batch", "shuffled_order"]
 
-NPZ_KEYS = {
-    "rmd17": ("nuclear_charges", "coords", "energies", "forces"),
-    "sgdml": ("z", "R", "E", "F"),
-}
+NPZ_KEYS = {"rmd17": ("nuclear_charges", "coords", "energies", "forces"), "sgdml": ("z", "R", "E", "F")}
 EXTXYZ_SUFFIXES = (".xyz", ".extxyz")
 DB_SUFFIXES = (".db", ".json", ".aselmdb")
 
@@ -43,10 +40,9 @@ DB_SUFFIXES = (".db", ".json", ".aselmdb")
 class Dataset:
     """Frames of one molecule or of mixed sizes, in eV, Å and eV/Å.
 
-    Per frame m with N_m atoms: numbers[m] (N_m,) int, positions[m] (N_m, 3), forces[m] (N_m, 3);
-    energy (M,) float64 total energies. Periodic data (extxyz with a lattice, ASE db rows with pbc) also
-    have cells[m] (3, 3) Å, rows the lattice vectors, and pbc[m] (3,) bool; both are None otherwise.
-    """
+    Per frame m with N_m atoms: numbers[m] (N_m,) int, positions[m] (N_m, 3), forces[m] (N_m, 3); energy (M,) float64
+    total energies. Periodic data (extxyz with a lattice, ASE db rows with pbc) also have cells[m] (3, 3) Å, rows the
+    lattice vectors, and pbc[m] (3,) bool; both are None otherwise."""
 
     numbers: list[np.ndarray]
     positions: list[np.ndarray]
@@ -77,9 +73,8 @@ class Dataset:
     def subset(self, indices: Sequence[int], source: str | None = None) -> "Dataset":
         idx = [int(i) for i in indices]
         pick = lambda frames: None if frames is None else [frames[i] for i in idx]  # noqa: E731
-        return Dataset([self.numbers[i] for i in idx], [self.positions[i] for i in idx], self.energy[idx],
-                       [self.forces[i] for i in idx], self.source if source is None else source,
-                       pick(self.cells), pick(self.pbc))
+        return Dataset(pick(self.numbers), pick(self.positions), self.energy[idx], pick(self.forces),
+                       self.source if source is None else source, pick(self.cells), pick(self.pbc))
 
     def to_atoms(self) -> list:
         """ASE Atoms with the reference energy and forces in a SinglePointCalculator."""
@@ -88,10 +83,8 @@ class Dataset:
 
         frames = []
         for m, (z, x, e, f) in enumerate(zip(self.numbers, self.positions, self.energy, self.forces, strict=True)):
-            atoms = Atoms(numbers=z, positions=x)
-            if self.cells is not None:
-                atoms.set_cell(self.cells[m])
-                atoms.set_pbc(self.pbc[m])
+            atoms = Atoms(numbers=z, positions=x, cell=None if self.cells is None else self.cells[m],
+                          pbc=None if self.pbc is None else self.pbc[m])
             atoms.calc = SinglePointCalculator(atoms, energy=float(e), forces=f)
             frames.append(atoms)
         return frames
@@ -138,12 +131,8 @@ def as_source(data: DataSource | str | Path) -> DataSource:
 
 def read_dataset(path, energy_key: str = "energy", forces_key: str = "forces", energy_unit: str | None = None,
                  length_unit: str | None = None, validate_data: bool = True, labelled: bool = True) -> Dataset:
-    """Read, convert to eV/Å and validate a labelled data file (format from the suffix).
-
-    ``energy_unit``/``length_unit`` default to the format's: kcal/mol and Å for npz, eV and Å otherwise.
-    ``labelled=False`` also accepts frames without labels (their energy and forces are NaN), ``"energy"``
-    frames with energies but no forces (NaN forces).
-    """
+    """Read, convert to eV/Å and validate a data file (format from the suffix); the units default to the format's
+    and ``labelled`` says which labels may be missing (NaN), as in the module docstring."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"data file not found: {path}")
@@ -189,10 +178,8 @@ def read_npz(path: Path, labelled: bool = True) -> tuple[Dataset, tuple[str, str
     if z.ndim != 1 or energies.shape != (m,) or forces.shape != coords.shape or coords.shape[1] != len(z):
         raise DataError(f"{path}: inconsistent shapes: atomic numbers {z.shape}, coordinates {coords.shape}, "
                         f"energies {energies.shape}, forces {forces.shape}; expected (N,), (M, N, 3), (M,), (M, N, 3)")
-    z = z.astype(np.int64)
-    data = Dataset([z] * m, list(coords.astype(np.float64)), energies.astype(np.float64),
-                   list(forces.astype(np.float64)), str(path))
-    return data, units
+    return Dataset([z.astype(np.int64)] * m, list(coords.astype(np.float64)), energies.astype(np.float64),
+                   list(forces.astype(np.float64)), str(path)), units
 
 
 def _npz_unit(npz, key: str, default: str) -> str:
@@ -287,10 +274,9 @@ def validate(data: Dataset, labelled: bool = True) -> None:
                             f"{x.shape}, forces {f.shape}; expected ({n}, 3) for both")
         if z.min() < 1 or z.max() > 118:
             raise DataError(f"{data.source}: frame {m} has invalid atomic numbers {sorted(set(z.tolist()))}")
-        if not np.isfinite(x).all():
-            raise DataError(f"{data.source}: frame {m} has non-finite positions")
-        if labelled is True and not np.isfinite(f).all():
-            raise DataError(f"{data.source}: frame {m} has non-finite force labels")
+        for what, values, checked in (("positions", x, True), ("force labels", f, labelled is True)):
+            if checked and not np.isfinite(values).all():
+                raise DataError(f"{data.source}: frame {m} has non-finite {what}")
         if data.pbc is not None and data.pbc[m].any():
             try:
                 check_cell(data.cells[m], data.pbc[m], f"frame {m}")
@@ -331,14 +317,12 @@ def batches(data: Dataset, batch_size: int, species_index: torch.Tensor, dtype=t
 
 def labelled_batch(data: Dataset, indices: np.ndarray, species_index: torch.Tensor, dtype=torch.float32,
                    device="cpu") -> LabelledBatch:
-    numbers = [data.numbers[i] for i in indices]
-    pick = lambda frames: None if frames is None else [frames[i] for i in indices]  # noqa: E731
-    batch = collate(numbers, [data.positions[i] for i in indices], species_index, dtype, device, pick(data.cells),
-                    pick(data.pbc))
+    frames = data.subset(indices)
+    batch = collate(frames.numbers, frames.positions, species_index, dtype, device, frames.cells, frames.pbc)
     forces = np.zeros(tuple(batch.positions.shape), dtype=np.float64)
-    for b, i in enumerate(indices):
-        forces[b, :len(data.numbers[i])] = data.forces[i]
-    energy = torch.from_numpy(data.energy[indices]).to(device)
+    for b, (z, f) in enumerate(zip(frames.numbers, frames.forces, strict=True)):
+        forces[b, :len(z)] = f
+    energy = torch.from_numpy(frames.energy).to(device)
     return LabelledBatch(batch, energy, torch.from_numpy(forces).to(device=device, dtype=dtype), np.asarray(indices))
 
 

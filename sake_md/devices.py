@@ -22,7 +22,6 @@ def resolve_device(device: str | torch.device = "cpu") -> torch.device:
 
 
 def resolve_dtype(dtype) -> torch.dtype:
-    try:
-        return DTYPES[dtype]
-    except KeyError:
-        raise InputError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from None
+    if dtype not in DTYPES:
+        raise InputError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return DTYPES[dtype]

@@ -57,9 +57,8 @@ def evaluate(checkpoint, data, batch_size: int = 64, device: str = "cpu", n_boot
     potential = inference_potential(potential, device)
     energy, forces = predict(potential, data, batch_size)
     has_forces = all(np.isfinite(f).all() for f in data.forces)
-    stats = statistics(per_frame_terms(data, energy, forces), n_bootstrap, seed)
-    if not has_forces:  # a file of energies only: its energy errors, and no force statistics
-        stats = {k: v for k, v in stats.items() if not k.startswith("force_")}
+    stats = {k: v for k, v in statistics(per_frame_terms(data, energy, forces), n_bootstrap, seed).items()
+             if has_forces or not k.startswith("force_")}  # a file of energies only: no force statistics
     report = {"checkpoint": str(checkpoint), "data": source.path, "frames": len(data),
               "atoms": int(data.n_atoms.sum()), "variant": meta.get("variant", meta["config"]["variant"]),
               "parameters": count_parameters(potential), "dtype": meta.get("dtype"),
@@ -73,10 +72,7 @@ def warn_unseen_compositions(meta: dict, data: Dataset, label: str) -> bool:
     ethanol potential on malonaldehyde: same elements, another molecule). A transfer test is legitimate, so
     only a warning. Returns whether it warned; silent when the training compositions are not recorded."""
     trained = {tuple(map(tuple, c)) for c in (meta.get("training") or {}).get("compositions") or []}
-    if not trained:
-        return False
-    seen = set(data.compositions)
-    if seen & trained:
+    if not trained or (seen := set(data.compositions)) & trained:
         return False
     from ase.data import chemical_symbols
     from ase.formula import Formula
@@ -103,24 +99,19 @@ def format_report(report: dict) -> str:
 def write_extxyz(path, data: Dataset, energy: np.ndarray, forces: list[np.ndarray]) -> Path:
     """Frames with ref_energy/pred_energy (eV) in info and ref_forces/pred_forces (eV/Å) in arrays."""
     import ase.io
-    from ase import Atoms
 
-    frames = []
-    for m, (z, x, e_ref, f_ref, e, f) in enumerate(zip(data.numbers, data.positions, data.energy, data.forces,
-                                                       energy, forces, strict=True)):
-        atoms = Atoms(numbers=z, positions=x, cell=None if data.cells is None else data.cells[m],
-                      pbc=None if data.pbc is None else data.pbc[m])
-        atoms.info.update(ref_energy=float(e_ref), pred_energy=float(e))
-        atoms.arrays["ref_forces"], atoms.arrays["pred_forces"] = np.asarray(f_ref), np.asarray(f)
-        frames.append(atoms)
+    frames = data.to_atoms()
+    for atoms, e, f in zip(frames, energy, forces, strict=True):
+        ref, atoms.calc = atoms.calc.results, None  # the labels are written under their ref_ names only
+        atoms.info.update(ref_energy=ref["energy"], pred_energy=float(e))
+        atoms.arrays["ref_forces"], atoms.arrays["pred_forces"] = ref["forces"], np.asarray(f)
     ase.io.write(path, frames, format="extxyz")
     return Path(path)
 
 
 def parity_plot(path, data: Dataset, energy: np.ndarray, forces: list[np.ndarray], report: dict) -> Path | None:
     """Energy (relative to the reference mean) and force-component parity; None without matplotlib."""
-    plt = pyplot()
-    if plt is None:
+    if (plt := pyplot()) is None:
         return None
     fig, (ax_e, ax_f) = plt.subplots(1, 2, figsize=(9, 4.2))
     shift = data.energy.mean()

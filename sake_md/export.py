@@ -2,10 +2,9 @@
 potential, exported with ``torch.export`` and compiled ahead of time into a ``.pt2`` package that
 loads in a second, without a compiler.
 
-A package is for one device, one dtype and one shape (B, N): batches of up to B molecules of up to N
-atoms each are padded to it. It embeds the weights and the normalisation (both inside the graph) and,
-as AOTInductor metadata, the species, configuration, dtype, device and shape, so that
-``SAKECalculator("x.pt2")`` is the one call that loads it.
+A package is for one device, one dtype and one shape (B, N): batches of up to B molecules of up to N atoms each are
+padded to it. It embeds the weights and the normalisation (both inside the graph) and, as AOTInductor metadata, the
+species, configuration, dtype, device and shape, so that ``SAKECalculator("x.pt2")`` is the one call that loads it.
 """
 
 import json
@@ -41,17 +40,14 @@ class _Exported(nn.Module):
 
 def export_package(potential: SAKEPotential, species, positions, mask, path, verbose: bool = True) -> Path:
     """Trace, export and AOT-compile ``potential`` for the shape of this batch; write the ``.pt2``.
-
-    Shape: species (B, N), positions (B, N, 3) in the potential's dtype and device, mask (B, N).
-    """
+    Shape: species (B, N), positions (B, N, 3) in the potential's dtype and device, mask (B, N)."""
     path = Path(path)
     if path.suffix != ".pt2":
         raise InputError(f"the package must be a .pt2 file, got {path}")
     path.parent.mkdir(parents=True, exist_ok=True)
     use_persistent_cache()
     potential = potential.eval()
-    B, N = species.shape
-    device = positions.device
+    (B, N), device = species.shape, positions.device
     meta = {"format": FORMAT, "atomic_numbers": list(potential.atomic_numbers),
             "config": potential.config.to_dict(), "variant": potential.config.variant,
             "normalization": {"energy_scale": potential.energy_scale, "energy_shift": potential.energy_shift,
@@ -80,10 +76,8 @@ def export_package(potential: SAKEPotential, species, positions, mask, path, ver
 
 def export_for_atoms(checkpoint, structure: str, out, batch: int = 1, device="cpu", dtype=None,
                      verbose: bool = True) -> Path:
-    """``sake-md compile``: the checkpoint, for batches of ``batch`` molecules of ``structure``'s size.
-
-    ``structure``: a file ASE reads, an ``ase.build.molecule`` name, or ethanol/methanol/benzene/water.
-    """
+    """``sake-md compile``: the checkpoint, for batches of ``batch`` molecules of ``structure``'s size
+    (``structures.load_structure``: a file ASE reads, an ``ase.build.molecule`` name or an alias)."""
     from .batch import atoms_to_batch
     from .inference import inference_potential
     from .structures import load_structure
@@ -91,9 +85,7 @@ def export_for_atoms(checkpoint, structure: str, out, batch: int = 1, device="cp
     if batch < 1:
         raise InputError(f"--batch must be at least 1, got {batch}")
     potential = inference_potential(checkpoint, device, dtype)
-    device, dtype = potential.device, potential.dtype
-    atoms = load_structure(structure)
-    example = atoms_to_batch([atoms] * batch, potential, dtype, device)
+    example = atoms_to_batch([load_structure(structure)] * batch, potential, potential.dtype, potential.device)
     return export_package(potential, example.species, example.positions, example.mask, out, verbose)
 
 
@@ -104,10 +96,9 @@ def is_package(path) -> bool:
 class PackagedPotential:
     """A ``.pt2`` written by ``export_package``, called like ``CompiledPotential``.
 
-    ``(species (b, n), positions (b, n, 3), mask (b, n)) -> {"energy" (b,), "energies" (b, n),
-    "forces" (b, n, 3)}`` for b ≤ B and n ≤ N. Has ``atomic_numbers``, ``species_index``, ``dtype``,
-    ``device``, ``batch`` (B) and ``atoms`` (N), which is what batching and the calculator need.
-    """
+    ``(species (b, n), positions (b, n, 3), mask (b, n)) -> {"energy" (b,), "energies" (b, n), "forces" (b, n, 3)}``
+    for b ≤ B and n ≤ N. Has ``atomic_numbers``, ``species_index``, ``dtype``, ``device``, ``batch`` (B) and
+    ``atoms`` (N), which is what batching and the calculator need."""
 
     cutoff = None  # packages are compiled from dense (molecular) models
 
@@ -127,8 +118,7 @@ class PackagedPotential:
         self.atomic_numbers = list(meta["atomic_numbers"])
         self.species_index = torch.full((119,), -1, dtype=torch.long)
         self.species_index[torch.tensor(self.atomic_numbers)] = torch.arange(len(self.atomic_numbers))
-        self.dtype = getattr(torch, meta["dtype"])
-        self.device = torch.device(meta["device"])
+        self.dtype, self.device = getattr(torch, meta["dtype"]), torch.device(meta["device"])
         self.batch, self.atoms = int(meta["batch"]), int(meta["atoms"])
 
     def __call__(self, species, positions, mask) -> dict:
@@ -138,8 +128,7 @@ class PackagedPotential:
                              f"{self.atoms} atoms; got {b} of {n}. Compile one for this size with "
                              "`sake-md compile`, or use the checkpoint with compile=True")
         species, positions, mask = _pad(species, positions.detach().to(self.dtype), mask, self.batch, self.atoms)
-        energy, energies, forces = self.runner(species.to(self.device), positions.to(self.device),
-                                               mask.to(self.device))
+        energy, energies, forces = self.runner(species.to(self.device), positions.to(self.device), mask.to(self.device))
         return {"energy": energy[:b], "energies": energies[:b, :n], "forces": forces[:b, :n]}
 
 
@@ -147,8 +136,7 @@ def _pad(species, positions, mask, B: int, N: int):
     """Pad atoms (masked out) to N and molecules (copies of the first: no empty molecule, no 1/0) to B."""
     b, n = species.shape
     pad_atoms = (0, N - n)
-    species = nn.functional.pad(species, pad_atoms)
-    mask = nn.functional.pad(mask, pad_atoms)
+    species, mask = nn.functional.pad(species, pad_atoms), nn.functional.pad(mask, pad_atoms)
     positions = nn.functional.pad(positions, (0, 0, *pad_atoms))
     if b < B:
         rows = torch.zeros(B, dtype=torch.long, device=species.device)

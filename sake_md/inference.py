@@ -17,15 +17,10 @@ __all__ = ["inference_potential"]
 
 def inference_potential(model: str | Path | SAKEPotential, device="cpu", dtype=None,
                         cutoff: float | None = None) -> SAKEPotential:
-    """A frozen potential in eval mode on ``device`` in ``dtype`` (default: the checkpoint's).
-
-    ``model``: a checkpoint path (loaded with ``weights_only=True``) or a ``SAKEPotential`` (copied).
-    ``cutoff`` (Å) puts a dense model in sparse mode (``SAKEPotential.with_cutoff``).
-    """
-    if isinstance(model, SAKEPotential):
-        potential = copy.deepcopy(model)
-    else:
-        potential = load_checkpoint(model)
+    """A frozen potential in eval mode on ``device`` in ``dtype`` (default: the checkpoint's) from ``model``, a
+    checkpoint path (loaded with ``weights_only=True``) or a ``SAKEPotential`` (copied: the caller's keeps its state);
+    ``cutoff`` (Å) puts a dense model in sparse mode (``SAKEPotential.with_cutoff``)."""
+    potential = copy.deepcopy(model) if isinstance(model, SAKEPotential) else load_checkpoint(model)
     potential = potential.with_cutoff(cutoff)
     dtype = resolve_dtype(dtype) if dtype is not None else potential.dtype
     potential = potential.to(device=resolve_device(device), dtype=dtype).eval()

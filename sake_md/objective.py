@@ -1,17 +1,17 @@
-"""The training objective, shared by every training loop (``train``, ``compile_train``, ``stacked``): the
-settings (``TrainConfig``, the recipes), the energy target and residuals, the loss, the learning-rate
-schedule, the paper's optimiser chain and the weight average. The loops import it; it imports no loop.
+"""The training objective, shared by every training loop (``train``, ``compile_train``, ``stacked``): the settings
+(``TrainConfig``, the recipes), the energy target and residuals, the loss, the learning-rate schedule, the paper's
+optimiser chain and the weight average. The loops import it; it imports no loop.
 
 Loss per batch, in kcal/mol units on de-standardised predictions (``loss``):
     mae:   force_weight · MAE(F) + energy_weight · MAE(E)          (the paper's)
     mse:   force_weight · MSE(F) + energy_weight · MSE(E)
     huber: the same with Huber(δ = huber_delta) in place of the squares
-E is the total energy, or the energy per atom with ``energy_per_atom``. In the final ``stage_fraction``
-of the run the energy weight becomes ``stage_energy_weight`` (a short energy stage, as MACE's).
-Optimiser chain (the paper's): g += weight_decay · θ (coupled L2); g = clip(g, -clip, clip) elementwise;
-Adam(β1, β2, ε), or AMSGrad with ``amsgrad``. Learning rate per step, as a function of the progress
-p ∈ [0, 1] of the planned run: linear warm-up lr_start → lr over p < warmup_fraction, cosine decay to 0 at
-p = decay_end, then 0. With ``ema_decay`` an exponential moving average of the weights is validated.
+E is the total energy, or the energy per atom with ``energy_per_atom``. In the final ``stage_fraction`` of the run the
+energy weight becomes ``stage_energy_weight`` (a short energy stage, as MACE's). Optimiser chain (the paper's): g +=
+weight_decay · θ (coupled L2); g = clip(g, -clip, clip) elementwise; Adam(β1, β2, ε), or AMSGrad with ``amsgrad``.
+Learning rate per step, as a function of the progress p ∈ [0, 1] of the planned run: linear warm-up lr_start → lr over p
+< warmup_fraction, cosine decay to 0 at p = decay_end, then 0. With ``ema_decay`` an exponential moving average of the
+weights is validated.
 """
 
 import contextlib
@@ -120,9 +120,7 @@ class TrainConfig:
     def preset(cls, recipe: str, data: str, out: str, **overrides) -> "TrainConfig":
         """A recipe's defaults, then ``overrides`` (None values are ignored)."""
         recipe = RECIPE_ALIASES.get(recipe, recipe)
-        if recipe not in RECIPES:
-            raise SakeMDError(f"unknown recipe {recipe!r}; known: {', '.join(RECIPES)}")
-        settings = dict(RECIPES[recipe])
+        settings = dict(RECIPES.get(recipe, {}))  # an unknown recipe: refused by __post_init__
         given = {k: v for k, v in overrides.items() if v is not None}
         if "epochs" in given or "time_budget" in given:  # a length given replaces the recipe's, budget or epochs
             settings.update(epochs=None, time_budget=None)
@@ -140,9 +138,7 @@ class TrainConfig:
         return DataSource(path, self.energy_key, self.forces_key, self.energy_unit, self.length_unit)
 
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["betas"], d["model"] = list(self.betas), self.model.to_dict()
-        return d
+        return {**asdict(self), "betas": list(self.betas), "model": self.model.to_dict()}
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -164,8 +160,7 @@ def learning_rate(progress: float, cfg: TrainConfig) -> float:
 class PaperAdam(torch.optim.Adam):
     """Adam (or AMSGrad) after the paper's gradient transforms: g += λθ (coupled L2), then elementwise clip."""
 
-    def __init__(self, params, lr: float, betas, eps: float, weight_decay: float, clip: float,
-                 amsgrad: bool = False):
+    def __init__(self, params, lr: float, betas, eps: float, weight_decay: float, clip: float, amsgrad: bool = False):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, amsgrad=amsgrad)
         self.coupled_decay, self.clip = weight_decay, clip
 

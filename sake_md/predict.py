@@ -21,11 +21,9 @@ __all__ = ["predict_batches", "predict", "STATISTICS", "TERMS", "frame_terms", "
 def predict_batches(potential: SAKEPotential, data: Dataset, batch_size: int = 64, forces: bool = True,
                     order: Sequence[int] | None = None, dtype=None,
                     device=None) -> Iterator[tuple[LabelledBatch, dict]]:
-    """``(batch, potential.predict(batch))`` for padded batches of ``data`` in ``order`` (default: file order).
-
-    ``dtype``/``device`` default to the potential's. The outputs are those of ``SAKEPotential.predict``:
-    energy (B,) and energies (B, N) float64 eV, energy_model (B,), forces (B, N, 3) eV/Å.
-    """
+    """``(batch, potential.predict(batch))`` for padded batches of ``data`` in ``order`` (default: file order), in
+    ``dtype`` on ``device`` (default: the potential's). The outputs are those of ``SAKEPotential.predict``: energy
+    (B,) and energies (B, N) float64 eV, energy_model (B,), forces (B, N, 3) eV/Å."""
     p = next(potential.parameters())
     dtype, device = dtype or p.dtype, device or p.device
     for lb in batches(data, batch_size, potential.species_index, dtype, device, order):
@@ -40,10 +38,9 @@ def predict(potential: SAKEPotential, data: Dataset, batch_size: int = 64,
     """Energies (M,) float64 eV and forces [(N_m, 3)] float64 eV/Å (None with ``forces=False``) of every
     frame of ``data``, on the potential's device and in its dtype. Frames with elements the potential
     does not know raise ``InputError`` before anything runs."""
-    periodic_ok = potential.cutoff is not None
     for m, (z, x) in enumerate(zip(data.numbers, data.positions, strict=True)):
         check_structure(z, x, potential.atomic_numbers, None if data.pbc is None else data.pbc[m],
-                        f"frame {m} of {data.source}", periodic_ok=periodic_ok)
+                        f"frame {m} of {data.source}", periodic_ok=potential.cutoff is not None)
     energy, force_list = [], [] if forces else None
     for lb, out in predict_batches(potential, data, batch_size, forces):
         energy.append(out["energy"].detach().cpu().numpy())
@@ -55,13 +52,9 @@ def predict(potential: SAKEPotential, data: Dataset, batch_size: int = 64,
 
 # ---- errors ----------------------------------------------------------------------------------------
 STATISTICS = {  # name: (numerator, denominator, root), over the per-frame terms of ``frame_terms``
-    "energy_mae_meV": ("abs_e", "one", False),
-    "energy_rmse_meV": ("sq_e", "one", True),
-    "energy_mae_meV_per_atom": ("abs_e_atom", "one", False),
-    "energy_rmse_meV_per_atom": ("sq_e_atom", "one", True),
-    "force_mae_meV_A": ("abs_f", "n_f", False),
-    "force_rmse_meV_A": ("sq_f", "n_f", True),
-}
+    "energy_mae_meV": ("abs_e", "one", False), "energy_rmse_meV": ("sq_e", "one", True),
+    "energy_mae_meV_per_atom": ("abs_e_atom", "one", False), "energy_rmse_meV_per_atom": ("sq_e_atom", "one", True),
+    "force_mae_meV_A": ("abs_f", "n_f", False), "force_rmse_meV_A": ("sq_f", "n_f", True)}
 TERMS = ("abs_e", "sq_e", "abs_e_atom", "sq_e_atom", "abs_f", "sq_f", "n_f", "one")
 
 
@@ -74,10 +67,8 @@ def _terms(de, abs_f, sq_f, n) -> dict:
 
 def frame_terms(de, df, n_atoms) -> dict[str, np.ndarray]:
     """Per-frame sums from which every statistic (and its bootstrap) is a ratio of totals. Shapes (M,).
-
-    ``de`` (M,) energy errors in eV; ``df`` force errors in eV/Å, a list [(N_m, 3)] or an array
-    (M, N, 3) that is zero at padding; ``n_atoms`` (M,).
-    """
+    ``de`` (M,) energy errors in eV; ``df`` force errors in eV/Å, a list [(N_m, 3)] or an array (M, N, 3) that is
+    zero at padding; ``n_atoms`` (M,)."""
     return _terms(np.asarray(de, dtype=np.float64), np.array([np.abs(d).sum() for d in df], dtype=np.float64),
                   np.array([np.square(d).sum() for d in df], dtype=np.float64),
                   np.asarray(n_atoms, dtype=np.float64))

@@ -1,9 +1,6 @@
 """K modules of one architecture evaluated as one: their weights stacked along a leading axis K, and one
-``vmap``-ed ``functional_call`` of a weightless template (``torch.func``), instead of K calls.
-
-A committee's members (``sake_md.committee``) share the structures and stack only the weights; the
-stacked trainer's runs (``sake_md.stacked``) each bring their own frames, a leading K on every input.
-"""
+``vmap``-ed ``functional_call`` of a weightless template (``torch.func``), instead of K calls: a committee's members
+(``sake_md.committee``), the runs trained together (``sake_md.stacked``); ``StackedPotentials.atomic`` tells how."""
 
 import copy
 from collections.abc import Sequence
@@ -12,7 +9,7 @@ import torch
 from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
-__all__ = ["StackedModules"]
+__all__ = ["StackedModules", "StackedPotentials"]
 
 
 class StackedModules:
@@ -23,9 +20,8 @@ class StackedModules:
     """
 
     def __init__(self, modules: Sequence[nn.Module], requires_grad: bool = False):
-        params, buffers = stack_module_state(list(modules))
+        params, self.buffers = stack_module_state(list(modules))
         self.params = {k: v.detach().requires_grad_(requires_grad) for k, v in params.items()}
-        self.buffers = buffers
         self.template = copy.deepcopy(modules[0]).to("meta")
 
     def __len__(self) -> int:
@@ -39,8 +35,25 @@ class StackedModules:
         where all modules share it. ``params`` replaces the stacked weights (e.g. a compiled step's inputs).
         """
         dims = (in_dims,) * len(args) if in_dims is None or isinstance(in_dims, int) else tuple(in_dims)
+        call = vmap(lambda p, b, *a: functional_call(self.template, (p, b), a), in_dims=(0, 0, *dims))
+        return call(self.params if params is None else params, self.buffers, *args)
 
-        def one(p, b, *a):
-            return functional_call(self.template, (p, b), a)
 
-        return vmap(one, in_dims=(0, 0, *dims))(self.params if params is None else params, self.buffers, *args)
+class StackedPotentials(StackedModules):
+    """The backbones of potentials of one variant and configuration, stacked, and their energy scales ``scale``
+    (K,) in the backbones' dtype and on their device."""
+
+    def __init__(self, potentials: Sequence[nn.Module]):
+        super().__init__([p.backbone for p in potentials])
+        first = next(iter(self.params.values()))
+        self.scale = torch.tensor([p.energy_scale for p in potentials], dtype=first.dtype, device=first.device)
+
+    def atomic(self, *args, scale: torch.Tensor | None = None, **options) -> torch.Tensor:
+        """Scaled per-atom model energies: ``self(*args, **options)`` times the energy scales (or ``scale``, e.g. an
+        input of a compiled step), as ``SAKEPotential`` scales them (per atom, before the sum).
+
+        Shape: species (B, N), positions (M, B, N, 3), mask (B, N) with ``in_dims=(None, 0, None)`` (a committee:
+        each member at its own copy of the positions), or each with a leading K (runs trained together) -> (K, B, N).
+        """
+        y = self(*args, **options)
+        return (self.scale if scale is None else scale).view(-1, 1, 1) * y

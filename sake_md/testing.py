@@ -47,8 +47,7 @@ def random_orthogonal(rng: np.random.Generator, reflect: bool = False) -> np.nda
     return q @ np.diag([1.0, 1.0, -1.0]) if reflect else q
 
 
-def check_invariance(potential: SAKEPotential, atoms, atol: float = 1e-10,
-                     seed: int | np.random.Generator = 0) -> None:
+def check_invariance(potential: SAKEPotential, atoms, atol: float = 1e-10, seed: int | np.random.Generator = 0) -> None:
     """E invariant and F equivariant (F(Qx + t) = F(x) Qᵀ) under a random rotation, a rotation with a
     reflection, each with a random translation, and a random permutation of the atoms (eV, eV/Å).
     ``seed`` (or a generator) draws them."""

@@ -1,15 +1,16 @@
 """Training: one run (``Trainer``) from data to best.pt, with the objective of ``sake_md.objective``.
 
-With a time budget the number of epochs is estimated after the first few steps and re-measured after
-every epoch (epochs that fit = done + remaining time / recent epoch time); the schedule is laid over it.
+With a time budget the number of epochs is estimated after the first few steps and re-measured after every epoch (epochs
+that fit = done + remaining time / recent epoch time); the schedule is laid over it.
 
-Output folder: config.json (the exact settings), metrics.jsonl (one line per epoch), last.pt and best.pt
-(best on validation force MAE), written atomically after every epoch. ``resume=True`` continues from
-last.pt with the same optimiser state, schedule and frame order: a killed run loses at most one epoch.
+Output folder: config.json (the exact settings), metrics.jsonl (one line per epoch), last.pt and best.pt (best on
+validation force MAE), written atomically after every epoch. ``resume=True`` continues from last.pt with the same
+optimiser state, schedule and frame order: a killed run loses at most one epoch.
 """
 
 import contextlib
 import dataclasses
+import functools
 import gc
 import json
 import math
@@ -21,32 +22,26 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from . import distributed, objective
 from .allocator import keep_freed_memory
-from .checkpoint import potential_from_dict, read_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, potential_from_dict, read_checkpoint, save_checkpoint
+from .compile import AUTO_FACTOR, compiler_unavailable, should_compile
+from .compile_train import CompiledTrainStep
 from .console import notify, warn
 from .data import Dataset, LabelledBatch, labelled_batch, shuffled_order, split
+from .devices import resolve_device
 from .errors import DataError, SakeMDError
+from .evaluate import evaluate, format_report
 from .model import SAKEPotential, count_parameters
-from .objective import (  # noqa: F401  (re-exported: the training API)
-    DEFAULT_RECIPE,
-    LOSSES,
-    RECIPES,
-    EnergyAndForces,
-    PaperAdam,
-    TrainConfig,
-    WeightAverage,
-    describe_recipe,
-    learning_rate,
-    loss_from,
-    residuals,
-)
+from .objective import RECIPES, EnergyAndForces, PaperAdam, TrainConfig, learning_rate, loss_from, residuals
 from .predict import ErrorSums, predict, predict_batches
 
 __all__ = ["MAX_COMPOSITIONS", "MIN_EPOCHS", "Trainer", "run_epochs", "run_config", "open_run", "planned_length",
            "truncate_log", "load_split", "resolve_training_device", "train", "finalize", "finalized", "read_config",
-           "energy_offset"]
+           "energy_offset",  # and, re-exported from sake_md.objective, the training API:
+           "RECIPES", "EnergyAndForces", "PaperAdam", "TrainConfig", "learning_rate", "loss_from", "residuals"]
 
 MAX_COMPOSITIONS = 100  # recorded in checkpoints (data of more compositions: none recorded)
 MIN_EPOCHS = 20  # fewer leave a model far from trained (the shipped ethanol potential: 168 epochs of 30 min)
@@ -56,14 +51,12 @@ class Trainer:
     """One run: data, model, optimiser, schedule, output folder. ``fit`` trains; state lives in ``self.state``."""
 
     def __init__(self, cfg: TrainConfig, ctx: distributed.Context, device: torch.device):
-        self.cfg, self.ctx, self.device = cfg, ctx, device
-        self.dtype = getattr(torch, cfg.dtype)
+        self.cfg, self.ctx, self.device, self.dtype = cfg, ctx, device, getattr(torch, cfg.dtype)
         self.out = Path(cfg.out)
         self.train_set, self.valid_set = load_split(cfg)
         # what the model was trained on, so that eval and compare can say when frames are of something else
         compositions = self.train_set.compositions
-        many = len(compositions) > MAX_COMPOSITIONS
-        self.compositions = None if many else [list(map(list, c)) for c in compositions]
+        self.compositions = None if len(compositions) > MAX_COMPOSITIONS else [list(map(list, c)) for c in compositions]
         self.state = {"epoch": 0, "step": 0, "planned_epochs": cfg.epochs or 0, "seconds": 0.0,
                       "epoch_seconds": [], "best_val_force_mae_meV_A": None, "best_epoch": None}
         self.potential = self.build_potential().to(device=device, dtype=self.dtype)
@@ -76,16 +69,14 @@ class Trainer:
             self.model = nn.parallel.DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
         self.optimizer = PaperAdam(self.potential.parameters(), cfg.lr_start, cfg.betas, cfg.eps, cfg.weight_decay,
                                    cfg.clip, cfg.amsgrad)
-        self.average = WeightAverage(self.potential, cfg.ema_decay) if cfg.ema_decay else None
+        self.average = objective.WeightAverage(self.potential, cfg.ema_decay) if cfg.ema_decay else None
         self.step = self.eager_step
         self.trainers = [self]  # the runs that this trains (``run_epochs``); a ``StackedTraining`` trains several
         if self.potential.cutoff is not None:
             keep_freed_memory()  # see sake_md.allocator
-        if cfg.compile is True and self.potential.cutoff is not None:
-            raise SakeMDError("--compile trains dense (molecular) models; a model with --cutoff trains eagerly")
+            if cfg.compile is True:
+                raise SakeMDError("--compile trains dense (molecular) models; a model with --cutoff trains eagerly")
         if cfg.compile is True:
-            from .compile_train import CompiledTrainStep
-
             self.step = CompiledTrainStep.for_trainer(self)
         elif cfg.compile == "auto":
             self.step = self.auto_step()
@@ -94,16 +85,10 @@ class Trainer:
         """compile="auto": the compiled step when the run's expected training time exceeds ``AUTO_FACTOR`` × the
         expected compile time (the inference rule), else the eager one; sparse models have no compiled step.
         Says which, once."""
-        from .compile import AUTO_FACTOR, compiler_unavailable, should_compile
-
         step = self.eager_step
-        if self.potential.cutoff is not None:
-            why = "a sparse (--cutoff) model has no compiled training step"
-        elif (unavailable := compiler_unavailable(self.device)) is not None:
-            why = unavailable
-        else:
-            from .compile_train import CompiledTrainStep
-
+        why = ("a sparse (--cutoff) model has no compiled training step" if self.potential.cutoff is not None
+               else compiler_unavailable(self.device))
+        if why is None:
             compiled = CompiledTrainStep.for_trainer(self)
             compile_s, basis = compiled.expected_compile_s()
             if self.cfg.timed:
@@ -123,27 +108,26 @@ class Trainer:
         discarded, the weights untouched)."""
         idx = np.arange(min(self.cfg.batch_size, len(self.train_set)))
         lb = labelled_batch(self.train_set, idx, self.potential.species_index, self.dtype, self.device)
-        times = []
-        for _ in range(2):
-            start = time.perf_counter()
-            self.eager_step(lb, self.cfg)
-            times.append(time.perf_counter() - start)
+        self.eager_step(lb, self.cfg)
+        start = time.perf_counter()
+        self.eager_step(lb, self.cfg)
+        seconds = time.perf_counter() - start
         self.optimizer.zero_grad(set_to_none=True)
-        return times[-1]
+        return seconds
 
     def build_potential(self) -> SAKEPotential:
         torch.manual_seed(self.cfg.seed)
         energies = self.train_set.energy
         scale = self.cfg.energy_scale or (float(energies.std()) if len(energies) > 1 and energies.std() > 0 else 1.0)
         species = sorted(set(self.train_set.species) | set(self.valid_set.species))
-        return SAKEPotential(species, self.cfg.model, energy_scale=scale,
-                             energy_shift=float(energies.mean()))
+        return SAKEPotential(species, self.cfg.model, energy_scale=scale, energy_shift=float(energies.mean()))
 
     def finished(self) -> bool:
-        """Whether the planned epochs are done (a resumed budget run: no time left for another epoch)."""
-        if self.cfg.timed:
-            self.replan()
-        return self.state["epoch"] > 0 and self.state["epoch"] >= self.state["planned_epochs"]
+        """Whether the planned epochs are done (a budget run: no time left for another epoch), replanned first."""
+        if self.state["epoch"] == 0:
+            return False
+        self.replan()  # budget mode only
+        return self.state["epoch"] >= self.state["planned_epochs"]
 
     # ---- schedule -------------------------------------------------------------------------------
     def steps_per_epoch(self) -> int:
@@ -152,9 +136,7 @@ class Trainer:
 
     def progress(self) -> float:
         planned = self.state["planned_epochs"]
-        if planned <= 0:
-            return 0.0
-        return self.state["step"] / (planned * self.steps_per_epoch())
+        return self.state["step"] / (planned * self.steps_per_epoch()) if planned > 0 else 0.0
 
     def loss_settings(self) -> TrainConfig:
         """The settings the loss reads now: the energy stage raises the energy weight at the end."""
@@ -169,20 +151,16 @@ class Trainer:
 
     def replan(self, step_seconds: float | None = None) -> None:
         """Budget mode: epochs that fit = epochs done + remaining time / recent epoch time (the first epoch's without
-        a compile on its first step: it is spent, not to be spent again)."""
+        a compile on its first step: it is spent, not to be spent again). The first plan (from ``step_seconds``, in
+        epoch 0) says when the budget fits fewer than ``MIN_EPOCHS`` epochs, and what would."""
         if not self.cfg.timed:
             return
         recent = self.state["epoch_seconds"][-5:]
-        per_epoch = float(np.mean(recent)) if recent else step_seconds * self.steps_per_epoch()
-        per_epoch = distributed.all_max(self.ctx, per_epoch)
-        remaining = self.cfg.time_budget - self.state["seconds"]
-        fit = int(max(remaining, 0.0) // max(per_epoch, 1e-9))
-        self.state["planned_epochs"] = max(self.state["epoch"] + fit, self.state["epoch"] + (0 if recent else 1))
-
-    def warn_if_too_short(self, epoch_s: float) -> None:
-        """Budget mode: say when the budget fits fewer than ``MIN_EPOCHS`` epochs, and what would."""
-        planned = self.state["planned_epochs"]
-        if planned >= MIN_EPOCHS or not self.ctx.main:
+        epoch_s = float(np.mean(recent)) if recent else step_seconds * self.steps_per_epoch()
+        per_epoch = distributed.all_max(self.ctx, epoch_s)
+        fit = int(max(self.cfg.time_budget - self.state["seconds"], 0.0) // max(per_epoch, 1e-9))
+        planned = self.state["planned_epochs"] = self.state["epoch"] + max(fit, 0 if recent else 1)  # ints
+        if step_seconds is None or planned >= MIN_EPOCHS or not self.ctx.main:
             return
         need = MIN_EPOCHS * epoch_s + self.state["seconds"]
         warn(f"the time budget of {self.cfg.time_budget:.0f} s fits only about {planned} epoch(s) of {epoch_s:.0f} s: "
@@ -194,22 +172,18 @@ class Trainer:
     def local_indices(self, order: np.ndarray):
         """Global batches of ``order``; each process takes its share of every global batch."""
         b, world = self.cfg.batch_size, self.ctx.world
-        for start in range(0, len(order), b):
-            chunk = order[start:start + b]
-            if len(chunk) < world:
-                continue
-            yield np.array_split(chunk, world)[self.ctx.rank]
+        chunks = (order[start:start + b] for start in range(0, len(order), b))
+        return (np.array_split(chunk, world)[self.ctx.rank] for chunk in chunks if len(chunk) >= world)
 
     def train_epoch(self, bar=None) -> list[ErrorSums]:
         """One epoch of optimiser steps -> [the running errors of the batches trained on]."""
         self.model.train()
         errors = ErrorSums()
         order = shuffled_order(len(self.train_set), self.cfg.seed, self.state["epoch"])
-        species_index = self.potential.species_index
         plan_at = min(3, self.steps_per_epoch() - 1)  # the step after which epoch 0 plans a time budget's epochs
         start = t0 = time.perf_counter()
         for k, idx in enumerate(self.local_indices(order)):
-            lb = labelled_batch(self.train_set, idx, species_index, self.dtype, self.device)
+            lb = labelled_batch(self.train_set, idx, self.potential.species_index, self.dtype, self.device)
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(self.progress(), self.cfg)
             loss, de, df = self.step(lb, self.loss_settings())
@@ -224,17 +198,16 @@ class Trainer:
                 step_s = (time.perf_counter() - t0) / k if k else time.perf_counter() - start
                 self.state["startup_s"] = max(t0 - start - step_s, 0.0) if k else 0.0  # the compile, for replan
                 self.replan(step_seconds=step_s)
-                self.warn_if_too_short(step_s * self.steps_per_epoch())
             if bar is not None:
                 bar.set_postfix_str(f"loss {float(loss.detach()):.3f}", refresh=False)
         return [errors]
 
     def eager_step(self, lb: LabelledBatch, cfg: TrainConfig):
         """Forward, forces, loss and its gradients (into p.grad) for one batch -> loss, de, df."""
-        energy_model, forces = self.model(lb.batch.species, lb.batch.positions, lb.batch.mask, lb.batch.cell,
-                                          lb.batch.pbc)
+        b = lb.batch
+        energy_model, forces = self.model(b.species, b.positions, b.mask, b.cell, b.pbc)
         de, df = objective.residuals(energy_model, forces, lb, self.potential)
-        loss = objective.loss_from(de, df, lb.batch.mask, cfg)  # looked up at call time, as the compiled step does
+        loss = objective.loss_from(de, df, b.mask, cfg)  # looked up at call time, as the compiled step does
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         return loss, de, df
@@ -253,11 +226,6 @@ class Trainer:
     def sync_run(self, k: int) -> None:
         """Nothing to copy: the weights live in this run's own model (``StackedTraining`` copies its back)."""
 
-    def summary(self, errors: ErrorSums, prefix: str) -> dict:
-        """Energy and force MAE/RMSE (meV, meV/Å) over all processes, as ``{prefix}_energy_mae_meV`` etc."""
-        names = ("energy_mae_meV", "energy_rmse_meV", "force_mae_meV_A", "force_rmse_meV_A")
-        return errors.summary(names, f"{prefix}_", lambda sums: distributed.all_sum(self.ctx, sums))
-
     # ---- the run ---------------------------------------------------------------------------------
     def fit(self, on_epoch_end=None) -> dict:
         """Train until the planned epochs are done. ``on_epoch_end(trainer, row)`` runs after each save."""
@@ -275,14 +243,6 @@ class Trainer:
                                 f"meV(/Å) train/val lr {row['lr']:.1e}")
             bar.update(1)
 
-    def progress_bar(self):
-        if not (self.cfg.progress and self.ctx.main):
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=self.state["planned_epochs"] or None, initial=self.state["epoch"], unit="epoch",
-                    mininterval=5.0, dynamic_ncols=True)
-
     # ---- output folder ---------------------------------------------------------------------------
     def save(self, row: dict) -> None:
         if not self.ctx.main:
@@ -292,8 +252,7 @@ class Trainer:
         best = self.state["best_val_force_mae_meV_A"]
         is_best = best is None or row["val_force_mae_meV_A"] <= best
         if is_best:
-            self.state["best_val_force_mae_meV_A"] = row["val_force_mae_meV_A"]
-            self.state["best_epoch"] = self.state["epoch"]
+            self.state.update(best_val_force_mae_meV_A=row["val_force_mae_meV_A"], best_epoch=self.state["epoch"])
         metrics = {"validation": {k.removeprefix("val_"): v for k, v in row.items() if k.startswith("val_")},
                    "epoch": self.state["epoch"]}
         extra = {"optimizer": self.optimizer.state_dict(), "state": dict(self.state),
@@ -307,12 +266,11 @@ class Trainer:
 
     def training_metadata(self) -> dict:
         s, cfg = self.state, self.cfg
-        n_seen = s["step"] * cfg.batch_size
         return {"data": str(Path(cfg.data).resolve()), "test_data": cfg.test,
                 "split": {"seed": cfg.seed, "train_frames": len(self.train_set), "valid_frames": len(self.valid_set)},
-                "compositions": self.compositions,
-                "recipe": cfg.recipe, "epochs": s["epoch"], "planned_epochs": s["planned_epochs"],
-                "seconds": round(s["seconds"], 1), "samples_per_s": round(n_seen / max(s["seconds"], 1e-9), 1),
+                "compositions": self.compositions, "recipe": cfg.recipe, "epochs": s["epoch"],
+                "planned_epochs": s["planned_epochs"], "seconds": round(s["seconds"], 1),
+                "samples_per_s": round(s["step"] * cfg.batch_size / max(s["seconds"], 1e-9), 1),
                 "processes": self.ctx.world, "device": str(self.device), "dtype": cfg.dtype,
                 "best_epoch": s["best_epoch"], "stacked": s.get("stacked", 1),
                 "settings": {k: v for k, v in cfg.to_dict().items() if k not in ("data", "out", "test", "progress")}}
@@ -345,22 +303,22 @@ def run_epochs(step, on_epoch_end=None) -> dict:
     (``report_epoch(row, bar)``). Here: each run's row, state, replanning and files (``Trainer.save``), then
     ``on_epoch_end(trainer, row)``, until the lead run's planned epochs are done. Returns the last row.
     """
-    runs = step.trainers
-    lead = runs[0]
-    bar = lead.progress_bar() if len(runs) == 1 else None
-    if lead.cfg.timed and lead.state["epoch"] > 0:
-        lead.replan()
-    row = {}
-    while lead.state["epoch"] < lead.state["planned_epochs"] or (
-            lead.state["epoch"] == 0 and lead.cfg.timed):
+    runs, lead = step.trainers, step.trainers[0]
+    bar, row = None, {}
+    if len(runs) == 1 and lead.cfg.progress and lead.ctx.main:  # a progress bar for one run
+        bar = tqdm(total=lead.state["planned_epochs"] or None, initial=lead.state["epoch"], unit="epoch",
+                   mininterval=5.0, dynamic_ncols=True)
+    # each run's energy and force MAE/RMSE (meV, meV/Å) over all processes, as train_energy_mae_meV etc.
+    names = ("energy_mae_meV", "energy_rmse_meV", "force_mae_meV_A", "force_rmse_meV_A")
+    total = functools.partial(distributed.all_sum, lead.ctx)
+    while not lead.finished():
         start = time.perf_counter()
         lr = learning_rate(lead.progress(), lead.cfg)
-        train_errors = step.train_epoch(bar)
-        valid_errors = step.validate()
+        train_errors, valid_errors = step.train_epoch(bar), step.validate()
         seconds = distributed.all_max(lead.ctx, time.perf_counter() - start)
         for k, t in enumerate(runs):
-            row = {"epoch": t.state["epoch"] + 1, "lr": lr, **t.summary(train_errors[k], "train"),
-                   **t.summary(valid_errors[k], "val"), "seconds": seconds}
+            row = {"epoch": t.state["epoch"] + 1, "lr": lr, **train_errors[k].summary(names, "train_", total),
+                   **valid_errors[k].summary(names, "val_", total), "seconds": seconds}
             t.state.update(step=lead.state["step"], epoch=t.state["epoch"] + 1, seconds=t.state["seconds"] + seconds,
                            epoch_seconds=(t.state["epoch_seconds"] + [seconds - t.state.pop("startup_s", 0.0)])[-20:])
             t.replan()
@@ -391,8 +349,7 @@ def truncate_log(path: Path, epochs: int) -> None:
     if not path.exists():
         return
     rows = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [r for r in rows if json.loads(r)["epoch"] <= epochs]
-    path.write_text("".join(r + "\n" for r in kept))
+    path.write_text("".join(r + "\n" for r in rows if json.loads(r)["epoch"] <= epochs))
 
 
 def load_split(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
@@ -403,11 +360,12 @@ def load_split(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     return split(data, cfg.n_valid, cfg.seed)
 
 
-def resolve_training_device(name: str, ctx_local_rank: int = 0) -> torch.device:
-    from .devices import resolve_device
-
-    device = resolve_device(name)
-    return torch.device("cuda", ctx_local_rank) if device.type == "cuda" else device
+def resolve_training_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:
+    """The run's device (its process's GPU ``local_rank`` on CUDA), once torch has the run's ``threads``."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    return torch.device("cuda", local_rank) if device.type == "cuda" else device
 
 
 def run_config(cfg: TrainConfig, resume: bool) -> TrainConfig:
@@ -437,9 +395,7 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
     """Run (or resume) training into ``cfg.out``. Returns the path of best.pt."""
     cfg = run_config(cfg, resume)
     out = Path(cfg.out)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = resolve_training_device(cfg.device, int(os.environ.get("LOCAL_RANK", "0")))
+    device = resolve_training_device(cfg, int(os.environ.get("LOCAL_RANK", "0")))
     ctx = distributed.setup(device)
     trainer = None
     try:
@@ -456,13 +412,8 @@ def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:
                   f"{ctx.world} process(es), {device}, {cfg.dtype}; {planned_length(cfg)}", flush=True)
         trainer.fit(on_epoch_end)
         distributed.barrier(ctx)
-        if ctx.main:
-            report = finalize(cfg, out, trainer.train_set)
-            if report is not None:
-                from .evaluate import format_report
-
-                print(f"test errors of best.pt (epoch {trainer.state['best_epoch']}):\n{format_report(report)}",
-                      flush=True)
+        if ctx.main and (report := finalize(cfg, out, trainer.train_set)) is not None:
+            print(f"test errors of best.pt (epoch {trainer.state['best_epoch']}):\n{format_report(report)}", flush=True)
         distributed.barrier(ctx)  # every process leaves the group together, after rank 0's final writes
     finally:
         # DDP's reducer keeps the process group (and gloo's threads) alive: free it now, not in the
@@ -481,10 +432,6 @@ def finalize(cfg: TrainConfig, out: Path, train_set: Dataset) -> dict | None:
     An MAE force loss leaves the constant energy offset to the small energy term, so it wanders during training;
     the least-squares constant over the training frames (``energy_offset``) removes that offset.
     """
-    from .checkpoint import load_checkpoint
-    from .devices import resolve_device
-    from .evaluate import evaluate
-
     if not (cfg.refit_shift or cfg.test):
         return None
     potential, data = load_checkpoint(out / "best.pt", with_metadata=True)
@@ -495,9 +442,8 @@ def finalize(cfg: TrainConfig, out: Path, train_set: Dataset) -> dict | None:
         potential.energy_shift += offset
         training["energy_shift_refit_eV"] = training.get("energy_shift_refit_eV", 0.0) + offset
     if cfg.test:
-        report = evaluate(out / "best.pt", cfg.source(cfg.test), device=cfg.device,
-                          loaded=(potential, {**data, "training": training}))
-        metrics["test"] = report
+        metrics["test"] = report = evaluate(out / "best.pt", cfg.source(cfg.test), device=cfg.device,
+                                            loaded=(potential, {**data, "training": training}))
     save_checkpoint(out / "best.pt", potential, training, metrics, data.get("extra"))
     return report
 

@@ -15,15 +15,13 @@ LENGTH_UNITS = {"Å": 1.0, "A": 1.0, "Angstrom": 1.0, "Bohr": units.Bohr, "nm": 
 
 def energy_factor(unit: str) -> float:
     """Factor that converts an energy in ``unit`` to eV."""
-    try:
-        return ENERGY_UNITS[unit]
-    except KeyError:
-        raise InputError(f"unknown energy unit {unit!r}; known: {', '.join(ENERGY_UNITS)}") from None
+    if unit not in ENERGY_UNITS:
+        raise InputError(f"unknown energy unit {unit!r}; known: {', '.join(ENERGY_UNITS)}")
+    return ENERGY_UNITS[unit]
 
 
 def length_factor(unit: str) -> float:
     """Factor that converts a length in ``unit`` to Å."""
-    try:
-        return LENGTH_UNITS[unit]
-    except KeyError:
-        raise InputError(f"unknown length unit {unit!r}; known: {', '.join(LENGTH_UNITS)}") from None
+    if unit not in LENGTH_UNITS:
+        raise InputError(f"unknown length unit {unit!r}; known: {', '.join(LENGTH_UNITS)}")
+    return LENGTH_UNITS[unit]

@@ -10,7 +10,6 @@ from ase.md.verlet import VelocityVerlet as AseVelocityVerlet
 
 from sake_md import SAKECalculator
 from sake_md.errors import InputError
-from sake_md.md.analytic import HarmonicTrap, PairMorse
 from sake_md.md.replicas import (
     LangevinBAOAB,
     NoseHooverChain,
@@ -24,6 +23,7 @@ from sake_md.md.replicas import (
 from sake_md.md.run import thermalize
 
 from . import physics
+from .analytic import HarmonicTrap, PairMorse
 
 
 def small_potential(seed=0, dtype=torch.float64):

@@ -194,7 +194,7 @@ def test_resume_with_ema_amsgrad_and_energy_stage_is_exact(npz, tmp_path):
 
 
 def test_weight_average_is_the_exponential_moving_average():
-    from sake_md.train import WeightAverage
+    from sake_md.objective import WeightAverage
 
     module = torch.nn.Linear(3, 2).double()
     avg = WeightAverage(module, decay=0.8)

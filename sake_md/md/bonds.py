@@ -61,10 +61,8 @@ class BondCriterion:
         bonds = find_bonds(atoms)
         if len(bonds) == 0:
             raise InputError("the structure has no bonds (natural cutoffs), so collapse cannot be detected")
-        if reference_positions is None:
-            reference = bond_lengths(atoms.positions, bonds)
-        else:
-            reference = bond_lengths(np.asarray(reference_positions), bonds).mean(0)
+        frames = atoms.positions[None] if reference_positions is None else np.asarray(reference_positions)
+        reference = bond_lengths(frames, bonds).mean(0)
         return cls(bonds, reference, np.array(atoms.numbers))
 
     def deviations(self, positions) -> np.ndarray:

@@ -14,13 +14,10 @@ import numpy as np
 from ..errors import InputError
 
 
-def committee_deviation_along(frames, potentials, batch_size: int = 32, device: str = "cpu",
-                              dtype=None) -> np.ndarray:
+def committee_deviation_along(frames, potentials, batch_size: int = 32, device: str = "cpu", dtype=None) -> np.ndarray:
     """The committee's largest per-atom force deviation in every frame, eV/Å. Shape: (F,).
-
     ``frames``: ASE Atoms (any iterable), or a trajectory file (every frame is read); ``potentials``: checkpoint paths
-    or ``SAKEPotential``s (at least two), or a ``CommitteeCalculator``.
-    """
+    or ``SAKEPotential``s (at least two), or a ``CommitteeCalculator``."""
     from ..committee import CommitteeCalculator
 
     if isinstance(frames, (str, os.PathLike)):
@@ -30,11 +27,6 @@ def committee_deviation_along(frames, potentials, batch_size: int = 32, device: 
     calc = potentials if isinstance(potentials, CommitteeCalculator) else CommitteeCalculator(
         potentials, device=device, dtype=dtype)
     return np.array([o["forces_std_max"] for o in calc.predict(list(frames), batch_size)])
-
-
-def frame_times(n_frames: int, frame_interval_ps: float) -> np.ndarray:
-    """Times of frames written every ``frame_interval_ps`` from t = 0. Shape: (F,)."""
-    return np.arange(n_frames) * frame_interval_ps
 
 
 def first_crossing(times_ps, deviation, threshold: float, until_ps: float | None = None) -> float | None:
@@ -73,16 +65,14 @@ class EarlyWarning:
 
 def early_warning(frames, potentials, collapse_ps: float, thresholds: Sequence[float], times_ps=None,
                   frame_interval_ps: float | None = None, **committee) -> EarlyWarning:
-    """Deviation along a collapsed trajectory and the lead time for each threshold.
-
-    Frame times come from ``times_ps`` (F,) or, for frames written at a regular interval from t = 0,
-    ``frame_interval_ps``. ``committee`` goes to ``committee_deviation_along`` (batch_size, device, dtype).
-    """
+    """Deviation along a collapsed trajectory and the lead time for each threshold. Frame times come from ``times_ps``
+    (F,) or, for frames written at a regular interval from t = 0, ``frame_interval_ps``. ``committee`` goes to
+    ``committee_deviation_along`` (batch_size, device, dtype)."""
     deviation = committee_deviation_along(frames, potentials, **committee)
     if times_ps is None:
         if frame_interval_ps is None:
             raise InputError("give the frame times (times_ps) or the interval between frames (frame_interval_ps)")
-        times_ps = frame_times(len(deviation), frame_interval_ps)
+        times_ps = np.arange(len(deviation)) * frame_interval_ps
     times_ps = np.asarray(times_ps, float)
     leads = {float(t): warning_lead_time(times_ps, deviation, t, collapse_ps) for t in thresholds}
     return EarlyWarning(float(collapse_ps), times_ps, deviation, leads)

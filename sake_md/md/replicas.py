@@ -1,5 +1,4 @@
-"""Batched molecular dynamics in torch: many replicas integrated together, one model call per potential
-per step.
+"""Batched molecular dynamics in torch: many replicas integrated together, one model call per potential per step.
 
 Units are ASE's: positions Å, momenta amu·Å/(ASE time), energies eV, masses amu, time in ASE units
 (multiply femtoseconds by ``ase.units.fs``). Shapes: B replicas of up to N atoms; ``mask`` (B, N)
@@ -47,8 +46,7 @@ class ReplicaState:
     @classmethod
     def from_atoms(cls, atoms_list, dtype=torch.float64, device="cpu") -> "ReplicaState":
         """Pad ASE Atoms (positions, masses, momenta) into one state."""
-        n = max(len(a) for a in atoms_list)
-        B = len(atoms_list)
+        B, n = len(atoms_list), max(len(a) for a in atoms_list)
         pos, mom, mass = np.zeros((B, n, 3)), np.zeros((B, n, 3)), np.ones((B, n, 1))
         mask = np.zeros((B, n), dtype=bool)
         for b, atoms in enumerate(atoms_list):
@@ -81,7 +79,6 @@ def maxwell_boltzmann(state: ReplicaState, temperature_K: float, generator: torc
 
 
 # --- the named steps ---------------------------------------------------------------------------------
-
 def half_kick(state: ReplicaState, dt: float):
     """p ← p + dt/2 · F."""
     state.momenta += 0.5 * dt * state.forces
@@ -94,8 +91,7 @@ def drift(state: ReplicaState, dt: float):
 
 def update_forces(state: ReplicaState, model: ForceField):
     """Forces and energies of the current positions: one call of ``model`` for the whole batch."""
-    energy, forces = model(state.positions)
-    state.energy = energy
+    state.energy, forces = model(state.positions)
     state.forces = forces.to(state.positions.dtype) * state.mask[..., None]
 
 
@@ -110,7 +106,6 @@ def o_step(state: ReplicaState, dt: float, friction: float, temperature_K: float
 
 
 # --- integrators -------------------------------------------------------------------------------------
-
 class VelocityVerlet:
     """NVE: half-kick, drift, force, half-kick. ``timestep`` in ASE time units."""
 
@@ -141,12 +136,11 @@ class LangevinBAOAB:
 
 
 class NoseHooverChain:
-    """NVT Nosé–Hoover chain, one chain per replica (Martyna, Tuckerman & Klein; the symmetric splitting
-    of JAX-MD's ``nvt_nose_hoover``): chain half-step, half-kick, drift, force, half-kick, chain half-step.
+    """NVT Nosé–Hoover chain, one chain per replica (Martyna, Tuckerman & Klein; the symmetric splitting of JAX-MD's
+    ``nvt_nose_hoover``): chain half-step, half-kick, drift, force, half-kick, chain half-step.
 
-    ``tdamp`` is the thermostat time in ASE time units; thermostat masses Q₀ = g kT τ², Qᵢ = kT τ².
-    The chain state is kept in ``state.thermostat`` as ``xi`` and ``v_xi``, each (B, chain).
-    """
+    ``tdamp`` is the thermostat time in ASE time units; thermostat masses Q₀ = g kT τ², Qᵢ = kT τ². The chain state
+    is kept in ``state.thermostat`` as ``xi`` and ``v_xi``, each (B, chain)."""
 
     def __init__(self, timestep: float, temperature_K: float, tdamp: float, chain: int = 3):
         if chain < 1:
@@ -159,24 +153,18 @@ class NoseHooverChain:
 
     def masses(self, state: ReplicaState) -> torch.Tensor:
         """Thermostat masses. Shape: (B, chain)."""
-        q = torch.full((state.positions.shape[0], self.chain), self.kT * self.tdamp**2,
-                       dtype=state.positions.dtype, device=state.positions.device)
+        q = state.positions.new_full((state.positions.shape[0], self.chain), self.kT * self.tdamp**2)
         q[:, 0] = q[:, 0] * state.degrees_of_freedom
         return q
 
     def init(self, state: ReplicaState):
-        zeros = torch.zeros(state.positions.shape[0], self.chain, dtype=state.positions.dtype,
-                            device=state.positions.device)
-        state.thermostat.setdefault("xi", zeros.clone())
-        state.thermostat.setdefault("v_xi", zeros.clone())
+        for name in ("xi", "v_xi"):
+            state.thermostat.setdefault(name, state.positions.new_zeros(state.positions.shape[0], self.chain))
 
     def step(self, state: ReplicaState, model: ForceField):
         self.init(state)
         chain_half_step(state, self.dt, self.kT, self.masses(state))
-        half_kick(state, self.dt)
-        drift(state, self.dt)
-        update_forces(state, model)
-        half_kick(state, self.dt)
+        VelocityVerlet.step(self, state, model)  # half-kick, drift, force, half-kick
         chain_half_step(state, self.dt, self.kT, self.masses(state))
 
     def conserved_energy(self, state: ReplicaState) -> torch.Tensor:
@@ -213,15 +201,11 @@ def chain_half_step(state: ReplicaState, dt: float, kT: float, q: torch.Tensor):
 
 
 # --- force models ------------------------------------------------------------------------------------
-
 class SAKEForces:
-    """A ``SAKEPotential`` as a force model for a fixed padded batch of replicas.
-
-    ``species`` and ``mask`` are (B, N); positions are cast to the potential's dtype for the call and
-    forces come back in it (``update_forces`` casts them to the state's dtype). ``compile``: True,
-    False or "auto" (``sake_md.compile.make_predictor``: compile when ``expected_calls`` eager calls
-    would take longer than 3× the expected compile time); the batch's shape is fixed, so it compiles once.
-    """
+    """A ``SAKEPotential`` as a force model for a fixed padded batch of replicas: ``species`` and ``mask`` are (B, N);
+    positions are cast to the potential's dtype for the call and forces come back in it (``update_forces`` casts them
+    to the state's dtype). ``compile`` (True, False, "auto" for ``expected_calls`` calls) as
+    ``sake_md.compile.make_predictor``; the batch's shape is fixed, so it compiles once."""
 
     def __init__(self, potential: SAKEPotential, species: torch.Tensor, mask: torch.Tensor, compile=False,
                  expected_calls: int | None = None, positions: torch.Tensor | None = None, verbose: bool = True):
@@ -267,13 +251,10 @@ class StackedForces:
 
 
 # --- the loop ----------------------------------------------------------------------------------------
-
 def simulate(state: ReplicaState, integrator, model: ForceField, steps: int, interval: int = 1,
              observer: Callable[[int, ReplicaState], bool | None] | None = None) -> int:
-    """Integrate ``steps`` steps; call ``observer(step, state)`` every ``interval`` steps (and at step 0).
-
-    The observer may return True to stop early. Returns the number of steps done.
-    """
+    """Integrate ``steps`` steps; call ``observer(step, state)`` every ``interval`` steps (and at step 0), which may
+    return True to stop early. Returns the number of steps done."""
     with torch.no_grad():
         if state.forces is None:
             update_forces(state, model)

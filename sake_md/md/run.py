@@ -1,10 +1,9 @@
 """``sake-md run``: molecular dynamics of one structure with ASE's integrators and a SAKE calculator.
 
-Every frame is flushed to the trajectory and the log as it is written, so a run stopped by Ctrl-C,
-SIGTERM or a collapse leaves readable files. Exit statuses (``RunSummary.exit_status``):
-0 finished, 3 collapsed (a bond deviated > 0.5 Å from its reference), 4 stopped because a committee's
-largest per-atom force deviation passed ``max_force_std``, 128 + signal when interrupted (130 for Ctrl-C,
-143 for SIGTERM). Units: ASE's; fs and K only in the settings' names.
+Every frame is flushed to the trajectory and the log as it is written, so a run stopped by Ctrl-C, SIGTERM or a collapse
+leaves readable files. Exit statuses (``RunSummary.exit_status``): 0 finished, 3 collapsed (a bond deviated > 0.5 Å from
+its reference), 4 stopped because a committee's largest per-atom force deviation passed ``max_force_std``, 128 + signal
+when interrupted (130 for Ctrl-C, 143 for SIGTERM). Units: ASE's; fs and K only in the settings' names.
 """
 
 import signal
@@ -27,9 +26,7 @@ __all__ = ["EXIT_OK", "EXIT_COLLAPSED", "EXIT_UNCERTAIN", "ENSEMBLES", "MDSettin
            "initial_velocities", "make_dynamics", "FrameWriter", "EnergyLog", "energy_drift", "run_md",
            "run_from_files"]
 
-EXIT_OK = 0
-EXIT_COLLAPSED = 3
-EXIT_UNCERTAIN = 4
+EXIT_OK, EXIT_COLLAPSED, EXIT_UNCERTAIN = 0, 3, 4
 ENSEMBLES = ("nve", "langevin", "nose-hoover", "bussi")
 
 
@@ -108,10 +105,9 @@ class RunSummary:
         if self.collapse is not None:
             out.append(f"COLLAPSED at step {self.collapse_step} ({self.collapse_step * dt_fs / 1000:.4f} ps): "
                        f"{self.collapse}; the trajectory keeps the frames up to step {self.last_good_frame_step}")
-        elif self.interrupted_by is None and self.bonds_checked:
-            out.append("stable: no bond deviated more than 0.5 Å from its reference")
         elif self.interrupted_by is None:
-            out.append("periodic structure: bonds were not checked (the collapse criterion is for molecules)")
+            out.append("stable: no bond deviated more than 0.5 Å from its reference" if self.bonds_checked else
+                       "periodic structure: bonds were not checked (the collapse criterion is for molecules)")
         if self.force_std_max is not None:
             out.append(f"committee: largest per-atom force deviation {self.force_std_max:.4g} eV/Å at step "
                        f"{self.force_std_max_step}")
@@ -122,7 +118,6 @@ class RunSummary:
 
 
 # --- inputs ------------------------------------------------------------------------------------------
-
 def thermalize(atoms: Atoms, temperature_K: float, rng: np.random.Generator):
     """Maxwell–Boltzmann momenta at ``temperature_K`` (ASE ≥ 3.29 renamed the function)."""
     import ase.md.velocitydistribution as vd
@@ -162,13 +157,11 @@ def make_dynamics(atoms: Atoms, s: MDSettings, rng: np.random.Generator):
 
 
 # --- outputs -----------------------------------------------------------------------------------------
-
 class FrameWriter:
     """Frames to extxyz (``.xyz``/``.extxyz``) or an ASE trajectory (``.traj``), flushed frame by frame."""
 
     def __init__(self, path):
-        self.path = Path(path)
-        self.count = 0
+        self.path, self.count = Path(path), 0
         if self.path.suffix == ".traj":
             from ase.io.trajectory import Trajectory
 
@@ -226,20 +219,12 @@ def energy_drift(times_ps: np.ndarray, total: np.ndarray, n_atoms: int) -> float
 
 
 # --- the run -----------------------------------------------------------------------------------------
+class _Stop(Exception):
+    """Ends ``dyn.run`` early: a collapse, a committee's stop or a signal; ``fields`` are the ``RunSummary``
+    fields that say which (``collapse``/``collapse_step``, ``uncertain_step`` or ``interrupted_by``)."""
 
-class _Collapsed(Exception):
-    def __init__(self, step: int, bond: BrokenBond):
-        self.step, self.bond = step, bond
-
-
-class _Uncertain(Exception):
-    def __init__(self, step: int):
-        self.step = step
-
-
-class _Interrupted(Exception):
-    def __init__(self, signame: str):
-        self.signame = signame
+    def __init__(self, **fields):
+        self.fields = fields
 
 
 @contextmanager
@@ -253,7 +238,7 @@ def _catch_signals(recorder: "_Recorder"):
     def handler(signum, frame):
         name = signal.Signals(signum).name
         if recorder.stop_requested:
-            raise _Interrupted(name)
+            raise _Stop(interrupted_by=name)
         recorder.stop_requested = name
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -268,11 +253,9 @@ def run_md(atoms: Atoms, calculator, settings: MDSettings, traj=None, log=None,
            criterion: BondCriterion | None = None, progress: bool = True, initialise_velocities: bool = True
            ) -> RunSummary:
     """Integrate ``atoms`` with ``calculator``; check the bonds every step, write a frame every ``interval``.
-
-    ``criterion`` defaults to the bonds of the first frame with their lengths there as references.
-    With a ``CommitteeCalculator``, its largest per-atom force deviation is logged and checked against
-    ``settings.max_force_std`` and ``settings.warn_force_std``.
-    """
+    ``criterion`` defaults to the bonds of the first frame with their lengths there as references. With a
+    ``CommitteeCalculator``, its largest per-atom force deviation is logged and checked against
+    ``settings.max_force_std`` and ``settings.warn_force_std``."""
     s = settings
     rng = np.random.default_rng(s.seed)
     atoms.calc = calculator
@@ -285,29 +268,23 @@ def run_md(atoms: Atoms, calculator, settings: MDSettings, traj=None, log=None,
     periodic = bool(atoms.pbc.any())
     criterion = criterion or (None if periodic else BondCriterion.from_atoms(atoms))
     dyn = make_dynamics(atoms, s, rng)
-    writer = FrameWriter(traj) if traj else None
-    logger = EnergyLog(log, committee) if log else None
-    record = _Recorder(atoms, dyn, s, criterion, writer, logger, progress, committee)
-    summary = RunSummary(0, 0.0, 0.0, len(atoms), s.ensemble, bonds_checked=criterion is not None)
+    record = _Recorder(atoms, dyn, s, criterion, traj, log, progress, committee)
     dyn.attach(record, interval=1)
-    start = time.perf_counter()
+    start, ended = time.perf_counter(), {}
     try:
         with _catch_signals(record):
             dyn.run(s.steps)
-    except _Collapsed as c:
-        summary.collapse, summary.collapse_step = c.bond, c.step
-    except _Uncertain as u:
-        summary.uncertain_step = u.step
-    except (_Interrupted, KeyboardInterrupt) as e:
-        summary.interrupted_by = getattr(e, "signame", "SIGINT")
+    except _Stop as stop:
+        ended = stop.fields
+    except KeyboardInterrupt:
+        ended = {"interrupted_by": "SIGINT"}
     finally:
-        summary.wall_s = time.perf_counter() - start
+        wall_s = time.perf_counter() - start
         record.close()
-    summary.steps = record.last_step
-    summary.time_ps = record.last_step * s.timestep_fs / 1000.0
-    summary.last_good_frame_step = record.last_frame_step
-    summary.frames_written = writer.count if writer else record.frames
-    summary.energies = record.totals
+    summary = RunSummary(record.last_step, record.last_step * s.timestep_fs / 1000.0, wall_s, len(atoms), s.ensemble,
+                         last_good_frame_step=record.last_frame_step, energies=record.totals,
+                         frames_written=record.frames,
+                         bonds_checked=criterion is not None, **ended)
     if committee:
         summary.force_std_max, summary.force_std_max_step = record.deviation_max, record.deviation_max_step
         summary.force_std_warn_step = record.warned_step
@@ -321,11 +298,11 @@ class _Recorder:
     """The per-step observer: bond check, energies for the drift fit, committee deviation, frames, log
     and progress bar."""
 
-    def __init__(self, atoms, dyn, s: MDSettings, criterion, writer, logger, progress, committee=False):
+    def __init__(self, atoms, dyn, s: MDSettings, criterion, traj, log, progress, committee=False):
         from tqdm.auto import tqdm
 
         self.atoms, self.dyn, self.s, self.criterion = atoms, dyn, s, criterion
-        self.writer, self.logger = writer, logger
+        self.writer, self.logger = FrameWriter(traj) if traj else None, EnergyLog(log, committee) if log else None
         self.bar = tqdm(total=s.steps, unit="step", disable=not progress, dynamic_ncols=True)
         self.times, self.totals, self.kinetic = [], [], []
         self.last_step, self.last_frame_step, self.frames = 0, None, 0
@@ -335,11 +312,11 @@ class _Recorder:
 
     def __call__(self):
         if self.stop_requested:
-            raise _Interrupted(self.stop_requested)
+            raise _Stop(interrupted_by=self.stop_requested)
         step = self.dyn.nsteps
         broken = None if self.criterion is None else self.criterion.first_broken(self.atoms.positions)
         if broken is not None:
-            raise _Collapsed(step, broken)
+            raise _Stop(collapse=broken, collapse_step=step)
         epot, ekin = self.atoms.get_potential_energy(), self.atoms.get_kinetic_energy()
         t_ps = step * self.s.timestep_fs / 1000.0
         self.times.append(t_ps)
@@ -350,7 +327,7 @@ class _Recorder:
         if step % self.s.interval == 0 or stop:
             self._frame(step, t_ps, epot, ekin)
         if stop:
-            raise _Uncertain(step)
+            raise _Stop(uncertain_step=step)
         if step > 0:
             self.bar.update(1)
 
@@ -387,11 +364,9 @@ class _Recorder:
 def run_from_files(potential=None, structure: str | None = None, reference=None,
                    settings: MDSettings | None = None, traj=None, log=None, device="cpu", dtype=None,
                    progress: bool = True, compile="auto") -> RunSummary:
-    """What ``sake-md run`` does: resolve the potential (default: the shipped one; several: a committee)
-    and the structure (default: ethanol), optionally reference bond lengths from a dataset, then ``run_md``.
-
-    ``compile``: True, False or "auto" (compile when the run's steps would take eager longer than 3× the
-    expected compile time; ``sake_md.compile.should_compile``). A committee is evaluated eagerly."""
+    """What ``sake-md run`` does: resolve the potential (default: the shipped one; several: a committee) and the
+    structure (default: ethanol), optionally reference bond lengths from a dataset, then ``run_md``. ``compile``:
+    True, False or "auto" (``sake_md.compile.make_predictor``, for the run's steps); a committee runs eagerly."""
     from ..committee import make_calculator
     from .reference import read_reference
 

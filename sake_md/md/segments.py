@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..checkpoint import atomic_torch_save
 from ..errors import InputError
-from ..files import atomic_write
 from ..model import SAKEPotential
 from .reference import MoleculeFrames
 from .replicas import simulate
-from .stability import StabilityPreset, StabilityResult, _Monitor, _result, protocol_setup
+from .stability import RunRecord, StabilityPreset, StabilityResult, _Monitor, _result, protocol_setup
 
 __all__ = ["STATE_VERSION", "SegmentedStability", "atomic_torch_save", "run_segmented"]
 
@@ -36,7 +36,7 @@ class SegmentedStability:
             potential, reference, start, preset, runs, seed, device, compile, expected_calls)
         self.reference, self.preset, self.device, self.name = reference, preset, device, name
         self.dtype = potential.dtype
-        self.monitor = _Monitor(criteria, preset.timestep_fs / 1000.0)
+        self.monitor = _Monitor(criteria)
         self.step, self.wall_s, self.stopped = 0, 0.0, False
         self.identity = {"frames": self.frames, "runs": runs, "seed": seed, "preset": preset.name}
         self.trajectory: list[torch.Tensor] = []  # positions (R, N, 3) float32 at every observed frame
@@ -83,20 +83,16 @@ class SegmentedStability:
     def trajectory_tensor(self) -> torch.Tensor:
         """Positions of every observed frame (every ``frame_interval`` steps, from step 0), float32.
         Shape: (F, R, N, 3)."""
-        if not self.trajectory:
-            return torch.zeros(0, *self.state.positions.shape)
-        return torch.stack(self.trajectory)
+        return torch.stack(self.trajectory) if self.trajectory else torch.zeros(0, *self.state.positions.shape)
 
     def load_state_dict(self, data: dict) -> None:
         if data.get("version") != STATE_VERSION or data.get("identity") != self.identity:
             raise InputError(f"the saved MD state belongs to another run ({data.get('identity')}, "
                              f"not {self.identity}); delete it to start again")
         self.step, self.wall_s, self.stopped = data["step"], data["wall_s"], data["stopped"]
-        r = data["replicas"]
-        device = self.state.positions.device
-        self.state.positions, self.state.momenta = r["positions"].to(device), r["momenta"].to(device)
-        self.state.forces = None if r["forces"] is None else r["forces"].to(device)
-        self.state.energy = None if r["energy"] is None else r["energy"].to(device)
+        r, device = data["replicas"], self.state.positions.device
+        for name in ("positions", "momenta", "forces", "energy"):
+            setattr(self.state, name, None if r[name] is None else r[name].to(device))
         self.state.thermostat = {k: v.to(device) for k, v in r["thermostat"].items()}
         m = data["monitor"]
         self.monitor.counts = m["counts"].numpy().copy()
@@ -121,20 +117,12 @@ class SegmentedStability:
         return path
 
 
-def atomic_torch_save(obj, path) -> Path:
-    """torch.save to a temporary file, then rename: a killed process leaves the old file or the new one."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
 def run_segmented(run: SegmentedStability, horizons_ps, segment_ps: float, state_path,
                   on_segment: Callable[[SegmentedStability], None] | None = None) -> dict[float, StabilityResult]:
-    """Advance ``run`` to the longest horizon in segments of ``segment_ps``, saving to ``state_path`` after each
-    and resuming from it when it exists. Returns the result at each horizon (ps -> result).
-
-    A killed run loses at most the segment in progress. ``on_segment(run)`` is called after each save.
-    """
-    preset = run.preset
-    interval = preset.frame_interval
+    """Advance ``run`` to the longest horizon in segments of ``segment_ps``, saving to ``state_path`` after each and
+    resuming from it when it exists (a killed run loses at most the segment in progress). Returns the result at each
+    horizon (ps -> result); ``on_segment(run)`` is called after each save."""
+    preset, interval = run.preset, run.preset.frame_interval
     segment = max(interval, int(round(preset.steps(segment_ps) / interval)) * interval)
     stops = {}
     for h in sorted(horizons_ps):
@@ -170,7 +158,5 @@ def _result_state(result: StabilityResult) -> dict:
 
 
 def _result_from(run: SegmentedStability, saved: dict) -> StabilityResult:
-    from .stability import RunRecord
-
     return StabilityResult(run.name, [RunRecord(**r) for r in saved["runs"]], saved["hr"].numpy(), saved["steps"],
                            saved["wall_s"], str(run.device), str(run.dtype).removeprefix("torch."))

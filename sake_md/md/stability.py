@@ -103,12 +103,11 @@ class StabilityResult:
 class _Monitor:
     """Observer of ``simulate``: bond check and h(r) counts per run, every frame."""
 
-    def __init__(self, criteria: list[BondCriterion], dt_ps: float, progress_bar=None):
-        self.criteria, self.dt_ps, self.bar = criteria, dt_ps, progress_bar
+    def __init__(self, criteria: list[BondCriterion], progress_bar=None):
+        self.criteria, self.bar = criteria, progress_bar
         runs = len(criteria)
         self.counts = np.zeros((runs, len(BINS) - 1))
-        self.last_good = [0] * runs
-        self.frames = [0] * runs
+        self.last_good, self.frames = [0] * runs, [0] * runs
         self.collapse: list[tuple[int, str] | None] = [None] * runs
         self.last_step = 0
 
@@ -159,14 +158,15 @@ def protocol_setup(potential: SAKEPotential, reference: MoleculeFrames, start: M
 def run_stability(potential: SAKEPotential, reference: MoleculeFrames, start: MoleculeFrames,
                   preset: StabilityPreset, runs: int, time_ps: float | None = None, seed: int = 0,
                   device="cpu", name: str = "model", progress: bool = False, compile=False) -> StabilityResult:
-    """Run the protocol for one potential: ``runs`` replicas from random frames of ``start``.
-
-    ``compile`` (True, False, "auto") as ``SAKEForces``; "auto" weighs the run's steps."""
+    """Run the protocol for one potential: ``runs`` replicas from random frames of ``start``. ``compile`` (True,
+    False, "auto") as ``SAKEForces``; "auto" weighs the run's steps."""
     steps = preset.steps(time_ps)
     frames, model, state, integrator, criteria = protocol_setup(potential, reference, start, preset, runs, seed,
                                                                 device, compile, expected_calls=steps + 1)
-    bar = _progress_bar(steps, name) if progress else None
-    monitor = _Monitor(criteria, preset.timestep_fs / 1000.0, bar)
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=steps, unit="step", desc=name, dynamic_ncols=True) if progress else None
+    monitor = _Monitor(criteria, bar)
     t0 = time.perf_counter()
     done = simulate(state, integrator, model, steps, preset.frame_interval, monitor)
     wall = time.perf_counter() - t0
@@ -175,22 +175,13 @@ def run_stability(potential: SAKEPotential, reference: MoleculeFrames, start: Mo
     return _result(name, monitor, frames, reference, preset, done, wall, device, potential.dtype)
 
 
-def _progress_bar(steps: int, name: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=steps, unit="step", desc=name, dynamic_ncols=True)
-
-
 def _result(name, monitor: _Monitor, frames, reference: MoleculeFrames, preset, steps, wall, device, dtype):
     h_ref = h_of_r(reference.positions)
     dt_ps = preset.timestep_fs / 1000.0
-    records = []
-    for b, k in enumerate(frames):
-        h = density(monitor.counts[b])
-        collapse = monitor.collapse[b]
-        records.append(RunRecord(k, round(monitor.last_good[b] * dt_ps, 9), collapse[1] if collapse else None,
-                                 round(collapse[0] * dt_ps, 9) if collapse else None, monitor.frames[b],
-                                 hr_error(h, h_ref) if monitor.frames[b] else math.nan))
+    records = [RunRecord(k, round(monitor.last_good[b] * dt_ps, 9), collapse[1] if collapse else None,
+                         round(collapse[0] * dt_ps, 9) if collapse else None, monitor.frames[b],
+                         hr_error(density(monitor.counts[b]), h_ref) if monitor.frames[b] else math.nan)
+               for b, (k, collapse) in enumerate(zip(frames, monitor.collapse, strict=True))]
     return StabilityResult(name, records, density(monitor.counts.sum(0)), steps, wall, str(device),
                            str(dtype).removeprefix("torch."))
 
@@ -198,12 +189,11 @@ def _result(name, monitor: _Monitor, frames, reference: MoleculeFrames, preset, 
 def force_errors(potential: SAKEPotential, test: MoleculeFrames, device="cpu") -> tuple[float, float]:
     """Force MAE and RMSE over all components of the test set, in meV/Å (``sake_md.predict``)."""
     from ..devices import resolve_device
-    from ..predict import ErrorSums, predict
+    from ..evaluate import per_frame_terms
+    from ..predict import predict, statistic
 
     if test.forces is None:
         raise InputError(f"the test set {test.source} has no forces")
     energy, forces = predict(potential.to(resolve_device(device)), test.dataset, batch_size=32)
-    errors = ErrorSums()
-    errors.add(energy - test.dataset.energy, [f - ref for f, ref in zip(forces, test.forces, strict=True)],
-               test.dataset.n_atoms)
-    return tuple(errors.summary(("force_mae_meV_A", "force_rmse_meV_A")).values())
+    totals = {k: float(v.sum()) for k, v in per_frame_terms(test.dataset, energy, forces).items()}
+    return statistic(totals, "force_mae_meV_A"), statistic(totals, "force_rmse_meV_A")

@@ -5,7 +5,7 @@ Shapes: positions (B, N, 3) -> energy (B,) float64, forces (B, N, 3). Units: eV,
 
 import torch
 
-from ..model import compute_forces
+from sake_md.model import compute_forces
 
 
 class HarmonicTrap:
