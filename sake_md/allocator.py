@@ -1,12 +1,7 @@
-"""Keep freed memory inside the process (glibc), so that large systems do not fault their buffers in again.
-
-With glibc's defaults, a freed buffer above the mmap threshold goes back to the operating system and the
-next call page-faults a fresh one in. For the sparse model's (N, K, C) tensors that made the cost per atom
-grow with N, the elementwise kernels slowing down as their buffers grew. Raising the mmap and trim
-thresholds and padding the heap keeps the memory in the process: the time becomes linear in N, for a higher
-peak resident memory (docs/periodic.md, benchmarks/bench_periodic.py). Sparse-mode calculators and training
-switch it on.
-"""
+"""Keep freed memory inside the process (glibc), so that large systems do not fault their buffers in again: raising
+the mmap and trim thresholds and padding the heap makes the sparse model's time linear in N, for a higher peak resident
+memory (why, and the measurements: docs/periodic.md, benchmarks/bench_periodic.py). Sparse-mode calculators and training
+switch it on."""
 
 import ctypes
 import ctypes.util

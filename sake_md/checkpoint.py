@@ -75,8 +75,7 @@ def read_checkpoint(path) -> dict:
         raise CheckpointError(f"{path} was written with checkpoint format version {version} (sake_md "
                               f"{data.get('sake_md_version', '?')}); this sake_md {__version__} reads versions up "
                               f"to {FORMAT_VERSION}. Upgrade sake_md to load it.")
-    missing = [k for k in ("config", "atomic_numbers", "normalization", "state_dict") if k not in data]
-    if missing:
+    if missing := [k for k in ("config", "atomic_numbers", "normalization", "state_dict") if k not in data]:
         raise CheckpointError(f"{path} is an incomplete sake_md checkpoint: missing {', '.join(missing)}")
     if version == 1:
         data = migrate_v1(data)

@@ -80,10 +80,9 @@ def check_members(members: Sequence[Member], dtype_given: bool = False):
 class Committee(nn.Module):
     """Potentials that know the same elements, grouped by configuration; one stacked call per group.
 
-    ``predict`` takes ``SAKEPotential.predict``'s arguments, so ``sake_md.predict.predict_batches`` runs a
-    committee over a dataset as it runs one potential. Build it from members already on their device and
-    in their dtype (``inference_potential``): the stacked weights are copies, which ``.to`` does not move.
-    """
+    ``predict`` takes ``SAKEPotential.predict``'s arguments, so ``sake_md.predict.predict_batches`` runs a committee
+    over a dataset as it runs one potential. Build it from members already on their device and in their dtype
+    (``inference_potential``): the stacked weights are copies, which ``.to`` does not move."""
 
     def __init__(self, potentials: Sequence[SAKEPotential]):
         super().__init__()
@@ -117,12 +116,11 @@ class Committee(nn.Module):
 
     def predict(self, species: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor, forces: bool = True,
                 cell=None, pbc=None) -> dict:
-        """The statistics of ``committee_statistics``, the mean per-atom energies ``energies`` (B, N) and each
-        member's ``committee_energy`` (M, B) and ``committee_forces`` (M, B, N, 3), for a padded batch.
+        """The statistics of ``committee_statistics``, the mean per-atom energies ``energies`` (B, N) and each member's
+        ``committee_energy`` (M, B) and ``committee_forces`` (M, B, N, 3), for a padded batch.
 
-        Forces are always computed (their spread is the point). The members run in dense mode, so a
-        periodic batch (``pbc``) is refused. Shape: species (B, N), positions (B, N, 3), mask (B, N).
-        """
+        Forces are always computed (their spread is the point). The members run in dense mode, so a periodic batch
+        (``pbc``) is refused. Shape: species (B, N), positions (B, N, 3), mask (B, N)."""
         if pbc is not None and bool(pbc.any()):
             raise CommitteeError("a committee evaluates molecules (dense mode); periodic structures are not supported")
         members = self.members(species, positions, mask)
@@ -134,8 +132,7 @@ def committee_statistics(energy: torch.Tensor, forces: torch.Tensor) -> dict:
     """Mean and spread over the members (axis 0), as defined in the module docstring.
 
     Shape: energy (M, B), forces (M, B, N, 3) -> energy, energy_std (B,), forces (B, N, 3),
-    forces_std (B, N), forces_std_max (B,). Padding atoms (zero forces) have zero spread.
-    """
+    forces_std (B, N), forces_std_max (B,). Padding atoms (zero forces) have zero spread."""
     forces = forces.to(torch.float64)
     mean_f = forces.mean(0)
     forces_std = (forces - mean_f).square().sum(-1).mean(0).sqrt()
@@ -146,12 +143,10 @@ def committee_statistics(energy: torch.Tensor, forces: torch.Tensor) -> dict:
 class CommitteeCalculator(Calculator):
     """ASE calculator for a committee of SAKE potentials: mean energy and forces, and their spread.
 
-    ``models`` are checkpoint paths or ``SAKEPotential``s (at least two) that know the same elements
-    in the same units. ``dtype`` defaults to the members' (which must then agree). Besides the mean
-    (``energy``, ``forces``, ``energies``), ``results`` holds ``energy_std``, ``forces_std``,
-    ``forces_std_max`` (module docstring) and each member's ``committee_energy`` (M,) and
-    ``committee_forces`` (M, N, 3).
-    """
+    ``models`` are checkpoint paths or ``SAKEPotential``s (at least two) that know the same elements in the same units.
+    ``dtype`` defaults to the members' (which must then agree). Besides the mean (``energy``, ``forces``, ``energies``),
+    ``results`` holds ``energy_std``, ``forces_std``, ``forces_std_max`` (module docstring) and each member's
+    ``committee_energy`` (M,) and ``committee_forces`` (M, N, 3)."""
 
     implemented_properties = ["energy", "free_energy", "forces", "energies", "energy_std", "forces_std",
                               "forces_std_max", "committee_energy", "committee_forces"]
@@ -175,10 +170,8 @@ class CommitteeCalculator(Calculator):
         self.results = {**out, "free_energy": out["energy"]}
 
     def predict(self, atoms_list, batch_size: int = 32) -> list[dict]:
-        """Evaluate many structures (any sizes) in padded batches, all members in one call per batch.
-
-        Returns one dict per structure with the keys of ``results`` (floats and float64 arrays).
-        """
+        """Evaluate many structures (any sizes) in padded batches, all members in one call per batch -> one dict per
+        structure with the keys of ``results`` (floats and float64 arrays)."""
         results = []
         for start in range(0, len(atoms_list), batch_size):
             chunk = atoms_list[start:start + batch_size]

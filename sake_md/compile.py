@@ -50,8 +50,7 @@ def energy_forces(potential: SAKEPotential, species, positions, mask) -> tuple[t
     """The function that is compiled: ``potential.predict`` with forces, as a tuple.
 
     Shape: species (B, N), positions (B, N, 3), mask (B, N) -> energy (B,) float64, energies (B, N)
-    float64, forces (B, N, 3) in the model dtype.
-    """
+    float64, forces (B, N, 3) in the model dtype."""
     out = potential.predict(species, positions, mask, forces=True)
     return out["energy"], out["energies"], out["forces"]
 
@@ -86,10 +85,8 @@ def graph_state(potential: SAKEPotential) -> dict[str, torch.Tensor]:
 
 
 def trace(potential: SAKEPotential, species, positions, mask) -> torch.fx.GraphModule:
-    """``energy_forces`` and its backward pass as one graph of ATen ops, for these shapes and dtypes.
-
-    The graph's inputs are the values of ``graph_state(potential)``, then species, positions and mask.
-    """
+    """``energy_forces`` and its backward pass as one graph of ATen ops, for these shapes and dtypes. The graph's
+    inputs are the values of ``graph_state(potential)``, then species, positions and mask."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
     module = _EnergyForces(potential)
@@ -173,9 +170,8 @@ def expected_compile_s(potential: SAKEPotential, key: tuple, options: dict | Non
                        cold: dict | None = None) -> tuple[float, str]:
     """(seconds, what the estimate rests on) for compiling ``key`` now.
 
-    A shape compiled before comes from torch's cache: the last such compile's time if recorded, else
-    ``WARM_FRACTION`` of the first one's. A new shape: ``cold`` (default ``COLD_COMPILE_S``) for the device.
-    """
+    A shape compiled before comes from torch's cache: the last such compile's time if recorded, else ``WARM_FRACTION``
+    of the first one's. A new shape: ``cold`` (default ``COLD_COMPILE_S``) for the device."""
     cold = COLD_COMPILE_S if cold is None else cold
     times = recorded_compiles(compile_record_key(potential, key, options))
     if "cached" in times:
@@ -229,9 +225,8 @@ class CompiledPotential:
     Call it as ``predict``: ``(species (B, N), positions (B, N, 3), mask (B, N)) -> {"energy" (B,), "energies" (B, N),
     "forces" (B, N, 3)}``. The first call of a new shape or dtype traces and compiles (announced on stderr); later calls
     of that shape reuse the graph. If the compiler is missing, or tracing, compiling or the first call fails, it warns
-    once and evaluates eagerly from then on (``compiled_or_none``).
-    ``compiles`` counts the graphs compiled; ``eager_reason`` says why it fell back (None if it did not).
-    """
+    once and evaluates eagerly from then on (``compiled_or_none``). ``compiles`` counts the graphs compiled;
+    ``eager_reason`` says why it fell back (None if it did not)."""
 
     def __init__(self, potential: SAKEPotential, verbose: bool = True, options: dict | None = None):
         self.potential, self.verbose, self.options = potential, verbose, options
@@ -261,7 +256,6 @@ class CompiledPotential:
 
     def _compile(self, key, state, species, positions, mask):
         cache = use_persistent_cache()
-        record = compile_record_key(self.potential, key, self.options)
         seconds, basis = expected_compile_s(self.potential, key, self.options)
         B, N, dtype, device, variant = key
         what = f"{variant} energy+forces for {B} × {N} atoms ({str(dtype).removeprefix('torch.')}, {device})"
@@ -275,7 +269,7 @@ class CompiledPotential:
         elapsed = time.perf_counter() - start
         self.graphs[key] = graph
         self.compiles += 1
-        record_compile_s(record, elapsed)
+        record_compile_s(compile_record_key(self.potential, key, self.options), elapsed)
         notify(f"compiled in {elapsed:.1f} s", self.verbose)
         return graph
 
@@ -291,8 +285,7 @@ def default_options(device: torch.device) -> dict:
     these, for experiments on hardware where the defaults are not measured (CUDA: the Python wrapper's
     launches dominate the stacked training step)."""
     options = {"cpp_wrapper": True} if torch.device(device).type == "cpu" else {}
-    extra = os.environ.get(OPTIONS_ENV)
-    if extra:
+    if extra := os.environ.get(OPTIONS_ENV):
         try:
             options.update(json.loads(extra))
         except (ValueError, TypeError) as e:
@@ -322,9 +315,8 @@ def eager_call_s(potential: SAKEPotential, species, positions, mask, repeats: in
 def should_compile(calls: int | None, call_s: float, compile_s: float, factor: float = AUTO_FACTOR) -> bool:
     """The "auto" rule: compile when the run's eager time exceeds ``factor`` × the expected compile time.
 
-    ``factor`` = 3 leaves room for a compile that takes longer than expected and does not bank on the
-    compiled speed-up (2-5x here); an unknown number of calls never compiles.
-    """
+    ``factor`` = 3 leaves room for a compile that takes longer than expected and does not bank on the compiled speed-up
+    (2-5x here); an unknown number of calls never compiles."""
     return calls is not None and calls * call_s > factor * compile_s
 
 
@@ -332,9 +324,8 @@ def make_predictor(potential: SAKEPotential, mode, species, positions, mask, cal
                    verbose: bool = True) -> Predictor:
     """``potential.predict`` with forces, compiled or not as ``mode`` (True, False, "auto") says.
 
-    "auto" times an eager call on this batch and applies ``should_compile`` to ``calls`` such calls; a
-    decision to compile is announced on stderr with its numbers (staying eager costs nothing: silent).
-    """
+    "auto" times an eager call on this batch and applies ``should_compile`` to ``calls`` such calls; a decision to
+    compile is announced on stderr with its numbers (staying eager costs nothing: silent)."""
     mode = check_mode(mode)
     if mode == "auto" and calls is None:  # nothing to repay a compile against
         mode = False

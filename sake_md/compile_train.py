@@ -66,13 +66,6 @@ def pad_batch(lb: LabelledBatch, frames: int, atoms: int) -> LabelledBatch:
     return LabelledBatch(batch, lb.energy[rows], grow(lb.forces), np.asarray(lb.indices)[rows.cpu().numpy()])
 
 
-def weight_names(cfg) -> tuple[str, ...]:
-    """The config's numeric (float-typed) fields: these enter the graph as tensors."""
-    values = [(f, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)]
-    return tuple(f.name for f, v in values
-                 if isinstance(v, float) or (f.type is float and isinstance(v, int) and not isinstance(v, bool)))
-
-
 class TracedSettings:
     """``cfg`` as ``loss_from`` sees it while traced: named weights are graph tensors, every other
     field read is recorded in ``constants`` (it becomes part of the graph)."""
@@ -85,8 +78,7 @@ class TracedSettings:
             raise AttributeError(name)
         if name in self._weights:
             return self._weights[name]
-        value = self.constants[name] = getattr(self._cfg, name)
-        return value
+        return self.constants.setdefault(name, getattr(self._cfg, name))
 
 
 def _compile(graph: torch.fx.GraphModule, backend: str, device: torch.device):
@@ -122,10 +114,7 @@ class CompiledGraph:
 
     def matches(self, cfg, weights: tuple[str, ...]) -> bool:
         same_weights = self.weights in ((), weights)  # () : the loss's floats are constants of this graph
-        return same_weights and all(_same(getattr(cfg, k, _MISSING), v) for k, v in self.constants.items())
-
-
-_MISSING = object()
+        return same_weights and all(_same(getattr(cfg, k, object()), v) for k, v in self.constants.items())
 
 
 def _same(a, b) -> bool:
@@ -140,11 +129,10 @@ class CompiledTrainStep:
 
     ``frames``: the (local) batch size of full batches; smaller batches are padded to it. ``n_max``: the largest
     molecule of the data (caps the atom buckets). ``backend``: torch.compile's ("eager" or "aot_eager" to debug the
-    traced graph without inductor). Graphs are kept per shape in ``self.graphs``. ``self.module``: (species,
-    positions, mask, energy, forces, settings) -> (loss, de, df), its parameters the trained ones (``BatchLoss``;
-    ``sake_md.stacked``: K runs, a loss each). Under DDP (``ctx.active``) every step, compiled or not, averages
-    the gradients with one all-reduce, so processes never disagree about collectives.
-    """
+    traced graph without inductor). Graphs are kept per shape in ``self.graphs``. ``self.module``: (species, positions,
+    mask, energy, forces, settings) -> (loss, de, df), its parameters the trained ones (``BatchLoss``;
+    ``sake_md.stacked``: K runs, a loss each). Under DDP (``ctx.active``) every step, compiled or not, averages the
+    gradients with one all-reduce, so processes never disagree about collectives."""
 
     what = "the training step"  # in messages, the first when a graph is compiled:
     announcement = ("compiling the training step for batches of {B} frames x {N} atoms ({dtype}); minutes on a CPU "
@@ -163,8 +151,7 @@ class CompiledTrainStep:
     def for_trainer(cls, trainer, backend: str = "inductor", verbose: bool = True) -> "CompiledTrainStep":
         """The compiled step of a ``Trainer``: its potential and this process's share of a full batch."""
         cfg, ctx = trainer.cfg, trainer.ctx
-        global_batch = min(cfg.batch_size, len(trainer.train_set))
-        frames = len(np.array_split(np.arange(global_batch), ctx.world)[ctx.rank])
+        frames = len(np.array_split(np.arange(min(cfg.batch_size, len(trainer.train_set))), ctx.world)[ctx.rank])
         return cls(trainer.potential, frames, int(trainer.train_set.n_atoms.max()), ctx, ctx.main and verbose, backend)
 
     def record_key(self) -> tuple:
@@ -186,7 +173,9 @@ class CompiledTrainStep:
             return self.eager(lb, cfg)
         b, n = lb.batch.species.shape[-2:]
         padded = pad_batch(lb, max(b, self.frames), bucket_atoms(n, max(self.n_max, n)))
-        names = weight_names(cfg)
+        values = [(f, getattr(cfg, f.name)) for f in dataclasses.fields(cfg)]
+        names = tuple(f.name for f, v in values  # the numeric (float-typed) fields: they enter the graph as tensors
+                      if isinstance(v, float) or (f.type is float and isinstance(v, int) and not isinstance(v, bool)))
         graph = next((g for g in self.graphs.get(self.shape_key(padded), []) if g.matches(cfg, names)), None)
         if graph is None:
             built, reason = compiled_or_none(lambda: self.build(padded, cfg, names), self.what, "training eagerly")
@@ -248,9 +237,8 @@ class CompiledTrainStep:
 
     # ---- tracing and compiling ------------------------------------------------------------------
     def step_function(self, cfg, names: tuple[str, ...], used: list, settings: list):
-        """The step as a function of flat tensors (see ``inputs``) -> (loss, de, df, *grads of the used
-        parameters). ``used`` and ``settings`` receive which parameters got a gradient and the config
-        view that the loss read."""
+        """The step as a function of flat tensors (see ``inputs``) -> (loss, de, df, *grads of the used parameters).
+        ``used`` and ``settings`` receive which parameters got a gradient and the config view that the loss read."""
         param_names = [k for k, _ in self.module.named_parameters()]
         buffer_names = [k for k, _ in self.module.named_buffers()]
         n_p, n_b = len(param_names), len(buffer_names)

@@ -172,9 +172,8 @@ def read_npz(path: Path, labelled: bool = True) -> tuple[Dataset, tuple[str, str
         units = (_npz_unit(npz, "e_unit", "kcal/mol"), _npz_unit(npz, "r_unit", "Å"))
     coords = _frames_array(path, "coordinates", coords)
     m = len(coords)
-    energies = np.full(m, np.nan) if energies is None else energies
+    energies = np.full(m, np.nan) if energies is None else energies.reshape(-1) if energies.size == m else energies
     forces = _frames_array(path, "forces", np.full(coords.shape, np.nan) if forces is None else forces)
-    energies = energies.reshape(-1) if energies.size == m else energies
     if z.ndim != 1 or energies.shape != (m,) or forces.shape != coords.shape or coords.shape[1] != len(z):
         raise DataError(f"{path}: inconsistent shapes: atomic numbers {z.shape}, coordinates {coords.shape}, "
                         f"energies {energies.shape}, forces {forces.shape}; expected (N,), (M, N, 3), (M,), (M, N, 3)")
@@ -243,7 +242,10 @@ def frames_to_dataset(frames, energy_key: str, forces_key: str, source: str, lab
                 found = sorted(set(where) | set(results) - {"numbers", "positions"})
                 raise DataError(f"{source}: frame {m} has no {key!r} label; found keys: {', '.join(found) or 'none'}"
                                 f" (set the energy/forces key to one of them)")
-        energies.append(_scalar(energy, source, m, energy_key))
+        try:
+            energies.append(float(np.asarray(energy, dtype=np.float64).reshape(())))
+        except (TypeError, ValueError):
+            raise DataError(f"{source}: frame {m}: {energy_key!r} must be one number, got {energy!r}") from None
         forces.append(np.asarray(force, dtype=np.float64))
     periodic = any(a.pbc.any() for a in frames)
     return Dataset([np.asarray(a.numbers, dtype=np.int64) for a in frames],
@@ -251,13 +253,6 @@ def frames_to_dataset(frames, energy_key: str, forces_key: str, source: str, lab
                    np.array(energies, dtype=np.float64), forces, source,
                    [a.cell.array.astype(np.float64) for a in frames] if periodic else None,
                    [a.pbc.copy() for a in frames] if periodic else None)
-
-
-def _scalar(value, source: str, m: int, key: str) -> float:
-    try:
-        return float(np.asarray(value, dtype=np.float64).reshape(()))
-    except (TypeError, ValueError):
-        raise DataError(f"{source}: frame {m}: {key!r} must be one number, got {value!r}") from None
 
 
 def validate(data: Dataset, labelled: bool = True) -> None:

@@ -1,7 +1,5 @@
-"""Multi-process training helpers for ``torchrun`` (gloo on CPU, nccl on GPU).
-
-Outside ``torchrun`` (no ``WORLD_SIZE`` in the environment) everything here is a no-op for one process.
-"""
+"""Multi-process training helpers for ``torchrun`` (gloo on CPU, nccl on GPU); outside ``torchrun`` (no
+``WORLD_SIZE`` in the environment) everything here is a no-op for one process."""
 
 import os
 from dataclasses import dataclass

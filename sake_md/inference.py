@@ -1,9 +1,6 @@
-"""The one way to get a potential ready for inference: load (or copy), set mode, device and dtype, freeze.
-
-Every consumer (the ASE calculators, evaluation, export, the MD engines, the engine adapters in
-``sake_md.engines``) calls ``inference_potential``; a ``SAKEPotential`` passed in is copied, so the caller's
-module (e.g. one still being trained) keeps its device, dtype and ``requires_grad``.
-"""
+"""The one way to get a potential ready for inference: load (or copy), set mode, device and dtype, freeze. Every
+consumer (the ASE calculators, evaluation, export, the MD engines, the engine adapters in ``sake_md.engines``) calls
+``inference_potential``."""
 
 import copy
 from pathlib import Path
@@ -18,12 +15,9 @@ __all__ = ["inference_potential"]
 def inference_potential(model: str | Path | SAKEPotential, device="cpu", dtype=None,
                         cutoff: float | None = None) -> SAKEPotential:
     """A frozen potential in eval mode on ``device`` in ``dtype`` (default: the checkpoint's) from ``model``, a
-    checkpoint path (loaded with ``weights_only=True``) or a ``SAKEPotential`` (copied: the caller's keeps its state);
-    ``cutoff`` (Å) puts a dense model in sparse mode (``SAKEPotential.with_cutoff``)."""
+    checkpoint path (loaded with ``weights_only=True``) or a ``SAKEPotential`` (copied: the caller's, e.g. one being
+    trained, keeps its state); ``cutoff`` (Å) puts a dense model in sparse mode (``SAKEPotential.with_cutoff``)."""
     potential = copy.deepcopy(model) if isinstance(model, SAKEPotential) else load_checkpoint(model)
     potential = potential.with_cutoff(cutoff)
     dtype = resolve_dtype(dtype) if dtype is not None else potential.dtype
-    potential = potential.to(device=resolve_device(device), dtype=dtype).eval()
-    for p in potential.parameters():
-        p.requires_grad_(False)
-    return potential
+    return potential.to(device=resolve_device(device), dtype=dtype).eval().requires_grad_(False)

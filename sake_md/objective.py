@@ -1,22 +1,15 @@
-"""The training objective, shared by every training loop (``train``, ``compile_train``, ``stacked``): the settings
-(``TrainConfig``, the recipes), the energy target and residuals, the loss, the learning-rate schedule, the paper's
-optimiser chain and the weight average. The loops import it; it imports no loop.
+"""The training objective every loop (``train``, ``compile_train``, ``stacked``) shares; the loops import it, it imports
+no loop: the settings (``TrainConfig``, the recipes), the energy target and residuals, the loss, the learning rate
+(``learning_rate``), the paper's optimiser chain (``PaperAdam``) and the weight average (``WeightAverage``).
 
-Loss per batch, in kcal/mol units on de-standardised predictions (``loss``):
-    mae:   force_weight · MAE(F) + energy_weight · MAE(E)          (the paper's)
-    mse:   force_weight · MSE(F) + energy_weight · MSE(E)
-    huber: the same with Huber(δ = huber_delta) in place of the squares
-E is the total energy, or the energy per atom with ``energy_per_atom``. In the final ``stage_fraction`` of the run the
-energy weight becomes ``stage_energy_weight`` (a short energy stage, as MACE's). Optimiser chain (the paper's): g +=
-weight_decay · θ (coupled L2); g = clip(g, -clip, clip) elementwise; Adam(β1, β2, ε), or AMSGrad with ``amsgrad``.
-Learning rate per step, as a function of the progress p ∈ [0, 1] of the planned run: linear warm-up lr_start → lr over p
-< warmup_fraction, cosine decay to 0 at p = decay_end, then 0. With ``ema_decay`` an exponential moving average of the
-weights is validated.
-"""
+Loss per batch (``loss``), in kcal/mol units on de-standardised predictions: force_weight · L(F) + energy_weight · L(E),
+L = MAE (the paper's), MSE or Huber(δ = huber_delta). E is the total energy, or the energy per atom with
+``energy_per_atom``. In the final ``stage_fraction`` of the run the energy weight becomes ``stage_energy_weight`` (a
+short energy stage, as MACE's). With ``ema_decay`` an exponential moving average of the weights is validated."""
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +25,7 @@ __all__ = ["RECIPES", "RECIPE_ALIASES", "DEFAULT_RECIPE", "LOSSES", "TrainConfig
 
 RECIPES = {
     "paper": {"batch_size": 4, "epochs": 5000, "time_budget": None},
-    # Measured lever by lever on rMD17 (docs/recipe.md): small batches, the MAE loss with a per-atom energy
-    # term of equal weight, an EMA of the weights, and a cosine laid over the whole budget.
+    # Measured lever by lever on rMD17: docs/recipe.md gives each setting's measured effect and the final choice.
     "cpu": {"batch_size": 4, "epochs": None, "time_budget": 1800.0, "lr": 1e-3, "warmup_fraction": 0.05,
             "decay_end": 1.0, "loss": "mae", "energy_per_atom": True, "energy_weight": 1.0, "ema_decay": 0.99,
             "compile": "auto"},
@@ -94,24 +86,20 @@ class TrainConfig:
 
     def __post_init__(self):
         self.recipe = RECIPE_ALIASES.get(self.recipe, self.recipe)
-        if self.recipe not in RECIPES:
-            raise SakeMDError(f"unknown recipe {self.recipe!r}; known: {', '.join(RECIPES)}")
-        if (self.epochs is None) == (self.time_budget is None):
-            raise SakeMDError("give exactly one of epochs and time_budget")
-        if self.batch_size < 1 or (self.epochs is not None and self.epochs < 1):
-            raise SakeMDError("batch_size and epochs must be positive")
-        if not 0 <= self.warmup_fraction <= self.decay_end <= 1:
-            raise SakeMDError("need 0 <= warmup_fraction <= decay_end <= 1")
-        if self.loss not in LOSSES:
-            raise SakeMDError(f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}")
-        if not 0 <= self.stage_fraction < 1:
-            raise SakeMDError("stage_fraction must be in [0, 1)")
-        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
-            raise SakeMDError("ema_decay must be in (0, 1)")
-        if self.compile not in (True, False, "auto"):
-            raise SakeMDError(f"compile must be true, false or 'auto', got {self.compile!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise SakeMDError(f"dtype must be float32 or float64, got {self.dtype!r}")
+        for bad, message in (  # the first that applies is raised
+            (self.recipe not in RECIPES, f"unknown recipe {self.recipe!r}; known: {', '.join(RECIPES)}"),
+            ((self.epochs is None) == (self.time_budget is None), "give exactly one of epochs and time_budget"),
+            (self.batch_size < 1 or (self.epochs is not None and self.epochs < 1),
+             "batch_size and epochs must be positive"),
+            (not 0 <= self.warmup_fraction <= self.decay_end <= 1, "need 0 <= warmup_fraction <= decay_end <= 1"),
+            (self.loss not in LOSSES, f"unknown loss {self.loss!r}; known: {', '.join(LOSSES)}"),
+            (not 0 <= self.stage_fraction < 1, "stage_fraction must be in [0, 1)"),
+            (self.ema_decay is not None and not 0 < self.ema_decay < 1, "ema_decay must be in (0, 1)"),
+            (self.compile not in (True, False, "auto"), f"compile must be true, false or 'auto', got {self.compile!r}"),
+            (self.dtype not in ("float32", "float64"), f"dtype must be float32 or float64, got {self.dtype!r}"),
+        ):
+            if bad:
+                raise SakeMDError(message)
         if isinstance(self.model, dict):  # config.json, the command line, a study
             self.model = ModelConfig(**self.model)
         self.betas = tuple(self.betas)
@@ -119,8 +107,7 @@ class TrainConfig:
     @classmethod
     def preset(cls, recipe: str, data: str, out: str, **overrides) -> "TrainConfig":
         """A recipe's defaults, then ``overrides`` (None values are ignored)."""
-        recipe = RECIPE_ALIASES.get(recipe, recipe)
-        settings = dict(RECIPES.get(recipe, {}))  # an unknown recipe: refused by __post_init__
+        settings = dict(RECIPES.get(RECIPE_ALIASES.get(recipe, recipe), {}))  # unknown: refused by __post_init__
         given = {k: v for k, v in overrides.items() if v is not None}
         if "epochs" in given or "time_budget" in given:  # a length given replaces the recipe's, budget or epochs
             settings.update(epochs=None, time_budget=None)
@@ -129,8 +116,7 @@ class TrainConfig:
 
     @property
     def timed(self) -> bool:
-        """Whether the run's length is a wall-clock budget (the epochs that fit) rather than fixed epochs: the one
-        test of the mode, whatever the recipe: the CPU recipe with ``epochs`` given (``preset``) runs fixed epochs."""
+        """Whether the run's length is a wall-clock budget rather than fixed epochs, whatever the recipe."""
         return self.time_budget is not None
 
     def source(self, path: str) -> DataSource:
@@ -142,12 +128,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
 
 
 def learning_rate(progress: float, cfg: TrainConfig) -> float:
-    """Warm-up, cosine decay, then zero. ``progress`` ∈ [0, 1] of the planned run."""
+    """Warm-up lr_start → lr for p < warmup_fraction, cosine to 0 at decay_end, then 0 (p: ``progress`` ∈ [0, 1])."""
     p = min(max(progress, 0.0), 1.0)
     if p < cfg.warmup_fraction:
         return cfg.lr_start + (cfg.lr - cfg.lr_start) * p / cfg.warmup_fraction
@@ -158,7 +143,7 @@ def learning_rate(progress: float, cfg: TrainConfig) -> float:
 
 
 class PaperAdam(torch.optim.Adam):
-    """Adam (or AMSGrad) after the paper's gradient transforms: g += λθ (coupled L2), then elementwise clip."""
+    """Adam, or AMSGrad with ``amsgrad``, after the paper's g += weight_decay · θ (coupled L2), g = clip(g, ±clip)."""
 
     def __init__(self, params, lr: float, betas, eps: float, weight_decay: float, clip: float, amsgrad: bool = False):
         super().__init__(params, lr=lr, betas=tuple(betas), eps=eps, amsgrad=amsgrad)
@@ -178,8 +163,7 @@ class PaperAdam(torch.optim.Adam):
 
 
 class EnergyAndForces(nn.Module):
-    """The potential's energy and forces, with the autograd graph kept for the loss; the unit that
-    DistributedDataParallel wraps: (species, positions, mask) -> (energy_model, forces)."""
+    """The potential's energy and forces with the graph kept for the loss; the unit DistributedDataParallel wraps."""
 
     def __init__(self, potential: SAKEPotential):
         super().__init__()
@@ -192,8 +176,7 @@ class EnergyAndForces(nn.Module):
 
 
 def energy_target(lb: LabelledBatch, potential: SAKEPotential, dtype: torch.dtype) -> torch.Tensor:
-    """What the model's energy learns: E_ref − Σ reference terms (B,) in eV, formed in float64, then cast to
-    ``dtype`` (the model's)."""
+    """What the model's energy learns: E_ref − Σ reference terms (B,) eV, formed in float64, cast to ``dtype``."""
     return (lb.energy - potential.reference_energy(lb.batch.species, lb.batch.mask).sum(-1)).to(dtype)
 
 
@@ -205,9 +188,7 @@ def residuals(energy_model, forces, lb: LabelledBatch, potential: SAKEPotential)
 
 def loss_from(de, df, mask, cfg: TrainConfig) -> torch.Tensor:
     """force_weight · L(F) + energy_weight · L(E) in kcal/mol and kcal/mol/Å, L = MAE, MSE or Huber.
-
-    Shape: de (B,), df (B, N, 3) zero at padding, mask (B, N) -> scalar.
-    """
+    Shape: de (B,), df (B, N, 3) zero at padding, mask (B, N) -> scalar."""
     if cfg.energy_per_atom:
         de = de / mask.sum(-1).to(de.dtype)
     de, df = de / KCAL_PER_MOL, df / KCAL_PER_MOL
@@ -223,10 +204,8 @@ def loss_from(de, df, mask, cfg: TrainConfig) -> torch.Tensor:
 
 
 class WeightAverage:
-    """Exponential moving average of the parameters: θ̄ ← d·θ̄ + (1 − d)·θ after every optimiser step.
-
-    ``swapped()`` puts θ̄ into the model for validation and saving, then restores θ.
-    """
+    """Exponential moving average of the parameters: θ̄ ← d·θ̄ + (1 − d)·θ after every optimiser step;
+    ``swapped()`` puts θ̄ into the model for validation and saving, then restores θ."""
 
     def __init__(self, module: nn.Module, decay: float):
         self.module, self.decay = module, decay

@@ -119,16 +119,14 @@ class StackedStep(compile_train.CompiledTrainStep):
 
     def __init__(self, trainers, compile: bool, backend: str, verbose: bool):
         first = trainers[0]
-        super().__init__(first.potential, first.cfg.batch_size, int(first.train_set.n_atoms[0]), verbose=verbose,
-                         backend=backend)
+        super().__init__(first.potential, first.cfg.batch_size, int(first.train_set.n_atoms[0]), None, verbose, backend)
         self.module, self.compile = StackedLoss([t.potential for t in trainers]), compile
 
 
 class StackedTraining:
-    """K ``Trainer`` objects stepped together (see the module's docstring): a step of ``train.run_epochs``, the
-    loop that also trains one run, which saves each run's files after every epoch. ``compile``, ``backend``: of
-    the step (``StackedStep``), as for ``CompiledTrainStep``.
-    """
+    """K ``Trainer`` objects stepped together (see the module's docstring): a step of ``train.run_epochs``, the loop
+    that also trains one run, which saves each run's files after every epoch. ``compile``, ``backend``: of the step
+    (``StackedStep``), as for ``CompiledTrainStep``."""
 
     def __init__(self, trainers, compile: bool = True, backend: str = "inductor", verbose: bool = True):
         check_stackable(trainers)
@@ -141,7 +139,12 @@ class StackedTraining:
         cfg = self.cfg
         self.optimizer = objective.PaperAdam(self.params, cfg.lr_start, cfg.betas, cfg.eps, cfg.weight_decay,
                                             cfg.clip, cfg.amsgrad)
-        self._stack_optimizer_state()
+        per_run = [[t.optimizer.state.get(p) for p in t.potential.parameters()] for t in self.trainers]
+        for i, p in enumerate(self.params):  # each run's optimiser state, stacked
+            states = [run[i] for run in per_run]
+            if all(states):  # every run has a state (None or empty: not stepped yet)
+                self.optimizer.state[p] = {k: (v.clone() if k == "step" else torch.stack([s[k] for s in states]))
+                                           for k, v in states[0].items()}
         self.average = objective.WeightAverage(self.loss, cfg.ema_decay) if cfg.ema_decay else None
         if self.average is not None:  # each run's own average, stacked
             shadows = zip(*(t.average.shadow for t in self.trainers), strict=True)
@@ -156,14 +159,6 @@ class StackedTraining:
         return len(self.trainers)
 
     # ---- optimiser state: stacked <-> per run -----------------------------------------------------
-    def _stack_optimizer_state(self) -> None:
-        per_run = [[t.optimizer.state.get(p) for p in t.potential.parameters()] for t in self.trainers]
-        for i, p in enumerate(self.params):
-            states = [run[i] for run in per_run]
-            if all(states):  # every run has a state (None or empty: not stepped yet)
-                self.optimizer.state[p] = {k: (v.clone() if k == "step" else torch.stack([s[k] for s in states]))
-                                           for k, v in states[0].items()}
-
     @torch.no_grad()
     def sync_run(self, k: int) -> None:
         """Copy run k's weights, weight average and optimiser state into its own Trainer."""
@@ -189,14 +184,6 @@ class StackedTraining:
         """Seconds that compiling the step took; None: not compiled."""
         return None if self.train_step.failed else ([None] + self.train_step.compile_seconds)[-1]
 
-    def step(self, batch: LabelledBatch, cfg):
-        """One optimiser step of every run on ``batch`` (K, B, ...) -> losses (K,), de (K, B), df (K, B, N, 3)."""
-        losses, de, df = self.train_step(batch, cfg)
-        self.optimizer.step()
-        if self.average is not None:
-            self.average.update()
-        return losses, de, df
-
     # ---- epochs -------------------------------------------------------------------------------------
     def epoch_index(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Each run's batches of one epoch, in its own frame order: index (steps, K, B) and the weight of
@@ -218,7 +205,10 @@ class StackedTraining:
             batch = self.train_frames.take(index[s])
             for group in self.optimizer.param_groups:
                 group["lr"] = objective.learning_rate(lead.progress(), self.cfg)
-            losses, de, df = self.step(batch, lead.loss_settings())
+            losses, de, df = self.train_step(batch, lead.loss_settings())  # (K,), (K, B), (K, B, N, 3)
+            self.optimizer.step()
+            if self.average is not None:
+                self.average.update()
             sums += batch_terms(de, df, batch.batch.mask, weight[s])
             lead.state["step"] += 1
         return [ErrorSums(row) for row in sums.cpu()]

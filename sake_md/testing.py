@@ -1,11 +1,10 @@
-"""Physics checks for any SAKE potential, for a variant's own tests (as e3nn's ``assert_equivariant`` and
-NequIP's test mixins): symmetry, forces = −∂E/∂x, and a padded batch = its structures one by one.
+"""Physics checks for any SAKE potential, for a variant's own tests (as e3nn's ``assert_equivariant`` and NequIP's
+test mixins): symmetry, forces = −∂E/∂x, and a padded batch = its structures one by one.
 
-Each ``check_*`` returns nothing and raises ``AssertionError`` with a message that names the symmetry or
-the structure and the largest deviation; they need neither pytest nor the repository's tests. A structure
-is an ASE ``Atoms`` or a pair (numbers (N,), positions (N, 3) Å). The tolerances assume a float64 potential
-(``potential.double()``): float32 rounding alone is about 1e-6 eV.
-"""
+Each ``check_*`` returns nothing and raises ``AssertionError`` with a message that names the symmetry or the structure
+and the largest deviation; they need neither pytest nor the repository's tests. A structure is an ASE ``Atoms`` or a
+pair (numbers (N,), positions (N, 3) Å). The tolerances assume a float64 potential (``potential.double()``): float32
+rounding alone is about 1e-6 eV."""
 
 import numpy as np
 
@@ -38,8 +37,8 @@ def energy_forces(potential: SAKEPotential, numbers, positions, dtype=None) -> t
 
 
 def random_orthogonal(rng: np.random.Generator, reflect: bool = False) -> np.ndarray:
-    """A random rotation (Haar-distributed, from the QR decomposition of a Gaussian matrix), times a
-    reflection if ``reflect``. Shape: (3, 3), det +1 or −1."""
+    """A random rotation (Haar-distributed, from the QR decomposition of a Gaussian matrix), times a reflection if
+    ``reflect``. Shape: (3, 3), det +1 or −1."""
     q, r = np.linalg.qr(rng.normal(size=(3, 3)))
     q = q * np.sign(np.diag(r))  # the sign convention that makes q uniform over O(3)
     if np.linalg.det(q) < 0:
@@ -48,9 +47,8 @@ def random_orthogonal(rng: np.random.Generator, reflect: bool = False) -> np.nda
 
 
 def check_invariance(potential: SAKEPotential, atoms, atol: float = 1e-10, seed: int | np.random.Generator = 0) -> None:
-    """E invariant and F equivariant (F(Qx + t) = F(x) Qᵀ) under a random rotation, a rotation with a
-    reflection, each with a random translation, and a random permutation of the atoms (eV, eV/Å).
-    ``seed`` (or a generator) draws them."""
+    """E invariant and F equivariant (F(Qx + t) = F(x) Qᵀ) under a random rotation, a rotation with a reflection, each
+    with a random translation, and a random permutation of the atoms (eV, eV/Å), drawn from ``seed`` (or generator)."""
     numbers, positions = _structure(atoms)
     rng = np.random.default_rng(seed)
     E0, F0 = energy_forces(potential, numbers, positions)
@@ -71,12 +69,11 @@ def check_forces_are_gradients(potential: SAKEPotential, atoms, h: float = 1e-5,
     numbers, positions = _structure(atoms)
     _, F = energy_forces(potential, numbers, positions)
     fd = np.zeros_like(positions)
-    for i in range(len(numbers)):
-        for k in range(3):
-            xp, xm = positions.copy(), positions.copy()
-            xp[i, k] += h
-            xm[i, k] -= h
-            fd[i, k] = -(energy_forces(potential, numbers, xp)[0] - energy_forces(potential, numbers, xm)[0]) / (2 * h)
+    for i, k in np.ndindex(fd.shape):
+        xp, xm = positions.copy(), positions.copy()
+        xp[i, k] += h
+        xm[i, k] -= h
+        fd[i, k] = -(energy_forces(potential, numbers, xp)[0] - energy_forces(potential, numbers, xm)[0]) / (2 * h)
     _check_close(F, fd, atol, f"forces differ from finite differences of the energy (h = {h:g} Å)")
 
 

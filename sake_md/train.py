@@ -93,8 +93,15 @@ class Trainer:
             compile_s, basis = compiled.expected_compile_s()
             if self.cfg.timed:
                 work_s, what = self.cfg.time_budget, "a budget of"
-            else:
-                work_s, what = self.cfg.epochs * self.steps_per_epoch() * self.eager_step_s(), "about"
+            else:  # one eager step on the first batch, timed at its second call; gradients discarded, weights untouched
+                lb = labelled_batch(self.train_set, np.arange(min(self.cfg.batch_size, len(self.train_set))),
+                                    self.potential.species_index, self.dtype, self.device)
+                self.eager_step(lb, self.cfg)
+                start = time.perf_counter()
+                self.eager_step(lb, self.cfg)
+                step_s = time.perf_counter() - start
+                self.optimizer.zero_grad(set_to_none=True)
+                work_s, what = self.cfg.epochs * self.steps_per_epoch() * step_s, "about"
             if should_compile(1, work_s, compile_s):
                 step = compiled
             why = (f"{what} {work_s / 60:.1f} min of training vs ~{compile_s:.0f} s to compile the step ({basis}); "
@@ -102,18 +109,6 @@ class Trainer:
         notify(f"compile=auto: {why} -> {'eager' if step == self.eager_step else 'compiled'} training step",
                self.ctx.main)
         return step
-
-    def eager_step_s(self) -> float:
-        """Seconds of one eager step on the first training batch (the second of two calls; the gradients are
-        discarded, the weights untouched)."""
-        idx = np.arange(min(self.cfg.batch_size, len(self.train_set)))
-        lb = labelled_batch(self.train_set, idx, self.potential.species_index, self.dtype, self.device)
-        self.eager_step(lb, self.cfg)
-        start = time.perf_counter()
-        self.eager_step(lb, self.cfg)
-        seconds = time.perf_counter() - start
-        self.optimizer.zero_grad(set_to_none=True)
-        return seconds
 
     def build_potential(self) -> SAKEPotential:
         torch.manual_seed(self.cfg.seed)
@@ -249,8 +244,7 @@ class Trainer:
             return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        best = self.state["best_val_force_mae_meV_A"]
-        is_best = best is None or row["val_force_mae_meV_A"] <= best
+        is_best = (best := self.state["best_val_force_mae_meV_A"]) is None or row["val_force_mae_meV_A"] <= best
         if is_best:
             self.state.update(best_val_force_mae_meV_A=row["val_force_mae_meV_A"], best_epoch=self.state["epoch"])
         metrics = {"validation": {k.removeprefix("val_"): v for k, v in row.items() if k.startswith("val_")},
@@ -332,10 +326,8 @@ def run_epochs(step, on_epoch_end=None) -> dict:
     return row
 
 
-def _duration(seconds: float) -> str:
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+def _duration(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.1f} min" if s >= 60 else f"{s:.0f} s"
 
 
 def planned_length(cfg: TrainConfig) -> str:
@@ -380,8 +372,7 @@ def run_config(cfg: TrainConfig, resume: bool) -> TrainConfig:
 
 
 def open_run(trainer: Trainer, resume: bool) -> None:
-    """The one run-folder setup: config.json (the exact settings), then, resuming, the state of last.pt, else an
-    empty metrics.jsonl."""
+    """Run folder: config.json (the exact settings), then, resuming, last.pt's state, else an empty metrics.jsonl."""
     if trainer.ctx.main:
         trainer.out.mkdir(parents=True, exist_ok=True)
         (trainer.out / "config.json").write_text(json.dumps(trainer.cfg.to_dict(), indent=2) + "\n")
@@ -429,9 +420,8 @@ def finalize(cfg: TrainConfig, out: Path, train_set: Dataset) -> dict | None:
     """The end of a run, on best.pt read once and written once: re-centre its energy shift on the training split
     (``cfg.refit_shift``), attach the test errors (``cfg.test``). Returns the test report (None without a test file).
 
-    An MAE force loss leaves the constant energy offset to the small energy term, so it wanders during training;
-    the least-squares constant over the training frames (``energy_offset``) removes that offset.
-    """
+    An MAE force loss leaves the constant energy offset to the small energy term, so it wanders during training; the
+    least-squares constant over the training frames (``energy_offset``) removes that offset."""
     if not (cfg.refit_shift or cfg.test):
         return None
     potential, data = load_checkpoint(out / "best.pt", with_metadata=True)
