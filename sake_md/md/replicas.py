@@ -23,7 +23,8 @@ from ..errors import ConfigError, InputError
 from ..inference import inference_potential
 from ..model import SAKEPotential
 
-__all__ = ["ReplicaState", "maxwell_boltzmann", "half_kick", "drift", "update_forces", "o_step", "VelocityVerlet",
+__all__ = ["ReplicaState", "maxwell_boltzmann", "half_kick", "drift", "update_forces", "o_step", "verlet_step",
+           "VelocityVerlet",
            "LangevinBAOAB", "NoseHooverChain", "chain_half_step", "SAKEForces", "StackedForces", "simulate"]
 
 # a force field of the batched engine: positions (B, N, 3) -> (energies (B,), forces (B, N, 3))
@@ -106,6 +107,14 @@ def o_step(state: ReplicaState, dt: float, friction: float, temperature_K: float
 
 
 # --- integrators -------------------------------------------------------------------------------------
+def verlet_step(state: ReplicaState, dt: float, model: ForceField):
+    """Half-kick, drift, force, half-kick: velocity Verlet, and the Nosé–Hoover step's core."""
+    half_kick(state, dt)
+    drift(state, dt)
+    update_forces(state, model)
+    half_kick(state, dt)
+
+
 class VelocityVerlet:
     """NVE: half-kick, drift, force, half-kick. ``timestep`` in ASE time units."""
 
@@ -113,10 +122,7 @@ class VelocityVerlet:
         self.dt = timestep
 
     def step(self, state: ReplicaState, model: ForceField):
-        half_kick(state, self.dt)
-        drift(state, self.dt)
-        update_forces(state, model)
-        half_kick(state, self.dt)
+        verlet_step(state, self.dt, model)
 
 
 class LangevinBAOAB:
@@ -164,7 +170,7 @@ class NoseHooverChain:
     def step(self, state: ReplicaState, model: ForceField):
         self.init(state)
         chain_half_step(state, self.dt, self.kT, self.masses(state))
-        VelocityVerlet.step(self, state, model)  # half-kick, drift, force, half-kick
+        verlet_step(state, self.dt, model)
         chain_half_step(state, self.dt, self.kT, self.masses(state))
 
     def conserved_energy(self, state: ReplicaState) -> torch.Tensor:
