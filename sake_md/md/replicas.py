@@ -24,8 +24,8 @@ from ..inference import inference_potential
 from ..model import SAKEPotential
 
 __all__ = ["ReplicaState", "maxwell_boltzmann", "half_kick", "drift", "update_forces", "o_step", "verlet_step",
-           "VelocityVerlet",
-           "LangevinBAOAB", "NoseHooverChain", "chain_half_step", "SAKEForces", "StackedForces", "simulate"]
+           "VelocityVerlet", "LangevinBAOAB", "NoseHooverChain", "chain_half_step", "SAKEForces", "StackedForces",
+           "simulate"]
 
 # a force field of the batched engine: positions (B, N, 3) -> (energies (B,), forces (B, N, 3))
 ForceField = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
