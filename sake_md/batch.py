@@ -23,10 +23,6 @@ class Batch:
     cell: torch.Tensor | None = None
     pbc: torch.Tensor | None = None
 
-    @property
-    def n_atoms(self) -> torch.Tensor:
-        return self.mask.sum(-1)
-
 
 def check_structure(numbers: np.ndarray, positions: np.ndarray, known: Sequence[int], pbc=None, label="structure",
                     periodic_ok: bool = False):

@@ -30,7 +30,7 @@ from ase.data import chemical_symbols
 from torch import nn
 
 from .batch import atoms_to_batch, check_structure
-from .calculator import SAKECalculator, check_keywords
+from .calculator import check_keywords
 from .checkpoint import UNITS, load_checkpoint
 from .data import Dataset
 from .devices import resolve_device, resolve_dtype
@@ -41,7 +41,7 @@ from .predict import predict_batches
 from .stacking import StackedPotentials as StackedMembers  # public here under this name
 
 __all__ = ["Member", "check_members", "StackedMembers", "Committee", "committee_statistics",
-           "CommitteeCalculator", "per_structure", "predict_dataset", "make_calculator"]
+           "CommitteeCalculator", "per_structure", "predict_dataset"]
 
 
 @dataclass
@@ -203,12 +203,3 @@ def predict_dataset(committee: Committee, data: Dataset, batch_size: int = 64) -
     for lb, out in predict_batches(committee, data, batch_size):
         results += per_structure(out, data.n_atoms[lb.indices])
     return results
-
-
-def make_calculator(models: Sequence[str | Path | SAKEPotential], device: str = "cpu", dtype=None, **single):
-    """``SAKECalculator`` for one potential (``single``: its options, e.g. compile), ``CommitteeCalculator``
-    for several (evaluated eagerly)."""
-    models = list(models)
-    if len(models) == 1:
-        return SAKECalculator(models[0], device=device, dtype=dtype, **single)
-    return CommitteeCalculator(models, device=device, dtype=dtype)

@@ -1,7 +1,7 @@
 """Compiled inference: energy, per-atom energies and forces of a ``SAKEPotential`` as one compiled graph.
 
-``energy_forces`` is the one function; ``trace`` turns it, autograd's backward pass included, into one
-FX graph of ATen ops (``make_fx``), and ``CompiledPotential`` compiles that graph with inductor
+``_EnergyForces`` (``potential.predict`` with forces) is the one function; ``trace`` turns it, autograd's backward
+pass included, into one FX graph of ATen ops (``make_fx``), and ``CompiledPotential`` compiles that graph with inductor
 (``torch.compile(fullgraph=True, dynamic=False)``), one graph per (B, N, dtype, device, variant).
 
 The parameters are graph inputs, not constants baked into the graph: the compiled code depends on the architecture and
@@ -35,7 +35,7 @@ from .errors import ConfigError
 from .files import atomic_write
 from .model import SAKEPotential
 
-__all__ = ["AUTO_FACTOR", "COLD_COMPILE_S", "WARM_FRACTION", "energy_forces", "graph_inputs", "graph_state", "trace",
+__all__ = ["AUTO_FACTOR", "COLD_COMPILE_S", "WARM_FRACTION", "graph_inputs", "graph_state", "trace",
            "cache_root", "use_persistent_cache", "compile_record_key", "recorded_compiles", "record_compile_s",
            "expected_compile_s", "compiler_unavailable", "compiled_or_none", "CompiledPotential", "OPTIONS_ENV",
            "default_options", "check_mode", "eager_call_s", "should_compile", "make_predictor"]
@@ -46,24 +46,20 @@ WARM_FRACTION = 0.1  # a compile from torch's cache takes ~5-25 % of the first (
 Predictor = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], dict]
 
 
-def energy_forces(potential: SAKEPotential, species, positions, mask) -> tuple[torch.Tensor, ...]:
-    """The function that is compiled: ``potential.predict`` with forces, as a tuple.
+class _EnergyForces(nn.Module):
+    """The function that is compiled, ``potential.predict`` with forces as a tuple, as a module so that
+    ``torch.func.functional_call`` can feed it the weights.
 
     Shape: species (B, N), positions (B, N, 3), mask (B, N) -> energy (B,) float64, energies (B, N)
     float64, forces (B, N, 3) in the model dtype."""
-    out = potential.predict(species, positions, mask, forces=True)
-    return out["energy"], out["energies"], out["forces"]
-
-
-class _EnergyForces(nn.Module):
-    """``energy_forces`` as a module, so that ``torch.func.functional_call`` can feed it the weights."""
 
     def __init__(self, potential: SAKEPotential):
         super().__init__()
         self.potential = potential
 
     def forward(self, species, positions, mask):
-        return energy_forces(self.potential, species, positions, mask)
+        out = self.potential.predict(species, positions, mask, forces=True)
+        return out["energy"], out["energies"], out["forces"]
 
 
 def graph_inputs(potential: SAKEPotential) -> list[tuple[str, dict, str]]:
@@ -85,7 +81,7 @@ def graph_state(potential: SAKEPotential) -> dict[str, torch.Tensor]:
 
 
 def trace(potential: SAKEPotential, species, positions, mask) -> torch.fx.GraphModule:
-    """``energy_forces`` and its backward pass as one graph of ATen ops, for these shapes and dtypes. The graph's
+    """``_EnergyForces`` and its backward pass as one graph of ATen ops, for these shapes and dtypes. The graph's
     inputs are the values of ``graph_state(potential)``, then species, positions and mask."""
     from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -131,11 +127,10 @@ def _torch_default_cache_dir() -> str | None:
     return os.path.abspath(default_cache_dir())
 
 
-def compile_record_key(potential: SAKEPotential, key: tuple, options: dict | None = None) -> str:
+def compile_record_key(potential: SAKEPotential, key: tuple) -> str:
     """What a compile's cost depends on: architecture, shapes, dtype, device, inductor options, torch."""
-    options = default_options(key[3]) if options is None else options
     text = json.dumps([potential.config.to_dict(), len(potential.atomic_numbers), [str(k) for k in key],
-                       options, torch.__version__], sort_keys=True, default=str)
+                       default_options(key[3]), torch.__version__], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -166,14 +161,13 @@ def record_compile_s(record_key: str, seconds: float):
         pass
 
 
-def expected_compile_s(potential: SAKEPotential, key: tuple, options: dict | None = None,
-                       cold: dict | None = None) -> tuple[float, str]:
+def expected_compile_s(potential: SAKEPotential, key: tuple, cold: dict | None = None) -> tuple[float, str]:
     """(seconds, what the estimate rests on) for compiling ``key`` now.
 
     A shape compiled before comes from torch's cache: the last such compile's time if recorded, else ``WARM_FRACTION``
     of the first one's. A new shape: ``cold`` (default ``COLD_COMPILE_S``) for the device."""
     cold = COLD_COMPILE_S if cold is None else cold
-    times = recorded_compiles(compile_record_key(potential, key, options))
+    times = recorded_compiles(compile_record_key(potential, key))
     if "cached" in times:
         return times["cached"], "from torch's cache, as last time"
     if "first" in times:
@@ -184,8 +178,6 @@ def expected_compile_s(potential: SAKEPotential, key: tuple, options: dict | Non
 # --- availability and fallback -------------------------------------------------------------------------
 def compiler_unavailable(device: torch.device) -> str | None:
     """Why ``torch.compile`` cannot work here, or None when it should."""
-    if not hasattr(torch, "compile"):
-        return f"torch {torch.__version__} has no torch.compile (needs torch >= 2.0)"
     try:
         from torch import _dynamo
 
@@ -228,8 +220,8 @@ class CompiledPotential:
     once and evaluates eagerly from then on (``compiled_or_none``). ``compiles`` counts the graphs compiled;
     ``eager_reason`` says why it fell back (None if it did not)."""
 
-    def __init__(self, potential: SAKEPotential, verbose: bool = True, options: dict | None = None):
-        self.potential, self.verbose, self.options = potential, verbose, options
+    def __init__(self, potential: SAKEPotential, verbose: bool = True):
+        self.potential, self.verbose = potential, verbose
         self.graphs: dict[tuple, Callable] = {}
         self._inputs = graph_inputs(potential)
         self.compiles, self.eager_reason = 0, None
@@ -256,20 +248,20 @@ class CompiledPotential:
 
     def _compile(self, key, state, species, positions, mask):
         cache = use_persistent_cache()
-        seconds, basis = expected_compile_s(self.potential, key, self.options)
+        seconds, basis = expected_compile_s(self.potential, key)
         B, N, dtype, device, variant = key
         what = f"{variant} energy+forces for {B} × {N} atoms ({str(dtype).removeprefix('torch.')}, {device})"
         later = "" if "cache" in basis else "; a later process reuses torch's cache and takes a fraction of it"
         notify(f"compiling {what}: expect ~{seconds:.0f} s ({basis}{later}; cache {cache})", self.verbose)
         start = time.perf_counter()
         graph = torch.compile(trace(self.potential, species, positions, mask), fullgraph=True, dynamic=False,
-                              options=self.options if self.options is not None else default_options(device))
+                              options=default_options(device))
         with torch.no_grad():
             graph(*state, species, positions, mask)  # inductor compiles lazily, at the first call
         elapsed = time.perf_counter() - start
         self.graphs[key] = graph
         self.compiles += 1
-        record_compile_s(compile_record_key(self.potential, key, self.options), elapsed)
+        record_compile_s(compile_record_key(self.potential, key), elapsed)
         notify(f"compiled in {elapsed:.1f} s", self.verbose)
         return graph
 

@@ -1,7 +1,7 @@
 """Learning curves: validation errors against training seconds, for several runs on one figure.
 
 Reads each run folder's ``metrics.jsonl`` (one row per epoch with ``seconds``, the epoch's wall time on the
-run's own core, i.e. its CPU time when the run had a core to itself) and ``config.json``.
+run's own core, i.e. its CPU time when the run had a core to itself).
 """
 
 import json
@@ -24,8 +24,7 @@ def read_curve(run) -> dict:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows:
         raise SakeMDError(f"{path} is empty: the run has not finished an epoch yet")
-    config = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
-    return {"name": run.name, "config": config, "seconds": np.cumsum([r["seconds"] for r in rows]),
+    return {"name": run.name, "seconds": np.cumsum([r["seconds"] for r in rows]),
             **{key: np.array([r[key] for r in rows]) for key in ("epoch", *CURVE_KEYS)}}
 
 

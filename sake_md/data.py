@@ -130,7 +130,7 @@ def as_source(data: DataSource | str | Path) -> DataSource:
 
 
 def read_dataset(path, energy_key: str = "energy", forces_key: str = "forces", energy_unit: str | None = None,
-                 length_unit: str | None = None, validate_data: bool = True, labelled: bool = True) -> Dataset:
+                 length_unit: str | None = None, labelled: bool = True) -> Dataset:
     """Read, convert to eV/Å and validate a data file (format from the suffix); the units default to the format's
     and ``labelled`` says which labels may be missing (NaN), as in the module docstring."""
     path = Path(path)
@@ -149,8 +149,7 @@ def read_dataset(path, energy_key: str = "energy", forces_key: str = "forces", e
         raise DataError(f"{path}: unknown data format {suffix!r}; expected .npz (rMD17/sGDML), "
                         f"{'/'.join(EXTXYZ_SUFFIXES)} (extended XYZ) or {'/'.join(DB_SUFFIXES)} (ASE database)")
     data = convert_units(data, energy_unit or units[0], length_unit or units[1])
-    if validate_data:
-        validate(data, labelled)
+    validate(data, labelled)
     return data
 
 

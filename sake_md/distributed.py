@@ -12,7 +12,6 @@ import torch.distributed as dist
 class Context:
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
@@ -32,7 +31,7 @@ def setup(device: torch.device) -> Context:
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     local = int(os.environ.get("LOCAL_RANK", "0"))
     reduce_device = torch.device("cuda", local) if device.type == "cuda" else torch.device("cpu")
-    return Context(dist.get_rank(), dist.get_world_size(), local, reduce_device)
+    return Context(dist.get_rank(), dist.get_world_size(), reduce_device)
 
 
 def teardown(ctx: Context) -> None:

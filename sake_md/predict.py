@@ -19,14 +19,12 @@ __all__ = ["predict_batches", "predict", "STATISTICS", "TERMS", "frame_terms", "
 
 
 def predict_batches(potential: SAKEPotential, data: Dataset, batch_size: int = 64, forces: bool = True,
-                    order: Sequence[int] | None = None, dtype=None,
-                    device=None) -> Iterator[tuple[LabelledBatch, dict]]:
+                    order: Sequence[int] | None = None) -> Iterator[tuple[LabelledBatch, dict]]:
     """``(batch, potential.predict(batch))`` for padded batches of ``data`` in ``order`` (default: file order), in
-    ``dtype`` on ``device`` (default: the potential's). The outputs are those of ``SAKEPotential.predict``: energy
+    the potential's dtype and on its device. The outputs are those of ``SAKEPotential.predict``: energy
     (B,) and energies (B, N) float64 eV, energy_model (B,), forces (B, N, 3) eV/Å."""
     p = next(potential.parameters())
-    dtype, device = dtype or p.dtype, device or p.device
-    for lb in batches(data, batch_size, potential.species_index, dtype, device, order):
+    for lb in batches(data, batch_size, potential.species_index, p.dtype, p.device, order):
         b = lb.batch
         with torch.set_grad_enabled(forces):
             out = potential.predict(b.species, b.positions, b.mask, forces=forces, cell=b.cell, pbc=b.pbc)

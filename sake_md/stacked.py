@@ -175,10 +175,6 @@ class StackedTraining:
         t.optimizer.load_state_dict(sd)
 
     # ---- the step -----------------------------------------------------------------------------------
-    def build(self, batch: LabelledBatch, cfg) -> None:
-        """Compile the step for this batch shape, as its first call does (no optimiser step takes its gradients)."""
-        self.train_step(batch, cfg)
-
     @property
     def compile_seconds(self) -> float | None:
         """Seconds that compiling the step took; None: not compiled."""

@@ -1,21 +1,26 @@
 #!/usr/bin/env bash
 # Issue 22's data lever: `sake-md learn` on rMD17 ethanol with the PySCF oracle (PBE/def2-SVP), resumable.
-#   OMP_NUM_THREADS=1 taskset -c 0 bash md_runs/stability/learn.sh [ROUNDS]
-# Round 0's committee is the two potentials already trained on train_01 (the shipped one and the study's
-# `sake`), so it trains none; later rounds train 2 members with the shipped recipe (30 minutes each, one core).
+#   OMP_NUM_THREADS=1 taskset -c 0 bash md_runs/stability/learn.sh [ROUNDS [MOLECULE]]   (ethanol by default)
+# Round 0's committee is two potentials already trained on train_01, so it trains none: for ethanol the shipped
+# one and the study's `sake`; for another molecule the study's `sake` and `sake-dot` (the only two there are).
+# Later rounds train 2 members with the shipped recipe (30 minutes each, one core).
 # Round r's member 0 is a candidate trained on train_01 + the frames labelled in rounds 0..r-1.
 # The loop lives in runs/ (it holds a copy of rMD17 frames, which stay out of git); what is ours (the records,
-# the oracle's frames and labels, the settings) is copied to md_runs/stability/ethanol/learn/. Each round's MD
-# state (runs/stability/learn_ethanol/round<r>/md_state.pt, starting from rMD17 frames) stays in runs/.
+# the oracle's frames and labels, the settings) is copied to md_runs/stability/<molecule>/learn/. Each round's MD
+# state (runs/stability/learn_<molecule>/round<r>/md_state.pt, starting from rMD17 frames) stays in runs/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-rounds=${1:-2}
+rounds=${1:-2} molecule=${2:-ethanol}
 data=${RMD17:-../shared/data/rmd17}
-loop=runs/stability/learn_ethanol
-out=md_runs/stability/ethanol/learn
-sake-md learn --data "$data/rmd17_ethanol_train_01.npz" --test "$data/rmd17_ethanol_test_01.npz" --out "$loop" \
-    --oracle pyscf --rounds "$rounds" --members 2 --time-budget 30m --threads 1 \
-    --start potentials/sake_ethanol.pt --start potentials/ablation/sake_ethanol.pt
+loop=runs/stability/learn_${molecule}
+out=md_runs/stability/${molecule}/learn
+if [ "$molecule" = ethanol ]; then
+    start=(--start potentials/sake_ethanol.pt --start potentials/ablation/sake_ethanol.pt)
+else
+    start=(--start "potentials/ablation/sake_${molecule}.pt" --start "potentials/ablation/sake-dot_${molecule}.pt")
+fi
+sake-md learn --data "$data/rmd17_${molecule}_train_01.npz" --test "$data/rmd17_${molecule}_test_01.npz" \
+    --out "$loop" --oracle pyscf --rounds "$rounds" --members 2 --time-budget 30m --threads 1 "${start[@]}"
 mkdir -p "$out"
 cp "$loop/settings.json" "$loop/oracle_offset.json" "$out/"
 cp -r "$loop/rounds" "$out/"

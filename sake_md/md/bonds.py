@@ -65,18 +65,14 @@ class BondCriterion:
         reference = bond_lengths(frames, bonds).mean(0)
         return cls(bonds, reference, np.array(atoms.numbers))
 
-    def deviations(self, positions) -> np.ndarray:
-        """|length − reference|; NaN positions give NaN. Shape: (..., N, 3) -> (..., M)."""
-        return np.abs(bond_lengths(np.asarray(positions), self.bonds) - self.reference)
-
     def first_broken(self, positions: np.ndarray) -> BrokenBond | None:
         """The most deviating broken bond of one frame (N, 3), or None while the frame is intact."""
-        dev = self.deviations(positions)
+        lengths = bond_lengths(np.asarray(positions), self.bonds)
+        dev = np.abs(lengths - self.reference)  # NaN positions give NaN
         broken = ~(dev <= self.tolerance)  # NaN counts as broken
         if not broken.any():
             return None
         k = int(np.nanargmax(np.where(broken, np.nan_to_num(dev, nan=np.inf), -1.0)))
         i, j = (int(a) for a in self.bonds[k])
-        length = float(bond_lengths(np.asarray(positions), self.bonds[k:k + 1])[0])
-        return BrokenBond(i, j, (chemical_symbols[self.numbers[i]], chemical_symbols[self.numbers[j]]), length,
-                          float(self.reference[k]))
+        return BrokenBond(i, j, (chemical_symbols[self.numbers[i]], chemical_symbols[self.numbers[j]]),
+                          float(lengths[k]), float(self.reference[k]))

@@ -367,13 +367,15 @@ def run_from_files(potential=None, structure: str | None = None, reference=None,
     """What ``sake-md run`` does: resolve the potential (default: the shipped one; several: a committee) and the
     structure (default: ethanol), optionally reference bond lengths from a dataset, then ``run_md``. ``compile``:
     True, False or "auto" (``sake_md.compile.make_predictor``, for the run's steps); a committee runs eagerly."""
-    from ..committee import make_calculator
+    from ..calculator import SAKECalculator
+    from ..committee import CommitteeCalculator
     from .reference import read_reference
 
     settings = settings or MDSettings()
     potentials = list(potential) if isinstance(potential, (list, tuple)) else [potential] if potential else []
-    calc = make_calculator(potentials or [shipped_potential()], device=device, dtype=dtype, compile=compile,
-                           expected_calls=settings.steps + 1)
+    models = potentials or [shipped_potential()]
+    calc = (CommitteeCalculator(models, device=device, dtype=dtype) if len(models) > 1 else
+            SAKECalculator(models[0], device=device, dtype=dtype, compile=compile, expected_calls=settings.steps + 1))
     atoms = load_structure(structure)
     criterion = None
     if reference is not None:

@@ -99,7 +99,8 @@ def compile_stacked(study: Study, runs: list[Run], device: str = "cpu") -> float
     trainers = [Trainer(cfg, distributed.Context(), device) for cfg in cfgs]
     stack = StackedTraining(trainers)
     index, _ = stack.epoch_index(0)
-    stack.build(stack.train_frames.take(index[0]), trainers[0].loss_settings())
+    # the step's first call compiles it (no optimiser step takes its gradients)
+    stack.train_step(stack.train_frames.take(index[0]), trainers[0].loss_settings())
     return stack.compile_seconds
 
 
