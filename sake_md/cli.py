@@ -40,9 +40,11 @@ model_size_options = options(*(click.option(f"--{name}", type=int, default=getat
 device_option = click.option("--device", default="cpu", help="cpu, cuda or auto.")
 dtype_option = click.option("--dtype", type=click.Choice(DTYPE_NAMES), help="[default: the checkpoint's]")
 potential_option = click.option("--potential", type=FILE,
-                                help="Checkpoint [default: the shipped potentials/sake_ethanol.pt].")
+                                help="Checkpoint [default: the shipped potential trained on the structure's "
+                                     "composition, else potentials/sake_ethanol.pt].")
 structure_option = click.option("--structure",
-                                help="A file ASE reads (last frame) or an ase.build.molecule name [CH3CH2OH].")
+                                help="A file ASE reads (last frame), an ase.build.molecule name, malonaldehyde or "
+                                     "aspirin [CH3CH2OH].")
 log_option = click.option("--log", type=FILE, default="md.log", help="Energy log, one line per frame; '' for none.")
 md_compile_option = click.option(
     "--compile/--no-compile", "compile_", default=None,
@@ -228,8 +230,9 @@ def curves(runs, plot):
 
 
 @main.command("run")
-@click.option("--potential", type=FILE, multiple=True, help="Checkpoint [default: the shipped "
-              "potentials/sake_ethanol.pt]; repeat it for a committee (mean forces, deviation logged).")
+@click.option("--potential", type=FILE, multiple=True, help="Checkpoint [default: the shipped potential trained "
+              "on the structure's composition, else potentials/sake_ethanol.pt]; repeat it for a committee (mean "
+              "forces, deviation logged).")
 @structure_option
 @click.option("--ensemble", type=click.Choice(ENSEMBLES), default=MD.ensemble, help="ASE integrator (nve: "
               "VelocityVerlet, langevin: Langevin, nose-hoover: NoseHooverChainNVT, bussi: Bussi).")
@@ -458,7 +461,8 @@ def openmm_command(ctx, potential, structure, ensemble, temperature_k, timestep_
 
 @main.command("ipi", short_help="Serve SAKE forces to a running i-PI server (e.g. path-integral MD).")
 @potential_option
-@click.option("--structure", help="The species in i-PI's atom order: a file ASE reads or an ase.build.molecule name.")
+@click.option("--structure", help="The species in i-PI's atom order: a file ASE reads, an ase.build.molecule name, "
+              "malonaldehyde or aspirin.")
 @click.option("--unix", help="UNIX socket: i-PI's address NAME (the file /tmp/ipi_NAME) or an absolute path.")
 @click.option("--host", default="localhost", help="inet socket host (without --unix).")
 @click.option("--port", type=int, default=31415, help="inet socket port (without --unix).")
@@ -503,6 +507,9 @@ def ipi_command(potential, structure, unix, host, port, dtype, device, cutoff, w
               help="Training frames the oracle labels once to measure its constant energy offset.")
 @click.option("--energy-ceiling", type=float, default=1.0, help="eV per atom above the training data's highest "
               "energy: labelled frames above it (atoms fused) stay in the record but out of the training data.")
+@click.option("--stretch", type=click.IntRange(min=0), default=0,
+              help="Frames a round with one bond stretched past the data's longest (or compressed below its "
+                   "shortest), labelled too: where MD collapses.")
 @click.option("--seed", type=int, default=0)
 @click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32")
 @click.option("--threads", type=int, default=1)

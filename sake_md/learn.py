@@ -15,7 +15,11 @@ One round, each stage resumable (its output is its record; a killed round contin
    more than ``energy_ceiling_eV_per_atom`` above the training file's highest energy); its energies are shifted by the
    constant offset to the training data's level of theory, measured once on ``calibration`` frames of the
    training file (a different code at the same level of theory differs by a constant; for PySCF against rMD17
-   see ``md_runs/stability/oracle_check_ethanol.json``).
+   see ``md_runs/stability/oracle_check_ethanol.json``);
+6. **distort** (``stretch`` frames a round, optional): frames of the training file with one bond stretched past
+   the longest length the file holds for it, or compressed below its shortest (``distorted_frames``), labelled the
+   same way: where MD collapses, the potential extrapolates from no data (ethanol's C–H energy profiles,
+   ``md_runs/stability/bond_scan.py``), and short MD seldom visits it before it fails.
 
 ``rounds/round<r>.json`` records each round: data size, member test errors, collapses, deviations, frames
 labelled, oracle CPU seconds. Oracles: ``emt`` (ASE's EMT, for tests), ``pyscf`` (PBE/def2-SVP, rMD17's
@@ -35,7 +39,7 @@ from .data import Dataset, read_dataset
 from .errors import ConfigError
 from .files import atomic_write
 
-__all__ = ["LearnSettings", "learn", "make_oracle", "select_frames"]
+__all__ = ["LearnSettings", "distorted_frames", "learn", "make_oracle", "select_frames"]
 
 
 @dataclass
@@ -63,6 +67,7 @@ class LearnSettings:
     # (labelled.extxyz) but out of the training data: atoms fused deep into the repulsive wall, whose labels teach
     # no more than the wall's onset does (ethanol: +12 to +180 eV) and would distort the fit
     energy_ceiling_eV_per_atom: float = 1.0
+    stretch: int = 0  # frames a round with one bond stretched or compressed out of the data's range
     seed: int = 0
     dtype: str = "float32"
     threads: int | None = 1
@@ -72,8 +77,8 @@ class LearnSettings:
             raise ConfigError("give exactly one of time_budget and epochs")
         if self.members < 2 or len(self.start) == 1:
             raise ConfigError(f"a committee needs at least 2 members, got {len(self.start) or self.members}")
-        if min(self.rounds, self.runs, self.select, self.calibration) < 1:
-            raise ConfigError("rounds, runs, select and calibration must be at least 1")
+        if min(self.rounds, self.runs, self.select, self.calibration) < 1 or self.stretch < 0:
+            raise ConfigError("rounds, runs, select and calibration must be at least 1, stretch at least 0")
 
 
 def make_oracle(spec: str):
@@ -105,7 +110,7 @@ def label(frames: list, oracle, offset: float = 0.0) -> tuple[list, float]:
 
     start, labelled = time.process_time(), []
     for atoms in frames:
-        atoms = atoms.copy()
+        atoms, began = atoms.copy(), time.process_time()
         atoms.calc = oracle
         try:
             energy, forces = atoms.get_potential_energy() + offset, atoms.get_forces()
@@ -113,6 +118,7 @@ def label(frames: list, oracle, offset: float = 0.0) -> tuple[list, float]:
             notify(f"learn: a frame left unlabelled: {e}")
             continue
         atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        atoms.info["oracle_cpu_s"] = time.process_time() - began  # kept in the extxyz: a file's cost
         labelled.append(atoms)
     return labelled, time.process_time() - start
 
@@ -153,6 +159,33 @@ def select_frames(deviation: np.ndarray, outside: np.ndarray, last: np.ndarray, 
     return chosen
 
 
+def distorted_frames(data: Dataset, bonds: np.ndarray, count: int, rng: np.random.Generator, reach: float = 0.8,
+                     compress: float = 0.3) -> list:
+    """``count`` frames of ``data`` (one molecule; ASE Atoms), each with one random bond of ``bonds`` (M, 2)
+    stretched past the longest length it has in ``data`` by up to ``reach`` Å, or, one frame in four, compressed
+    below its shortest by up to ``compress`` Å. The lighter atom moves along the bond (for C–H the hydrogen), the
+    others stay. ``reach`` covers the collapse criterion (0.5 Å past the mean length) with room to spare."""
+    from ase import Atoms
+
+    from .md.bonds import bond_lengths
+
+    lengths = bond_lengths(np.stack(data.positions), bonds)  # (F, M)
+    longest, shortest = lengths.max(0), lengths.min(0)
+    frames = []
+    for _ in range(count):
+        f, m = int(rng.integers(len(data))), int(rng.integers(len(bonds)))
+        i, j = bonds[m]
+        if data.numbers[f][i] < data.numbers[f][j]:
+            i, j = j, i  # j, the one that moves, is the lighter
+        length = (rng.uniform(shortest[m] - compress, shortest[m]) if rng.random() < 0.25 else
+                  rng.uniform(longest[m], longest[m] + reach))
+        positions = np.array(data.positions[f], dtype=np.float64)
+        axis = positions[j] - positions[i]
+        positions[j] = positions[i] + axis * (length / np.linalg.norm(axis))
+        frames.append(Atoms(numbers=data.numbers[f], positions=positions))
+    return frames
+
+
 class Loop:
     """The rounds of one ``learn`` run in ``settings.out``."""
 
@@ -167,8 +200,9 @@ class Loop:
         path = self.out / "settings.json"
         mine = asdict(self.s)
         if path.exists():
-            saved = json.loads(path.read_text())
-            changed = sorted(k for k in mine if k != "rounds" and saved.get(k) != mine[k])
+            # a setting added since the loop began reads as its default
+            saved = {**asdict(LearnSettings(data=self.s.data, out=self.s.out)), **json.loads(path.read_text())}
+            changed = sorted(k for k in mine if k != "rounds" and saved[k] != mine[k])
             if changed:
                 raise ConfigError(f"{self.out} holds a loop with other settings ({', '.join(changed)}); choose "
                                   "another --out, or the same settings to continue it")
@@ -199,8 +233,8 @@ class Loop:
         return json.loads(path.read_text())["offset_eV"]
 
     def data_file(self, r: int) -> Path:
-        """Round r's training file: the base data and the frames labelled in rounds 0..r-1, those above the energy
-        ceiling left out."""
+        """Round r's training file: the base data and the frames labelled (and distorted) in rounds 0..r-1, those
+        above the energy ceiling left out."""
         import ase.io
 
         path = self.round_dir(r) / "data.extxyz"
@@ -208,8 +242,9 @@ class Loop:
             frames = self.base.to_atoms()
             ceiling = self.base.energy.max()
             for k in range(r):
-                frames += [a for a in ase.io.read(self.round_dir(k) / "labelled.extxyz", ":")
-                           if a.get_potential_energy() - ceiling <= self.s.energy_ceiling_eV_per_atom * len(a)]
+                for added in (self.round_dir(k) / "labelled.extxyz", self.round_dir(k) / "distorted.extxyz"):
+                    frames += [a for a in (ase.io.read(added, ":") if added.exists() and added.stat().st_size else [])
+                               if a.get_potential_energy() - ceiling <= self.s.energy_ceiling_eV_per_atom * len(a)]
             atomic_write(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
         return path
 
@@ -250,13 +285,22 @@ class Loop:
         run_segmented(run, [self.s.md_time_ps], 1.0, self.round_dir(r) / "md_state.pt")
         return run
 
-    def select_and_label(self, r: int, run, members: list[Path]) -> dict:
+    def labelled(self, r: int, name: str, frames) -> list:
+        """``round<r>/<name>.extxyz``: ``frames()`` labelled by the oracle, once (a killed round keeps the files
+        it finished)."""
         import ase.io
+
+        path = self.round_dir(r) / f"{name}.extxyz"
+        if not path.exists():
+            done, _ = label(frames(), self.get_oracle(), self.offset())
+            atomic_write(path, lambda tmp: ase.io.write(tmp, done, format="extxyz"))
+        return ase.io.read(path, ":") if path.stat().st_size else []
+
+    def select_and_label(self, r: int, run, members: list[Path]) -> dict:
         from ase import Atoms
 
         from .md.early_warning import committee_deviation_along
 
-        path = self.round_dir(r) / "labelled.extxyz"
         positions = run.trajectory_tensor().numpy().astype(np.float64)  # (F, R, N, 3)
         F, R = positions.shape[:2]
         numbers = run.reference.numbers
@@ -265,10 +309,14 @@ class Loop:
         frames = [Atoms(numbers=numbers, positions=positions[k, b]) for b in range(R) for k in range(F)]
         deviation = committee_deviation_along(frames, [str(m) for m in members]).reshape(R, F)
         chosen = select_frames(deviation, outside, np.array(collapse), self.s.select, self.s.spacing)
-        picked = [Atoms(numbers=numbers, positions=positions[k, b]) for b, k in chosen]
-        labelled, cpu = label(picked, self.get_oracle(), self.offset())
-        atomic_write(path, lambda tmp: ase.io.write(tmp, labelled, format="extxyz"))
-        return {"selected": [[int(b), int(k)] for b, k in chosen], "labelled": len(labelled), "oracle_cpu_s": cpu,
+        labelled = self.labelled(r, "labelled", lambda: [Atoms(numbers=numbers, positions=positions[k, b])
+                                                          for b, k in chosen])
+        rng = np.random.default_rng([self.s.seed, r])
+        distorted = self.labelled(r, "distorted", lambda: distorted_frames(
+            self.base, run.monitor.criteria[0].bonds, self.s.stretch, rng)) if self.s.stretch else []
+        cpu = sum(a.info.get("oracle_cpu_s", 0.0) for a in labelled + distorted)
+        return {"selected": [[int(b), int(k)] for b, k in chosen], "labelled": len(labelled),
+                "distorted": len(distorted), "oracle_cpu_s": cpu,
                 "outside_training_range": int(sum(outside[b, k] for b, k in chosen)),
                 "deviation_selected_eV_A": [float(deviation[b, k]) for b, k in chosen],
                 "deviation_median_eV_A": float(np.median(deviation)),

@@ -10,7 +10,7 @@ from ase.calculators.emt import EMT
 
 from sake_md.data import read_dataset
 from sake_md.errors import ConfigError
-from sake_md.learn import LearnSettings, learn, make_oracle, outside_training_range, select_frames
+from sake_md.learn import LearnSettings, distorted_frames, learn, make_oracle, outside_training_range, select_frames
 
 from .test_data import emt_frames, write_npz
 
@@ -69,6 +69,19 @@ def test_two_rounds_grow_the_data_with_oracle_labels_and_resume(tmp_path):
     with pytest.raises(ConfigError, match="at least 2 members, got 1"):
         LearnSettings(**{**settings, "start": start[:1]})
 
+    saved = json.loads((tmp_path / "loop" / "settings.json").read_text())
+    del saved["stretch"]  # a loop begun before the setting existed continues, reading it as its default
+    (tmp_path / "loop" / "settings.json").write_text(json.dumps(saved))
+    assert learn(LearnSettings(**settings))[0] == first
+
+    stretch = {**settings, "out": str(tmp_path / "stretch"), "start": start, "rounds": 2, "stretch": 3}
+    records = learn(LearnSettings(**stretch))
+    assert records[0]["labelled"] == 2 and records[0]["distorted"] == 3 and records[1]["data_frames"] == 12 + 2 + 3
+    distorted = ase.io.read(tmp_path / "stretch" / "round0" / "distorted.extxyz", ":")
+    assert all(a.info["oracle_cpu_s"] >= 0 for a in distorted)
+    assert records[0]["oracle_cpu_s"] == pytest.approx(sum(a.info["oracle_cpu_s"] for a in distorted + labelled),
+                                                       abs=1.0)
+
     ceiling = {**settings, "out": str(tmp_path / "ceiling"), "start": start, "rounds": 2,
                "energy_ceiling_eV_per_atom": -1e9}  # every labelled frame above it: recorded, not trained on
     records = learn(LearnSettings(**ceiling))
@@ -90,6 +103,35 @@ def test_outside_training_range_sees_stretched_bonds_and_fused_pairs(tmp_path):
     a, b = next((a, b) for a in range(len(fused)) for b in range(a + 1, len(fused)) if {a, b} not in map(set, bonds))
     fused[b] = fused[a] + 0.1 * (fused[b] - fused[a]) / np.linalg.norm(fused[b] - fused[a])
     assert outside_training_range(np.stack([stretched, fused]), data, bonds).tolist() == [True, True]
+
+
+def test_distorted_frames_move_one_atom_of_one_bond_out_of_the_data_range(tmp_path):
+    from sake_md.md.bonds import bond_lengths, find_bonds
+
+    frames = emt_frames(8, seed=4)
+    data = read_dataset(write_npz(tmp_path / "d.npz", frames))
+    bonds = find_bonds(frames[0])
+    x = np.stack(data.positions)
+    lengths = bond_lengths(x, bonds)
+    out = distorted_frames(data, bonds, 40, np.random.default_rng(0), reach=0.8, compress=0.3)
+    assert len(out) == 40
+    stretched = 0
+    for atoms in out:
+        differs = np.abs(x - atoms.positions).max(-1) > 1e-9  # (F, N)
+        source = int(differs.sum(1).argmin())
+        moved = np.flatnonzero(differs[source])
+        assert len(moved) == 1  # one atom moved, the others as in a frame of the data
+        new = bond_lengths(atoms.positions, bonds)
+        long = (new > lengths.max(0)) & (new <= lengths.max(0) + 0.8)
+        short = (new < lengths.min(0)) & (new >= lengths.min(0) - 0.3)
+        target = np.flatnonzero((long | short) & (bonds == moved[0]).any(1))
+        assert len(target) >= 1  # a bond of the moved atom is out of the data's range, within reach
+        i, j = bonds[target[0]]
+        assert data.numbers[source][moved[0]] == min(data.numbers[source][i], data.numbers[source][j])  # the lighter
+        stretched += bool(long[target].any())
+    assert 20 <= stretched <= 38  # one in four compressed
+    again = distorted_frames(data, bonds, 40, np.random.default_rng(0))
+    assert all(np.array_equal(a.positions, b.positions) for a, b in zip(out, again, strict=True))
 
 
 def test_learn_command(tmp_path):

@@ -70,7 +70,8 @@ def test_run_without_the_default_potential_says_so(tmp_path, monkeypatch):
     import sake_md.shipped
 
     monkeypatch.setattr(sake_md.shipped, "DEFAULT_POTENTIAL", "absent.pt")
-    result = invoke(["--steps", "1"], tmp_path)
+    # water: no shipped potential was trained on it (ethanol would pick sake_ethanol.pt by its composition)
+    result = invoke(["--steps", "1", "--structure", "H2O"], tmp_path)
     assert result.exit_code == 1
     assert "default potential" in result.output and "--potential" in result.output
 

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Issue 22's data lever: `sake-md learn` on rMD17 ethanol with the PySCF oracle (PBE/def2-SVP), resumable.
-#   OMP_NUM_THREADS=1 taskset -c 0 bash md_runs/stability/learn.sh [ROUNDS [MOLECULE]]   (ethanol by default)
+#   OMP_NUM_THREADS=1 taskset -c 0 bash md_runs/stability/learn.sh [ROUNDS [MOLECULE [STRETCH]]]   (ethanol, 0)
+# STRETCH > 0: also label that many frames a round with one bond stretched or compressed out of the data's range
+# (`sake-md learn --stretch`), in a loop of its own (learn_<molecule>_stretch<STRETCH>, records in learn-stretch/).
 # Round 0's committee is two potentials already trained on train_01, so it trains none: for ethanol the shipped
 # one and the study's `sake`; for another molecule the study's `sake` and `sake-dot` (the only two there are).
 # Later rounds train 2 members with the shipped recipe (30 minutes each, one core).
@@ -10,20 +12,24 @@
 # state (runs/stability/learn_<molecule>/round<r>/md_state.pt, starting from rMD17 frames) stays in runs/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-rounds=${1:-2} molecule=${2:-ethanol}
+rounds=${1:-2} molecule=${2:-ethanol} stretch=${3:-0}
 data=${RMD17:-../shared/data/rmd17}
-loop=runs/stability/learn_${molecule}
-out=md_runs/stability/${molecule}/learn
+loop=runs/stability/learn_${molecule} out=md_runs/stability/${molecule}/learn
+if [ "$stretch" -gt 0 ]; then
+    loop=${loop}_stretch${stretch} out=${out}-stretch
+fi
 if [ "$molecule" = ethanol ]; then
     start=(--start potentials/sake_ethanol.pt --start potentials/ablation/sake_ethanol.pt)
 else
     start=(--start "potentials/ablation/sake_${molecule}.pt" --start "potentials/ablation/sake-dot_${molecule}.pt")
 fi
 sake-md learn --data "$data/rmd17_${molecule}_train_01.npz" --test "$data/rmd17_${molecule}_test_01.npz" \
-    --out "$loop" --oracle pyscf --rounds "$rounds" --members 2 --time-budget 30m --threads 1 "${start[@]}"
+    --out "$loop" --oracle pyscf --rounds "$rounds" --members 2 --time-budget 30m --threads 1 "${start[@]}" \
+    --stretch "$stretch"
 mkdir -p "$out"
 cp "$loop/settings.json" "$loop/oracle_offset.json" "$out/"
 cp -r "$loop/rounds" "$out/"
-for labelled in "$loop"/round*/labelled.extxyz; do
-    r=$(basename "$(dirname "$labelled")"); cp "$labelled" "$out/${r}_labelled.extxyz"
+for labelled in "$loop"/round*/labelled.extxyz "$loop"/round*/distorted.extxyz; do
+    [ -f "$labelled" ] || continue
+    r=$(basename "$(dirname "$labelled")"); cp "$labelled" "$out/${r}_$(basename "$labelled")"
 done

@@ -27,17 +27,17 @@ def run_ipi_client(model=None, structure: str | None = None, unix: str | None = 
                    compile=False, wait_s: float = 60.0, log=None) -> int:
     """Answer i-PI's force requests until it sends EXIT (or closes the socket); returns how many were answered.
 
-    ``model``: a checkpoint (default: the shipped potential); ``structure``: a file ASE reads or an
+    ``model``: a checkpoint (default: as ``sake-md run``'s); ``structure``: a file ASE reads or an
     ``ase.build.molecule`` name, in i-PI's atom order; ``unix``: a socket name or absolute path, else inet
     ``host:port``; ``cutoff`` (Å): sparse mode, needed for periodic cells; ``wait_s``: how long to keep
     trying to connect while the server starts.
     """
     from ..calculator import SAKECalculator
-    from ..shipped import shipped_potential
+    from ..shipped import potential_for
     from ..structures import load_structure
 
     atoms = load_structure(structure)
-    atoms.calc = SAKECalculator(model or shipped_potential(), device=device, dtype=dtype, cutoff=cutoff,
+    atoms.calc = SAKECalculator(model or potential_for(atoms), device=device, dtype=dtype, cutoff=cutoff,
                                 compile=compile)
     atoms.get_forces()  # refuses unknown elements before the server is kept waiting
     client = connect(unix, host, port, wait_s, log)

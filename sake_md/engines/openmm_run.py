@@ -21,7 +21,7 @@ from ase import units
 from ..errors import InputError
 from ..md.bonds import BondCriterion
 from ..md.run import EnergyLog, FrameWriter, MDSettings, RunSummary, energy_drift, initial_velocities
-from ..shipped import shipped_potential
+from ..shipped import potential_for
 from ..structures import load_structure
 
 __all__ = ["run_openmm", "make_integrator", "PLATFORMS"]
@@ -48,7 +48,7 @@ def make_integrator(s: MDSettings):
 def run_openmm(potential=None, structure: str | None = None, settings: MDSettings | None = None, traj=None,
                log=None, dtype=None, device: str = "cpu", platform: str = "CPU", force: str = "auto",
                cutoff: float | None = None, progress: bool = True, threads: int = 1) -> RunSummary:
-    """Integrate ``structure`` (default ethanol) with OpenMM and ``potential`` (default the shipped one).
+    """Integrate ``structure`` (default ethanol) with OpenMM and ``potential`` (default: as ``sake-md run``'s).
 
     ``cutoff`` in Å (the project's CLI unit) puts a dense model in sparse mode; ``force``: see
     ``sake_md.engines.openmm.sake_force``; ``platform``: an OpenMM platform name.
@@ -65,7 +65,7 @@ def run_openmm(potential=None, structure: str | None = None, settings: MDSetting
     integrator = make_integrator(s)  # refuses bussi before anything is built
     topology = openmm_topology(atoms)
     writer = trajectory_writer(traj, topology, s) if traj else None  # refuses an unknown suffix
-    system = MLPotential("sake", model=potential or shipped_potential()).createSystem(
+    system = MLPotential("sake", model=potential or potential_for(atoms)).createSystem(
         topology, dtype=dtype, device=device, force=force,
         cutoff=None if cutoff is None else cutoff / 10.0)  # Å -> nm
     if hasattr(integrator, "setRandomNumberSeed"):

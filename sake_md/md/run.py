@@ -18,7 +18,7 @@ import numpy as np
 from ase import Atoms, units
 
 from ..errors import InputError
-from ..shipped import shipped_potential
+from ..shipped import potential_for
 from ..structures import load_structure
 from .bonds import BondCriterion, BrokenBond
 
@@ -364,19 +364,20 @@ class _Recorder:
 def run_from_files(potential=None, structure: str | None = None, reference=None,
                    settings: MDSettings | None = None, traj=None, log=None, device="cpu", dtype=None,
                    progress: bool = True, compile="auto") -> RunSummary:
-    """What ``sake-md run`` does: resolve the potential (default: the shipped one; several: a committee) and the
-    structure (default: ethanol), optionally reference bond lengths from a dataset, then ``run_md``. ``compile``:
-    True, False or "auto" (``sake_md.compile.make_predictor``, for the run's steps); a committee runs eagerly."""
+    """What ``sake-md run`` does: resolve the structure (default: ethanol) and the potential (default: the shipped one
+    trained on the structure's composition, else the default shipped one; several: a committee), optionally
+    reference bond lengths from a dataset, then ``run_md``. ``compile``: True, False or "auto"
+    (``sake_md.compile.make_predictor``, for the run's steps); a committee runs eagerly."""
     from ..calculator import SAKECalculator
     from ..committee import CommitteeCalculator
     from .reference import read_reference
 
     settings = settings or MDSettings()
+    atoms = load_structure(structure)
     potentials = list(potential) if isinstance(potential, (list, tuple)) else [potential] if potential else []
-    models = potentials or [shipped_potential()]
+    models = potentials or [potential_for(atoms)]
     calc = (CommitteeCalculator(models, device=device, dtype=dtype) if len(models) > 1 else
             SAKECalculator(models[0], device=device, dtype=dtype, compile=compile, expected_calls=settings.steps + 1))
-    atoms = load_structure(structure)
     criterion = None
     if reference is not None:
         ref = read_reference(reference)
