@@ -361,6 +361,7 @@ def learn(settings: LearnSettings, echo=print) -> list[dict]:
         records.append(record)
         echo(f"round {r}{' (recorded before)' if done else ''}: {record['data_frames']} training frames, "
              f"{record['collapses']}/{settings.runs} runs collapsed, {record['labelled']} frames labelled "
-             f"({record['outside_training_range']} outside the training geometries), oracle "
-             f"{record['oracle_cpu_s']:.0f} CPU-s")
+             f"({record['outside_training_range']} outside the training geometries)"
+             + (f" and {record['distorted']} distorted" if record.get("distorted") else "")
+             + f", oracle {record['oracle_cpu_s']:.0f} CPU-s")
     return records

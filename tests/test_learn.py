@@ -142,7 +142,10 @@ def test_learn_command(tmp_path):
     data = write_npz(tmp_path / "train.npz", emt_frames(10, seed=2))
     args = ["learn", "--data", str(data), "--out", str(tmp_path / "loop"), "--oracle", "emt", "--rounds", "1",
             "--members", "2", "--epochs", "1", "--runs", "1", "--md-time", "50fs", "--select", "1",
-            "--calibration", "1", "--valid", "2", "--hidden", "8", "--heads", "2", "--layers", "1", "--radial", "8"]
+            "--calibration", "1", "--valid", "2", "--hidden", "8", "--heads", "2", "--layers", "1", "--radial", "8",
+            "--stretch", "2"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "round 0: 10 training frames" in result.output and "1 frames labelled" in result.output
+    assert "and 2 distorted" in result.output
+    assert len(ase.io.read(tmp_path / "loop" / "round0" / "distorted.extxyz", ":")) == 2
