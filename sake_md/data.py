@@ -282,13 +282,16 @@ def validate(data: Dataset, labelled: bool = True) -> None:
                         f"({bad.size} frame(s) in all: {bad[:10].tolist()})")
 
 
-def split(data: Dataset, n_valid: int, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """Random train/validation split of one file. Returns (train, valid)."""
-    if not 0 < n_valid < len(data):
-        raise DataError(f"{data.source}: cannot hold out {n_valid} of {len(data)} frames for validation")
-    order = np.random.default_rng(seed).permutation(len(data))
-    return (data.subset(np.sort(order[n_valid:]), f"{data.source} (train split)"),
-            data.subset(np.sort(order[:n_valid]), f"{data.source} (validation split)"))
+def split(data: Dataset, n_valid: int, seed: int = 0, pool: int | None = None) -> tuple[Dataset, Dataset]:
+    """Random train/validation split of one file. Returns (train, valid). ``pool``: validation frames come from the
+    first ``pool`` frames only, the rest always train (the data loop's added frames; then a grown file keeps the
+    validation frames of its base file)."""
+    pool = len(data) if pool is None else pool
+    if not (0 < n_valid <= pool and n_valid < len(data)):
+        raise DataError(f"{data.source}: cannot hold out {n_valid} of {min(pool, len(data))} frames for validation")
+    valid = np.sort(np.random.default_rng(seed).permutation(pool)[:n_valid])
+    return (data.subset(np.setdiff1d(np.arange(len(data)), valid), f"{data.source} (train split)"),
+            data.subset(valid, f"{data.source} (validation split)"))
 
 
 @dataclass

@@ -266,6 +266,9 @@ class Loop:
                 "cpu", str(data), str(out), model=ModelConfig(**self.s.model).to_dict(),
                 time_budget=self.s.time_budget, epochs=self.s.epochs, n_valid=self.s.n_valid, seed=k,
                 energy_scale=float(self.base.energy.std()),  # the base data's: added high frames must not set it
+                # validated on base frames only (the base file's split): a few distorted frames, fit worst of all,
+                # would decide which epoch is best (measured: epoch 62 of 127, test force MAE 24.8 meV/Å)
+                valid_pool=len(self.base),
                 test=self.s.test, dtype=self.s.dtype, threads=self.s.threads, progress=False)
             best.append(train(cfg, resume=resume))
             (out / "last.pt").unlink()  # the member is finished: best.pt is what the loop uses

@@ -78,6 +78,7 @@ class TrainConfig:
     forces_key: str = "forces"
     energy_unit: str | None = None
     length_unit: str | None = None
+    valid_pool: int | None = None  # validation frames from the first N frames of the file only (data.split)
     refit_shift: bool = True  # at the end, re-centre best.pt's energy shift on the training split
     energy_scale: float | None = None  # eV, the model's output scale; None: the std of the training energies
     progress: bool = True

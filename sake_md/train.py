@@ -337,7 +337,7 @@ def load_split(cfg: TrainConfig) -> tuple[Dataset, Dataset]:
     data = cfg.source(cfg.data).read()
     if len(data) < 2:
         raise DataError(f"{cfg.data}: need at least 2 frames to train and validate, found {len(data)}")
-    return split(data, cfg.n_valid, cfg.seed)
+    return split(data, cfg.n_valid, cfg.seed, cfg.valid_pool)
 
 
 def resolve_training_device(cfg: TrainConfig, local_rank: int = 0) -> torch.device:

@@ -143,6 +143,13 @@ def test_split_is_seeded_and_disjoint(tmp_path):
     np.testing.assert_array_equal(shuffled_order(10, 0, 3), shuffled_order(10, 0, 3))
     with pytest.raises(DataError, match="cannot hold out 10 of 10"):
         split(data, 10)
+    # pool: validation from the first 6 frames only, the same as the 6-frame file's; frames 6-9 always train
+    base = data.subset(range(6))
+    train, valid = split(data, 3, seed=1, pool=6)
+    np.testing.assert_array_equal(valid.energy, split(base, 3, seed=1)[1].energy)
+    assert set(data.energy[6:]) <= set(train.energy) and len(train) == 7
+    with pytest.raises(DataError, match="cannot hold out 7 of 6"):
+        split(data, 7, pool=6)
 
 
 # ---- bad data --------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``sake-md learn``: the data loop with ASE's EMT as the oracle, on tiny models and data (seconds)."""
 
 import json
+from pathlib import Path
 
 import ase.io
 import numpy as np
@@ -57,6 +58,8 @@ def test_two_rounds_grow_the_data_with_oracle_labels_and_resume(tmp_path):
     for member in records[1]["members"]:  # the base data's energy scale, whatever the added frames' energies
         scale = torch.load(member, weights_only=True)["normalization"]["energy_scale"]
         assert scale == pytest.approx(read_dataset(data).energy.std(), rel=1e-12)
+        config = json.loads((Path(member).parent / "config.json").read_text())
+        assert config["valid_pool"] == 12  # validated on base frames only: the added ones always train
     assert json.loads((tmp_path / "loop" / "rounds" / "round1.json").read_text())["labelled"] == 2
 
     with pytest.raises(ConfigError, match="other settings \\(select\\)"):
