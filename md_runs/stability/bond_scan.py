@@ -3,7 +3,7 @@
 The collapses of issue 22 are C–H bonds stretched past 1.6 Å (reference 1.11 Å) at 500 K, where DFT puts such a
 stretch electronvolts uphill. This scan takes one frame, moves atom j along the i→j axis (every other atom fixed)
 and compares each potential's energy profile with PySCF's (PBE/def2-SVP, rMD17's level of theory), both relative
-to the frame itself, beside the longest i–j distance in the training data (where the potentials stop being told).
+to the frame itself, beside the range of i–j distances in the training data (outside it, no frame tells them).
 
     python md_runs/stability/bond_scan.py --frames ../shared/data/rmd17/rmd17_ethanol_test_01.npz --frame 0 \
         --bond 0 3 --reference ../shared/data/rmd17/rmd17_ethanol_train_01.npz \
@@ -36,7 +36,7 @@ def main():
     parser.add_argument("--frame", type=int, default=0)
     parser.add_argument("--bond", type=int, nargs=2, required=True, metavar=("I", "J"), help="J moves.")
     parser.add_argument("--lengths", type=float, nargs=3, default=(0.9, 2.2, 14), metavar=("FROM", "TO", "N"))
-    parser.add_argument("--reference", required=True, help="The training data: the longest i–j distance.")
+    parser.add_argument("--reference", required=True, help="The training data: the i–j distances it holds.")
     parser.add_argument("--model", action="append", required=True)
     parser.add_argument("--oracle", default="pyscf")
     parser.add_argument("--dft-from", help="A scan of the same frame, bond and lengths: reuse its oracle profile.")
@@ -45,7 +45,8 @@ def main():
     i, j = args.bond
     atoms = read_reference(args.frames).atoms(args.frame)
     train = np.stack(read_dataset(args.reference).positions)
-    longest = float(np.linalg.norm(train[:, j] - train[:, i], axis=-1).max())
+    held = np.linalg.norm(train[:, j] - train[:, i], axis=-1)
+    shortest, longest = float(held.min()), float(held.max())
     lengths = np.linspace(args.lengths[0], args.lengths[1], int(args.lengths[2]))
     frames = [atoms] + [stretched(atoms, i, j, d) for d in lengths]
 
@@ -72,17 +73,18 @@ def main():
         profiles[path] = profile(SAKECalculator(path))
     symbols = atoms.get_chemical_symbols()
     name = f"{symbols[i]}{i}–{symbols[j]}{j}"
-    print(f"{name}: {float(atoms.get_distance(i, j)):.3f} Å in frame {args.frame}, at most {longest:.3f} Å in the "
-          f"training data; energy relative to the frame (eV)")
+    print(f"{name}: {float(atoms.get_distance(i, j)):.3f} Å in frame {args.frame}, {shortest:.3f} to {longest:.3f} Å "
+          f"in the training data; energy relative to the frame (eV)")
     print("length (Å) " + " ".join(f"{k[-28:]:>28}" for k in profiles))
     for k, d in enumerate(lengths):
-        mark = "*" if d > longest else " "
+        mark = "*" if not shortest <= d <= longest else " "
         print(f"{d:9.3f}{mark} " + " ".join(f"{p[k]:28.3f}" for p in profiles.values()))
-    print("* beyond the training data's longest")
+    print("* outside the training data's range")
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"frames": args.frames, "frame": args.frame, "bond": [i, j], "name": name,
-                       "frame_length_A": float(atoms.get_distance(i, j)), "training_longest_A": longest,
+                       "frame_length_A": float(atoms.get_distance(i, j)), "training_shortest_A": shortest,
+                       "training_longest_A": longest,
                        "lengths_A": lengths.tolist(), "energy_eV": profiles, "oracle": args.oracle,
                        "oracle_cpu_s": dft_cpu_s}, f, indent=1)
 
