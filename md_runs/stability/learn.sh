@@ -29,7 +29,8 @@ sake-md learn --data "$data/rmd17_${molecule}_train_01.npz" --test "$data/rmd17_
 mkdir -p "$out"
 cp "$loop/settings.json" "$loop/oracle_offset.json" "$out/"
 cp -r "$loop/rounds" "$out/"
-for labelled in "$loop"/round*/labelled.extxyz "$loop"/round*/distorted.extxyz; do
-    [ -f "$labelled" ] || continue
-    r=$(basename "$(dirname "$labelled")"); cp "$labelled" "$out/${r}_$(basename "$labelled")"
+# the MD frames the oracle labelled are ours; distorted.extxyz stays in runs/: it is rMD17 frames with one atom moved
+# (the rounds' records hold how many, and --stretch with the seed regenerates them)
+for labelled in "$loop"/round*/labelled.extxyz; do
+    r=$(basename "$(dirname "$labelled")"); cp "$labelled" "$out/${r}_labelled.extxyz"
 done
