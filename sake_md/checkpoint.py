@@ -23,7 +23,7 @@ from .version import __version__
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "UNITS", "checkpoint_dict", "atomic_torch_save", "save_checkpoint",
            "read_checkpoint", "head_major", "migrate_v1", "potential_from_dict", "load_checkpoint",
-           "describe_checkpoint"]
+           "describe_checkpoint", "trained_compositions"]
 
 FORMAT = "sake_md.checkpoint"
 FORMAT_VERSION = 2
@@ -50,6 +50,11 @@ def atomic_torch_save(obj, path) -> Path:
 def save_checkpoint(path, potential: SAKEPotential, training=None, metrics=None, extra=None) -> Path:
     """Write atomically (``atomic_torch_save``), so a killed process never leaves half a file."""
     return atomic_torch_save(checkpoint_dict(potential, training, metrics, extra), path)
+
+
+def trained_compositions(meta: dict) -> set:
+    """The compositions ((Z, count), ...) of a checkpoint's training data, as recorded (empty when not recorded)."""
+    return {tuple(map(tuple, c)) for c in (meta.get("training") or {}).get("compositions") or []}
 
 
 def read_checkpoint(path) -> dict:

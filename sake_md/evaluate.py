@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import trained_compositions
 from .console import warn
 from .data import Dataset, as_source
 from .plotting import pyplot, save
@@ -71,7 +72,7 @@ def warn_unseen_compositions(meta: dict, data: Dataset, label: str) -> bool:
     """Warn once (stderr) when no frame of ``data`` has a composition of the checkpoint's training data (e.g. an
     ethanol potential on malonaldehyde: same elements, another molecule). A transfer test is legitimate, so
     only a warning. Returns whether it warned; silent when the training compositions are not recorded."""
-    trained = {tuple(map(tuple, c)) for c in (meta.get("training") or {}).get("compositions") or []}
+    trained = trained_compositions(meta)
     if not trained or (seen := set(data.compositions)) & trained:
         return False
     from ase.data import chemical_symbols

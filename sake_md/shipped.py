@@ -45,13 +45,12 @@ def shipped_potentials() -> list[Path]:
 def matching_potential(atoms) -> Path | None:
     """The first of ``shipped_potentials`` whose recorded training compositions include the composition of
     ``atoms``, or None (none does, or none records them)."""
-    from .checkpoint import read_checkpoint
+    from .checkpoint import read_checkpoint, trained_compositions
     from .data import composition
 
     wanted = composition(atoms.numbers)
     for path in shipped_potentials():
-        trained = (read_checkpoint(path).get("training") or {}).get("compositions") or []
-        if wanted in {tuple(map(tuple, c)) for c in trained}:
+        if wanted in trained_compositions(read_checkpoint(path)):
             return path
     return None
 
