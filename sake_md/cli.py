@@ -113,6 +113,11 @@ def parse_model_options(ctx, param, items) -> dict:
 @click.option("--epochs", type=int, help="Number of epochs (instead of a time budget).")
 @click.option("--test", type=FILE, help="Test file evaluated with best.pt at the end.")
 @click.option("--valid", "n_valid", type=int, default=TRAIN["n_valid"], help="Frames held out for validation.")
+@click.option("--valid-pool", type=click.IntRange(min=1), help="Hold the validation frames out of the first N "
+              "frames of the file only (e.g. the original data, where frames labelled later follow it).")
+@click.option("--select", type=click.Choice(["best", "last"]), default=TRAIN["select"], show_default=True,
+              help="Which epoch best.pt holds: the lowest validation force MAE, or the last. Fine-tuning on frames "
+                   "unlike the validation frames (--init, --valid-pool): last, or the start model wins at epoch 1.")
 @click.option("--batch-size", type=int, help="Frames per optimiser step [recipe].")
 @click.option("--lr", type=float, help="Peak learning rate [recipe].")
 @click.option("--lr-start", type=float, help="Learning rate at the start of the warm-up [recipe].")
@@ -143,6 +148,8 @@ def parse_model_options(ctx, param, items) -> dict:
 @click.option("--threads", type=int, help="torch.set_num_threads for each process.")
 @data_source_options
 @click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt (its config.json wins).")
+@click.option("--init", type=FILE, help="Fine-tune: start from this checkpoint's weights and energy normalisation "
+              "(its model settings; model options given here must agree), e.g. a shipped potential on new data.")
 @click.option("--compile/--no-compile", "compile", default=None,
               help="Compile forward, forces, loss and gradients into one graph (minutes to compile on a CPU, "
                    "seconds from torch's cache; pads the last partial batch of an epoch by repeating its "
@@ -162,9 +169,28 @@ def train(**options):
     resume = options.pop("resume")
     if not resume and not options["data"]:
         raise click.UsageError("give --data FILE (the training data), or --resume to continue the run in --out")
+    if options["init"] and not resume:
+        model_from_checkpoint(options, click.get_current_context())
     best = run_training(config_from_options(options), resume=resume)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, one line, not one per process
         click.echo(f"best checkpoint: {best}")
+
+
+def model_from_checkpoint(options: dict, ctx: click.Context) -> None:
+    """--init: the model becomes the checkpoint's; a model option given on the command line must agree with it."""
+    from .checkpoint import read_checkpoint
+    from .model import ModelConfig
+
+    config = ModelConfig(**read_checkpoint(options["init"])["config"])
+    stored = {"variant": config.variant, "hidden": config.hidden, "heads": config.heads, "layers": config.layers,
+              "radial": config.radial, "cutoff": config.cutoff, "model_options": config.options}
+    for name, value in stored.items():
+        given = ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+        if given and options[name] != value:
+            flag = {"variant": "--model", "model_options": "--model-option"}.get(name, "--" + name)
+            raise click.UsageError(f"{flag} {options[name]} disagrees with --init {options['init']} ({value}); "
+                                   f"leave it out to fine-tune the checkpoint's model")
+    options["init_model"] = config.to_dict()
 
 
 @main.command("eval")

@@ -14,6 +14,7 @@ def config_from_options(options: dict) -> TrainConfig:
     model = ModelConfig(**{k: o.pop(k) for k in ("hidden", "heads", "layers", "radial")},
                         variant=o.pop("variant"), options=o.pop("model_options", None) or {},
                         cutoff=o.pop("cutoff", None)).to_dict()
+    model = o.pop("init_model", None) or model  # --init: the checkpoint's, all of it
     budget = o.pop("time_budget")
     o["progress"] = not o.pop("no_progress")
     return TrainConfig.preset(o.pop("recipe") or DEFAULT_RECIPE, o.pop("data"), o.pop("out"), model=model,

@@ -287,6 +287,8 @@ def split(data: Dataset, n_valid: int, seed: int = 0, pool: int | None = None) -
     first ``pool`` frames only, the rest always train (the data loop's added frames; then a grown file keeps the
     validation frames of its base file)."""
     pool = len(data) if pool is None else pool
+    if pool > len(data):
+        raise DataError(f"{data.source}: the validation pool is the first {pool} frames, but the file has {len(data)}")
     if not (0 < n_valid <= pool and n_valid < len(data)):
         raise DataError(f"{data.source}: cannot hold out {n_valid} of {min(pool, len(data))} frames for validation")
     valid = np.sort(np.random.default_rng(seed).permutation(pool)[:n_valid])

@@ -81,6 +81,8 @@ class TrainConfig:
     valid_pool: int | None = None  # validation frames from the first N frames of the file only (data.split)
     refit_shift: bool = True  # at the end, re-centre best.pt's energy shift on the training split
     energy_scale: float | None = None  # eV, the model's output scale; None: the std of the training energies
+    init: str | None = None  # fine-tuning: start from this checkpoint's weights and energy normalisation
+    select: str = "best"  # best.pt holds the epoch of lowest validation force MAE ("best") or the last ("last")
     progress: bool = True
     compile: bool | str = False  # the training step as one compiled graph (sake_md.compile_train); "auto": where
     # it is supported and its expected compile time pays off over the run (the inference rule, sake_md.compile)
@@ -98,6 +100,7 @@ class TrainConfig:
             (self.ema_decay is not None and not 0 < self.ema_decay < 1, "ema_decay must be in (0, 1)"),
             (self.compile not in (True, False, "auto"), f"compile must be true, false or 'auto', got {self.compile!r}"),
             (self.dtype not in ("float32", "float64"), f"dtype must be float32 or float64, got {self.dtype!r}"),
+            (self.select not in ("best", "last"), f"select must be 'best' or 'last', got {self.select!r}"),
         ):
             if bad:
                 raise SakeMDError(message)

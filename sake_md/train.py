@@ -112,9 +112,11 @@ class Trainer:
 
     def build_potential(self) -> SAKEPotential:
         torch.manual_seed(self.cfg.seed)
+        species = sorted(set(self.train_set.species) | set(self.valid_set.species))
+        if self.cfg.init:
+            return initial_potential(self.cfg, species)
         energies = self.train_set.energy
         scale = self.cfg.energy_scale or (float(energies.std()) if len(energies) > 1 and energies.std() > 0 else 1.0)
-        species = sorted(set(self.train_set.species) | set(self.valid_set.species))
         return SAKEPotential(species, self.cfg.model, energy_scale=scale, energy_shift=float(energies.mean()))
 
     def finished(self) -> bool:
@@ -244,7 +246,8 @@ class Trainer:
             return
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
-        is_best = (best := self.state["best_val_force_mae_meV_A"]) is None or row["val_force_mae_meV_A"] <= best
+        is_best = (self.cfg.select == "last" or (best := self.state["best_val_force_mae_meV_A"]) is None
+                   or row["val_force_mae_meV_A"] <= best)
         if is_best:
             self.state.update(best_val_force_mae_meV_A=row["val_force_mae_meV_A"], best_epoch=self.state["epoch"])
         metrics = {"validation": {k.removeprefix("val_"): v for k, v in row.items() if k.startswith("val_")},
@@ -326,6 +329,19 @@ def run_epochs(step, on_epoch_end=None) -> dict:
     if bar is not None:
         bar.close()
     return row
+
+
+def initial_potential(cfg: TrainConfig, species) -> SAKEPotential:
+    """Fine-tuning (``cfg.init``): the checkpoint's potential, weights and energy normalisation, to train further.
+    Its model settings must be the run's, and it must know every element of the data."""
+    potential = load_checkpoint(cfg.init).train()
+    if potential.config != cfg.model:
+        raise SakeMDError(f"--init {cfg.init}: its model ({potential.config.to_dict()}) is not the run's "
+                          f"({cfg.model.to_dict()}); leave out the model options to use the checkpoint's")
+    if unknown := sorted(set(species) - set(potential.atomic_numbers)):
+        raise DataError(f"--init {cfg.init} knows the elements {potential.atomic_numbers} only; {cfg.data} "
+                        f"also holds {unknown}: train a new model for them")
+    return potential
 
 
 def _duration(s: float) -> str:

@@ -54,3 +54,19 @@ def test_choices_and_defaults_come_from_the_library():
     for name in ("hidden", "heads", "layers", "radial"):
         assert option("train", name).default == getattr(ModelConfig(), name)
     assert cli.TRAIN["n_valid"] == option("train", "n_valid").default
+
+
+def test_init_fine_tunes_the_checkpoints_model_and_refuses_another(tmp_path):
+    data = write_npz(tmp_path / "emt.npz", emt_frames(6, seed=1))
+    args = ["train", "--data", str(data), "--out", str(tmp_path / "r")]
+    assert CliRunner().invoke(main, args + TINY).exit_code == 0
+    start = str(tmp_path / "r" / "best.pt")
+    tuned = ["train", "--data", str(data), "--init", start, "--epochs", "1", "--valid", "2", "--valid-pool", "4",
+             "--no-progress"]
+    result = CliRunner().invoke(main, tuned + ["--out", str(tmp_path / "t")])  # no model options: the checkpoint's
+    assert result.exit_code == 0, result.output
+    assert read_checkpoint(tmp_path / "t" / "best.pt")["config"] == read_checkpoint(start)["config"]
+    assert read_checkpoint(tmp_path / "t" / "best.pt")["training"]["settings"]["valid_pool"] == 4
+    result = CliRunner().invoke(main, tuned + ["--out", str(tmp_path / "u"), "--hidden", "16"])
+    assert result.exit_code != 0 and "--hidden 16 disagrees with --init" in result.output
+    assert "Traceback" not in result.output

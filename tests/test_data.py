@@ -150,6 +150,8 @@ def test_split_is_seeded_and_disjoint(tmp_path):
     assert set(data.energy[6:]) <= set(train.energy) and len(train) == 7
     with pytest.raises(DataError, match="cannot hold out 7 of 6"):
         split(data, 7, pool=6)
+    with pytest.raises(DataError, match="the first 11 frames, but the file has 10"):
+        split(data, 3, pool=11)
 
 
 # ---- bad data --------------------------------------------------------------------------------------

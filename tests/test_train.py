@@ -304,3 +304,36 @@ def test_the_model_settings_are_a_model_config_and_config_json_keeps_its_form(np
     assert not TrainConfig.preset("cpu", "d", "o", epochs=3).timed  # the CPU recipe for fixed epochs
     old = TrainConfig.preset("budget", "d", "o")  # the CPU recipe's first name (old config.json files, studies)
     assert old.recipe == "cpu" and old.to_dict() == TrainConfig.preset("cpu", "d", "o").to_dict()
+
+
+def test_fine_tuning_starts_from_the_checkpoint_and_refuses_what_it_cannot_continue(npz, tmp_path):
+    """--init: the run starts from the checkpoint's weights and energy normalisation (its first epoch fits as
+    well as the checkpoint did, a fresh model's far worse); another model or an unknown element is refused."""
+    from sake_md.checkpoint import save_checkpoint
+    from sake_md.model import SAKEPotential
+    from sake_md.train import initial_potential
+
+    first = tmp_path / "first"
+    train(small_config(npz, first, epochs=30, batch_size=2, lr=1e-2))
+    trained = load_checkpoint(first / "best.pt")
+    cfg = small_config(npz, tmp_path / "tuned", init=str(first / "best.pt"), epochs=2, lr=1e-4, lr_start=1e-4,
+                       select="last")
+    start = initial_potential(cfg, [1, 6, 8])
+    assert (start.energy_scale, start.energy_shift) == (trained.energy_scale, trained.energy_shift)
+    for a, b in zip(start.state_dict().values(), trained.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    train(cfg)
+    train(small_config(npz, tmp_path / "fresh", epochs=2, lr=1e-4, lr_start=1e-4))
+    tuned, fresh = log_rows(tmp_path / "tuned")[0], log_rows(tmp_path / "fresh")[0]
+    assert tuned["train_force_mae_meV_A"] < 0.25 * fresh["train_force_mae_meV_A"]
+    assert json.loads((tmp_path / "tuned" / "config.json").read_text())["init"] == str(first / "best.pt")
+    assert read_checkpoint(tmp_path / "tuned" / "best.pt")["training"]["best_epoch"] == 2  # select="last"
+    with pytest.raises(SakeMDError, match="select must be 'best' or 'last'"):
+        small_config(npz, tmp_path / "x", select="first")
+
+    other = small_config(npz, tmp_path / "other", init=str(first / "best.pt"), model={**SMALL, "hidden": 8})
+    with pytest.raises(SakeMDError, match="is not the run's"):
+        train(other)
+    hydrogen = save_checkpoint(tmp_path / "h.pt", SAKEPotential([1], ModelConfig(**SMALL)))
+    with pytest.raises(DataError, match=r"knows the elements \[1\] only.*\[6, 8\]"):
+        train(small_config(npz, tmp_path / "h", init=str(hydrogen)))
