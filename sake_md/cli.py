@@ -536,6 +536,8 @@ def ipi_command(potential, structure, unix, host, port, dtype, device, cutoff, w
 @click.option("--stretch", type=click.IntRange(min=0), default=0,
               help="Frames a round with one bond stretched past the data's longest (or compressed below its "
                    "shortest), labelled too: where MD collapses.")
+@click.option("--fine-tune", is_flag=True, help="From round 1 on, each member fine-tunes the previous round's (round "
+              "0: --start's) at a lower learning rate, keeping its last epoch, instead of training from scratch.")
 @click.option("--seed", type=int, default=0)
 @click.option("--dtype", type=click.Choice(DTYPE_NAMES), default="float32")
 @click.option("--threads", type=int, default=1)

@@ -9,9 +9,18 @@ import pytest
 import torch
 from ase.calculators.emt import EMT
 
+from sake_md.checkpoint import read_checkpoint
 from sake_md.data import read_dataset
 from sake_md.errors import ConfigError
-from sake_md.learn import LearnSettings, distorted_frames, learn, make_oracle, outside_training_range, select_frames
+from sake_md.learn import (
+    FINE_TUNE_LR,
+    LearnSettings,
+    distorted_frames,
+    learn,
+    make_oracle,
+    outside_training_range,
+    select_frames,
+)
 
 from .test_data import emt_frames, write_npz
 
@@ -85,6 +94,13 @@ def test_two_rounds_grow_the_data_with_oracle_labels_and_resume(tmp_path):
     assert records[0]["oracle_cpu_s"] == pytest.approx(sum(a.info["oracle_cpu_s"] for a in distorted + labelled),
                                                        abs=1.0)
 
+    tuned = {**settings, "out": str(tmp_path / "tuned"), "start": start, "rounds": 2, "fine_tune": True}
+    records = learn(LearnSettings(**tuned))  # round 1's member k continues round 0's member k
+    for k, member in enumerate(records[1]["members"]):
+        config = json.loads((Path(member).parent / "config.json").read_text())
+        assert (config["init"], config["select"], config["lr"]) == (start[k], "last", FINE_TUNE_LR)
+        assert read_checkpoint(member)["training"]["best_epoch"] == 1  # the last, of 1
+
     ceiling = {**settings, "out": str(tmp_path / "ceiling"), "start": start, "rounds": 2,
                "energy_ceiling_eV_per_atom": -1e9}  # every labelled frame above it: recorded, not trained on
     records = learn(LearnSettings(**ceiling))
@@ -146,9 +162,10 @@ def test_learn_command(tmp_path):
     args = ["learn", "--data", str(data), "--out", str(tmp_path / "loop"), "--oracle", "emt", "--rounds", "1",
             "--members", "2", "--epochs", "1", "--runs", "1", "--md-time", "50fs", "--select", "1",
             "--calibration", "1", "--valid", "2", "--hidden", "8", "--heads", "2", "--layers", "1", "--radial", "8",
-            "--stretch", "2"]
+            "--stretch", "2", "--fine-tune"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "round 0: 10 training frames" in result.output and "1 frames labelled" in result.output
     assert "and 2 distorted" in result.output
     assert len(ase.io.read(tmp_path / "loop" / "round0" / "distorted.extxyz", ":")) == 2
+    assert json.loads((tmp_path / "loop" / "settings.json").read_text())["fine_tune"] is True
