@@ -135,7 +135,7 @@ def _check_data(study: Study, runs: list[Run]) -> None:
 def _warn_stale(study: Study, runs: list[Run], device: str, echo) -> None:
     """Records made with other settings than the study file now gives are kept, with a warning."""
     from ..objective import RECIPE_ALIASES
-    from .jobs import MAY_CHANGE, portable
+    from .jobs import changed_settings, portable
 
     for run in runs:
         path = study.record_path(run, "train")
@@ -144,7 +144,7 @@ def _warn_stale(study: Study, runs: list[Run], device: str, echo) -> None:
         recorded = json.loads(path.read_text())["config"]
         recorded["recipe"] = RECIPE_ALIASES.get(recorded.get("recipe"), recorded.get("recipe"))
         now = portable(study.train_config(run, device).to_dict(), study.root)
-        changed = sorted(k for k in now if k not in MAY_CHANGE and recorded.get(k) != now[k])
+        changed = sorted(changed_settings(recorded, now))
         if changed:
             echo(f"warning: {run.key} was recorded with other {', '.join(changed)} than the study now gives; "
                  f"delete {path.parent}/seed{run.seed}.* and {study.run_dir(run)} to redo it")

@@ -10,6 +10,7 @@ that was kept is counted once it resumes.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -32,7 +33,7 @@ from ..md.replicas import SAKEForces
 from ..md.segments import SegmentedStability, run_segmented
 from ..md.stability import PRESETS
 from ..model import count_parameters
-from ..train import Trainer, read_config, train
+from ..train import TrainConfig, Trainer, read_config, train
 from .definition import Run, Study, load_study
 
 # settings that may differ between a killed run and its resumption: where files are, where and how it runs (the
@@ -166,8 +167,16 @@ def train_stage(study: Study, run: Run, device: str = "cpu", on_epoch_end=None) 
             "ef_ms": timing, "checkpoint": os.path.relpath(best, study.out)}
 
 
+def changed_settings(saved: dict, now: dict) -> dict:
+    """{setting: (saved, now)} where a run's settings differ from the study's, but those that may change; a setting
+    added to TrainConfig since the run was saved reads as its default."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    return {k: (saved.get(k, defaults.get(k)), v) for k, v in now.items()
+            if k not in MAY_CHANGE and saved.get(k, defaults.get(k)) != v}
+
+
 def _check_unchanged(saved: dict, now: dict, run: Run, out: Path) -> None:
-    changed = {k: (saved.get(k), v) for k, v in now.items() if k not in MAY_CHANGE and saved.get(k) != v}
+    changed = changed_settings(saved, now)
     if changed:
         what = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
         raise ConfigError(f"{run.key} was started with other settings than the study now gives ({what}); "
