@@ -3,7 +3,7 @@
 #   OMP_NUM_THREADS=1 taskset -c 1 bash md_runs/stability/finetune.sh [MOLECULE [NAME [BUDGET [LR]]]]
 #   (ethanol, finetune, 30m, 3e-4)
 # Start: ethanol, the shipped potentials/sake_ethanol.pt; malonaldehyde, the loop's round-2 candidate
-# potentials/stability/learn-r2_malonaldehyde.pt. Data: train_01 and every frame the loops labelled for the molecule:
+# potentials/stability/learn-r2_malonaldehyde.pt; START=CKPT in the environment: that checkpoint. Data: train_01 and every frame the loops labelled for the molecule:
 # the MD frames of the data loop (runs/stability/learn_<molecule>/round<R>/data.extxyz holds train_01 and them;
 # ethanol R=3, malonaldehyde R=2) and the distortion loop's distorted frames
 # (learn_<molecule>_stretch50/round*/distorted.extxyz), those more than 1 eV/atom above train_01's highest energy
@@ -20,6 +20,7 @@ case $molecule in
     malonaldehyde) start=potentials/stability/learn-r2_malonaldehyde.pt round=2 ;;
     *) echo "finetune.sh: no start potential for $molecule" >&2; exit 2 ;;
 esac
+start=${START:-$start}   # START=CKPT: fine-tune another potential
 run=runs/stability/${name}_${molecule}    # holds rMD17 frames: stays out of git
 mkdir -p "$run" potentials/stability md_runs/stability/"$molecule"/"$name"
 if [ ! -f "$run/data.extxyz" ]; then
