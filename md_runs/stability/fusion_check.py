@@ -29,7 +29,8 @@ def fusion_times(state_path: str, closest: np.ndarray, timestep_fs: float, delta
     out = []
     for r, collapse in enumerate(run["monitor"]["collapse"]):
         first = int(np.argmax(fused[:, r])) if fused[:, r].any() else None
-        k = int(d[first, r].argmin()) if first is not None else None
+        # the pair furthest inside its closest training approach (not the closest pair: that is usually a bond)
+        k = int((d[first, r] - closest).argmin()) if first is not None else None
         out.append({"run": r, "bond_collapse_ps": None if collapse is None else collapse[0] * timestep_fs / 1000,
                     "fused_ps": None if first is None else float(steps[first]) * timestep_fs / 1000,
                     "fused_pair": None if k is None else [int(i[k]), int(j[k])],
