@@ -61,12 +61,13 @@ def test_init_fine_tunes_the_checkpoints_model_and_refuses_another(tmp_path):
     args = ["train", "--data", str(data), "--out", str(tmp_path / "r")]
     assert CliRunner().invoke(main, args + TINY).exit_code == 0
     start = str(tmp_path / "r" / "best.pt")
-    tuned = ["train", "--data", str(data), "--init", start, "--epochs", "1", "--valid", "2", "--valid-pool", "4",
-             "--no-progress"]
+    tuned = ["train", "--data", str(data), "--init", start, "--epochs", "2", "--valid", "2", "--valid-pool", "4",
+             "--select", "last", "--lr", "3e-4", "--no-progress"]  # the README's fine-tuning command
     result = CliRunner().invoke(main, tuned + ["--out", str(tmp_path / "t")])  # no model options: the checkpoint's
     assert result.exit_code == 0, result.output
     assert read_checkpoint(tmp_path / "t" / "best.pt")["config"] == read_checkpoint(start)["config"]
-    assert read_checkpoint(tmp_path / "t" / "best.pt")["training"]["settings"]["valid_pool"] == 4
+    training = read_checkpoint(tmp_path / "t" / "best.pt")["training"]
+    assert training["settings"]["valid_pool"] == 4 and training["best_epoch"] == 2  # --select last
     result = CliRunner().invoke(main, tuned + ["--out", str(tmp_path / "u"), "--hidden", "16"])
     assert result.exit_code != 0 and "--hidden 16 disagrees with --init" in result.output
     assert "Traceback" not in result.output
