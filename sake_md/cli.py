@@ -536,6 +536,9 @@ def ipi_command(potential, structure, unix, host, port, dtype, device, cutoff, w
 @click.option("--stretch", type=click.IntRange(min=0), default=0,
               help="Frames a round with one bond stretched past the data's longest (or compressed below its "
                    "shortest), labelled too: where MD collapses.")
+@click.option("--close", type=click.IntRange(min=0), default=0,
+              help="Frames a round with one angle closed (two atoms bonded to a third brought closer than in the "
+                   "data), labelled too: where MD fuses geminal hydrogens.")
 @click.option("--fine-tune", is_flag=True, help="From round 1 on, each member fine-tunes the previous round's (round "
               "0: --start's) at a lower learning rate, keeping its last epoch, instead of training from scratch.")
 @click.option("--seed", type=int, default=0)

@@ -20,7 +20,10 @@ One round, each stage resumable (its output is its record; a killed round contin
 6. **distort** (``stretch`` frames a round, optional): frames of the training file with one bond stretched past
    the longest length the file holds for it, or compressed below its shortest (``distorted_frames``), labelled the
    same way: where MD collapses, the potential extrapolates from no data (ethanol's C–H energy profiles,
-   ``md_runs/stability/bond_scan.py``), and short MD seldom visits it before it fails.
+   ``md_runs/stability/bond_scan.py``), and short MD seldom visits it before it fails;
+7. **close** (``close`` frames a round, optional): frames of the training file with one angle closed, two atoms
+   bonded to one atom brought closer than the file ever has them (``closed_angle_frames``), labelled the same way:
+   bond distortions never close an angle, and MD fused malonaldehyde's geminal hydrogens where nothing had.
 
 ``rounds/round<r>.json`` records each round: data size, member test errors, collapses, deviations, frames
 labelled, oracle CPU seconds. Oracles: ``emt`` (ASE's EMT, for tests), ``pyscf`` (PBE/def2-SVP, rMD17's
@@ -40,7 +43,7 @@ from .data import Dataset, read_dataset
 from .errors import ConfigError
 from .files import atomic_write
 
-__all__ = ["LearnSettings", "distorted_frames", "learn", "make_oracle", "select_frames"]
+__all__ = ["LearnSettings", "closed_angle_frames", "distorted_frames", "learn", "make_oracle", "select_frames"]
 
 
 @dataclass
@@ -69,6 +72,7 @@ class LearnSettings:
     # no more than the wall's onset does (ethanol: +12 to +180 eV) and would distort the fit
     energy_ceiling_eV_per_atom: float = 1.0
     stretch: int = 0  # frames a round with one bond stretched or compressed out of the data's range
+    close: int = 0  # frames a round with one angle closed: two atoms bonded to a third closer than in the data
     # round r >= 1: member k fine-tunes the previous round's member k (train --init, peak LR ``FINE_TUNE_LR``, the last
     # epoch kept) instead of training from scratch: the new frames cost less accuracy (measured on ethanol in
     # md_runs/stability/README.md, arm 2c)
@@ -82,8 +86,8 @@ class LearnSettings:
             raise ConfigError("give exactly one of time_budget and epochs")
         if self.members < 2 or len(self.start) == 1:
             raise ConfigError(f"a committee needs at least 2 members, got {len(self.start) or self.members}")
-        if min(self.rounds, self.runs, self.select, self.calibration) < 1 or self.stretch < 0:
-            raise ConfigError("rounds, runs, select and calibration must be at least 1, stretch at least 0")
+        if min(self.rounds, self.runs, self.select, self.calibration) < 1 or min(self.stretch, self.close) < 0:
+            raise ConfigError("rounds, runs, select and calibration must be at least 1, stretch and close at least 0")
 
 
 FINE_TUNE_LR = 3e-4  # peak learning rate of a fine-tuning member (the recipe's is 1e-3)
@@ -202,6 +206,58 @@ def distorted_frames(data: Dataset, bonds: np.ndarray, count: int, rng: np.rando
     return frames
 
 
+def bond_angles(bonds: np.ndarray) -> np.ndarray:
+    """Every angle (j, i, k) of the bond graph, j < k both bonded to i. Shape: bonds (M, 2) -> (K, 3)."""
+    neighbours: dict[int, set[int]] = {}
+    for a, b in bonds.tolist():
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
+    angles = [(j, i, k) for i in sorted(neighbours) for j in sorted(neighbours[i]) for k in sorted(neighbours[i])
+              if j < k]
+    return np.array(angles, dtype=np.int64).reshape(-1, 3)
+
+
+def closed_angle_frames(data: Dataset, bonds: np.ndarray, count: int, rng: np.random.Generator, reach: float = 0.7,
+                        floor: float = 0.5) -> list:
+    """``count`` frames of ``data`` (one molecule; ASE Atoms), each with one angle j–i–k of the bond graph ``bonds``
+    (M, 2) closed: the lighter of j and k (either, for two of one element) turns about i in the plane of the three,
+    its bond length kept, until j–k is shorter than in any frame of ``data`` by up to ``reach`` Å (never below
+    ``floor`` Å). The kinds of angle (their elements) take turns, then an angle of the kind is drawn: a kind with few
+    instances (malonaldehyde's one H–C–H) is covered as often as a common one."""
+    from ase import Atoms
+
+    from .md.bonds import bond_lengths
+
+    angles = bond_angles(bonds)
+    numbers = np.asarray(data.numbers[0])
+    closest = bond_lengths(np.stack(data.positions), angles[:, [0, 2]]).min(0)  # (K,) j–k, the data's shortest
+    kinds: dict[tuple, list[int]] = {}
+    for a, (j, i, k) in enumerate(angles.tolist()):
+        kinds.setdefault((*sorted((int(numbers[j]), int(numbers[k]))), int(numbers[i])), []).append(a)
+    kinds_list = [kinds[key] for key in sorted(kinds)]
+    frames = []
+    for n in range(count):
+        f = int(rng.integers(len(data)))
+        members = kinds_list[n % len(kinds_list)]
+        a = members[int(rng.integers(len(members)))]
+        j, i, k = angles[a]
+        if numbers[j] > numbers[k] or (numbers[j] == numbers[k] and rng.random() < 0.5):
+            j, k = k, j  # j, the one that moves, is the lighter
+        positions = np.array(data.positions[f], dtype=np.float64)
+        arm, other = positions[j] - positions[i], positions[k] - positions[i]
+        r_j, r_k = np.linalg.norm(arm), np.linalg.norm(other)
+        target = max(rng.uniform(closest[a] - reach, closest[a]), floor, abs(r_j - r_k) + 0.05)
+        # law of cosines: the angle at i that puts j at ``target`` from k, in the plane of the three atoms
+        cos = np.clip((r_j**2 + r_k**2 - target**2) / (2 * r_j * r_k), -1.0, 1.0)
+        u = other / r_k
+        w = arm - (arm @ u) * u
+        if np.linalg.norm(w) < 1e-6 * r_j:  # a straight angle has no plane: any direction across the bond
+            w = np.cross(u, np.eye(3)[int(np.argmin(np.abs(u)))])
+        positions[j] = positions[i] + r_j * (cos * u + np.sqrt(1 - cos**2) * w / np.linalg.norm(w))
+        frames.append(Atoms(numbers=data.numbers[f], positions=positions))
+    return frames
+
+
 class Loop:
     """The rounds of one ``learn`` run in ``settings.out``."""
 
@@ -258,7 +314,7 @@ class Loop:
             frames = self.base.to_atoms()
             ceiling = self.base.energy.max()
             for k in range(r):
-                for added in (self.round_dir(k) / "labelled.extxyz", self.round_dir(k) / "distorted.extxyz"):
+                for added in (self.round_dir(k) / f"{name}.extxyz" for name in ("labelled", "distorted", "closed")):
                     frames += [a for a in (ase.io.read(added, ":") if added.exists() and added.stat().st_size else [])
                                if a.get_potential_energy() - ceiling <= self.s.energy_ceiling_eV_per_atom * len(a)]
             atomic_write(path, lambda tmp: ase.io.write(tmp, frames, format="extxyz"))
@@ -342,9 +398,13 @@ class Loop:
         rng = np.random.default_rng([self.s.seed, r])
         distorted = self.labelled(r, "distorted", lambda: distorted_frames(
             self.base, run.monitor.criteria[0].bonds, self.s.stretch, rng)) if self.s.stretch else []
-        cpu = sum(a.info.get("oracle_cpu_s", 0.0) for a in labelled + distorted)
+        # a generator of its own: a loop begun without ``close`` distorts the same frames with it
+        closed = self.labelled(r, "closed", lambda: closed_angle_frames(
+            self.base, run.monitor.criteria[0].bonds, self.s.close, np.random.default_rng([self.s.seed, r, 1]))
+        ) if self.s.close else []
+        cpu = sum(a.info.get("oracle_cpu_s", 0.0) for a in labelled + distorted + closed)
         return {"selected": [[int(b), int(k)] for b, k in chosen], "labelled": len(labelled),
-                "distorted": len(distorted), "oracle_cpu_s": cpu,
+                "distorted": len(distorted), "closed": len(closed), "oracle_cpu_s": cpu,
                 "outside_training_range": int(sum(outside[b, k] for b, k in chosen)),
                 "deviation_selected_eV_A": [float(deviation[b, k]) for b, k in chosen],
                 "deviation_median_eV_A": float(np.median(deviation)),
@@ -391,5 +451,6 @@ def learn(settings: LearnSettings, echo=print) -> list[dict]:
              f"{record['collapses']}/{settings.runs} runs collapsed, {record['labelled']} frames labelled "
              f"({record['outside_training_range']} outside the training geometries)"
              + (f" and {record['distorted']} distorted" if record.get("distorted") else "")
+             + (f" and {record['closed']} with an angle closed" if record.get("closed") else "")
              + f", oracle {record['oracle_cpu_s']:.0f} CPU-s")
     return records

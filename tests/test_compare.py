@@ -201,3 +201,17 @@ def test_compare_resumes_a_killed_run_and_equals_an_uninterrupted_one(tmp_path, 
     assert "resuming" in resumed.output and "150/150 ps" not in resumed.output and "0.15/0.15 ps" in resumed.output
     first, second = (json.loads((d / "compare.json").read_text())["models"][0] for d in (tmp_path / "whole", out))
     assert first["runs"] == second["runs"] and first["hr"] == second["hr"] and first["steps"] == second["steps"] == 300
+
+    # the same file name with other weights (a potential replaced in place) cannot continue the saved run
+    other = tmp_path / "other"
+    other.mkdir()
+    save_checkpoint(other / "a.pt", potential(seed=1))
+    (out / "compare.json").unlink()
+    replaced = CliRunner().invoke(main, ["compare", str(other / "a.pt"), *args[2:], "--out", str(out), "--resume"])
+    assert replaced.exit_code != 0 and "run with another potential" in replaced.output
+    import torch
+
+    saved = torch.load(out / "state" / "a.pt", weights_only=True)
+    del saved["run"]["identity"]["weights"]  # a state saved before the fingerprint: it continues as before
+    torch.save(saved, out / "state" / "a.pt")
+    assert CliRunner().invoke(main, [*args, "--out", str(out), "--resume"]).exit_code == 0

@@ -15,6 +15,8 @@ from sake_md.errors import ConfigError
 from sake_md.learn import (
     FINE_TUNE_LR,
     LearnSettings,
+    bond_angles,
+    closed_angle_frames,
     distorted_frames,
     learn,
     make_oracle,
@@ -86,9 +88,14 @@ def test_two_rounds_grow_the_data_with_oracle_labels_and_resume(tmp_path):
     (tmp_path / "loop" / "settings.json").write_text(json.dumps(saved))
     assert learn(LearnSettings(**settings))[0] == first
 
-    stretch = {**settings, "out": str(tmp_path / "stretch"), "start": start, "rounds": 2, "stretch": 3}
+    stretch = {**settings, "out": str(tmp_path / "stretch"), "start": start, "rounds": 2, "stretch": 3, "close": 2}
     records = learn(LearnSettings(**stretch))
-    assert records[0]["labelled"] == 2 and records[0]["distorted"] == 3 and records[1]["data_frames"] == 12 + 2 + 3
+    assert (records[0]["labelled"], records[0]["distorted"], records[0]["closed"]) == (2, 3, 2)
+    assert records[1]["data_frames"] == 12 + 2 + 3 + 2
+    alone = learn(LearnSettings(**{**stretch, "out": str(tmp_path / "alone"), "rounds": 1, "close": 0}))
+    assert alone[0]["closed"] == 0  # the angle frames draw from a generator of their own: the bonds' are unchanged
+    assert [a.positions.tolist() for a in ase.io.read(tmp_path / "alone" / "round0" / "distorted.extxyz", ":")] == \
+        [a.positions.tolist() for a in ase.io.read(tmp_path / "stretch" / "round0" / "distorted.extxyz", ":")]
     distorted = ase.io.read(tmp_path / "stretch" / "round0" / "distorted.extxyz", ":")
     assert all(a.info["oracle_cpu_s"] >= 0 for a in distorted)
     assert records[0]["oracle_cpu_s"] == pytest.approx(sum(a.info["oracle_cpu_s"] for a in distorted + labelled),
@@ -153,6 +160,44 @@ def test_distorted_frames_move_one_atom_of_one_bond_out_of_the_data_range(tmp_pa
     assert all(np.array_equal(a.positions, b.positions) for a, b in zip(out, again, strict=True))
 
 
+def test_closed_angle_frames_turn_one_atom_about_its_neighbour_closer_than_the_data(tmp_path):
+    from sake_md.md.bonds import bond_lengths, find_bonds
+
+    frames = emt_frames(8, seed=5)  # ethanol: C0 O1 C2 H3..H8
+    data = read_dataset(write_npz(tmp_path / "d.npz", frames))
+    bonds = find_bonds(frames[0])
+    angles = bond_angles(bonds)
+    assert len(angles) == sum(d * (d - 1) // 2 for d in np.bincount(bonds.ravel()))  # every pair of neighbours
+    x = np.stack(data.positions)
+    closest = bond_lengths(x, angles[:, [0, 2]]).min(0)
+    out = closed_angle_frames(data, bonds, 60, np.random.default_rng(0), reach=0.7, floor=0.5)
+    kinds = set()
+    for atoms in out:
+        differs = np.abs(x - atoms.positions).max(-1) > 1e-9  # (F, N)
+        source = int(differs.sum(1).argmin())
+        (moved,) = np.flatnonzero(differs[source])  # one atom moved
+        pairs = bond_lengths(atoms.positions, angles[:, [0, 2]])
+        closed = np.flatnonzero((pairs < closest - 1e-9) & (angles[:, [0, 2]] == moved).any(1))
+        assert len(closed) >= 1
+        j, i, k = angles[closed[0]]
+        other = k if moved == j else j
+        assert closest[closed[0]] - 0.7 - 1e-9 <= pairs[closed[0]] and pairs[closed[0]] >= 0.5 - 1e-9
+        # turned about the centre: the moved atom keeps its bond, in the plane of the three atoms
+        assert np.linalg.norm(atoms.positions[moved] - atoms.positions[i]) == pytest.approx(
+            np.linalg.norm(x[source, moved] - x[source, i]))
+        normal = np.cross(x[source, moved] - x[source, i], x[source, other] - x[source, i])
+        assert (atoms.positions[moved] - x[source, i]) @ normal == pytest.approx(0, abs=1e-9)
+        assert data.numbers[source][moved] <= data.numbers[source][other]  # the lighter moves
+        kinds.add(tuple(sorted(data.numbers[source][[j, k]])) + (data.numbers[source][i],))
+    assert (1, 1, 6) in kinds and len(kinds) >= 4  # every kind is drawn, H–C–H among them
+    straight = read_dataset(write_npz(tmp_path / "co2.npz", emt_frames(2, seed=0, molecule="CO2")))
+    straight.positions[0] = np.array([[0.0, 0, 0], [0, 0, 1.2], [0, 0, -1.2]])  # O=C=O at exactly 180°
+    (bent,) = closed_angle_frames(straight.subset([0]), np.array([[0, 1], [0, 2]]), 1, np.random.default_rng(0))
+    assert np.isfinite(bent.positions).all() and bond_lengths(bent.positions, np.array([[1, 2]]))[0] < 2.4
+    again = closed_angle_frames(data, bonds, 60, np.random.default_rng(0), reach=0.7, floor=0.5)
+    assert all(np.array_equal(a.positions, b.positions) for a, b in zip(out, again, strict=True))
+
+
 def test_learn_command(tmp_path):
     from click.testing import CliRunner
 
@@ -162,10 +207,10 @@ def test_learn_command(tmp_path):
     args = ["learn", "--data", str(data), "--out", str(tmp_path / "loop"), "--oracle", "emt", "--rounds", "1",
             "--members", "2", "--epochs", "1", "--runs", "1", "--md-time", "50fs", "--select", "1",
             "--calibration", "1", "--valid", "2", "--hidden", "8", "--heads", "2", "--layers", "1", "--radial", "8",
-            "--stretch", "2", "--fine-tune"]
+            "--stretch", "2", "--close", "1", "--fine-tune"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "round 0: 10 training frames" in result.output and "1 frames labelled" in result.output
-    assert "and 2 distorted" in result.output
+    assert "and 2 distorted" in result.output and "and 1 with an angle closed" in result.output
     assert len(ase.io.read(tmp_path / "loop" / "round0" / "distorted.extxyz", ":")) == 2
     assert json.loads((tmp_path / "loop" / "settings.json").read_text())["fine_tune"] is True

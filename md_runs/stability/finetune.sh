@@ -2,12 +2,13 @@
 # Issue 22: a potential fine-tuned (`sake-md train --init`) on the data loops' frames, resumable.
 #   OMP_NUM_THREADS=1 taskset -c 1 bash md_runs/stability/finetune.sh [MOLECULE [NAME [BUDGET [LR]]]]
 #   (ethanol, finetune, 30m, 3e-4)
-# Start: ethanol, the shipped potentials/sake_ethanol.pt; malonaldehyde, the loop's round-2 candidate
-# potentials/stability/learn-r2_malonaldehyde.pt; START=CKPT in the environment: that checkpoint. Data: train_01 and every frame the loops labelled for the molecule:
-# the MD frames of the data loop (runs/stability/learn_<molecule>/round<R>/data.extxyz holds train_01 and them;
-# ethanol R=3, malonaldehyde R=2) and the distortion loop's distorted frames
-# (learn_<molecule>_stretch50/round*/distorted.extxyz), those more than 1 eV/atom above train_01's highest energy
-# left out as the loops do. Validation: the start potential's own 50 held-out frames of train_01 (--valid-pool 1000,
+# Start: ethanol, the potential shipped until session 16 (potentials/stability/c2/sake_ethanol.pt); malonaldehyde, the loop's round-2 candidate
+# potentials/stability/learn-r2_malonaldehyde.pt; START=CKPT in the environment: that checkpoint.
+# Data: train_01 and every frame the loops labelled for the molecule: the MD frames of the data loop
+# (runs/stability/learn_<molecule>/round<R>/data.extxyz holds train_01 and them; ethanol R=3, malonaldehyde R=2),
+# the distortion loop's distorted frames (learn_<molecule>_stretch50/round*/distorted.extxyz) and EXTRA="FILE ..."
+# (more labelled extxyz, e.g. close_angles.py's), those more than 1 eV/atom above train_01's highest energy left
+# out as the loops do. Validation: the start potential's own 50 held-out frames of train_01 (--valid-pool 1000,
 # seed 0), so the fine-tune never trains on them; best.pt is the last epoch (--select last: by validation alone,
 # the start potential, unchanged, would win at epoch 1). The cpu recipe, peak LR 3e-4.
 # Then the protocol: bash md_runs/stability/run.sh MOLECULE NAME 300ps potentials/stability/NAME_MOLECULE.pt
@@ -16,17 +17,18 @@ cd "$(dirname "$0")/../.."
 molecule=${1:-ethanol} name=${2:-finetune} budget=${3:-30m} lr=${4:-3e-4}
 data=${RMD17:-../shared/data/rmd17}
 case $molecule in
-    ethanol) start=potentials/sake_ethanol.pt round=3 ;;
+    ethanol) start=potentials/stability/c2/sake_ethanol.pt round=3 ;;
     malonaldehyde) start=potentials/stability/learn-r2_malonaldehyde.pt round=2 ;;
     *) echo "finetune.sh: no start potential for $molecule" >&2; exit 2 ;;
 esac
 start=${START:-$start}   # START=CKPT: fine-tune another potential
+read -r -a extra <<< "${EXTRA:-}"
 run=runs/stability/${name}_${molecule}    # holds rMD17 frames: stays out of git
 mkdir -p "$run" potentials/stability md_runs/stability/"$molecule"/"$name"
 if [ ! -f "$run/data.extxyz" ]; then
     python - "$run/data.extxyz" "$data/rmd17_${molecule}_train_01.npz" \
         "runs/stability/learn_${molecule}/round${round}/data.extxyz" \
-        runs/stability/learn_"${molecule}"_stretch50/round*/distorted.extxyz <<'PY'
+        runs/stability/learn_"${molecule}"_stretch50/round*/distorted.extxyz "${extra[@]}" <<'PY'
 import sys
 import ase.io
 from sake_md.data import read_dataset

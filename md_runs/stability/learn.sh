@@ -19,7 +19,7 @@ if [ "$stretch" -gt 0 ]; then
     loop=${loop}_stretch${stretch} out=${out}-stretch
 fi
 if [ "$molecule" = ethanol ]; then
-    start=(--start potentials/sake_ethanol.pt --start potentials/ablation/sake_ethanol.pt)
+    start=(--start potentials/stability/c2/sake_ethanol.pt --start potentials/ablation/sake_ethanol.pt)
 else
     start=(--start "potentials/ablation/sake_${molecule}.pt" --start "potentials/ablation/sake-dot_${molecule}.pt")
 fi

@@ -7,6 +7,7 @@ random numbers after the initial momenta). Results are taken at each of several 
 50 ps of one 50 ps run): the result at a horizon is exactly what a run of that length would give.
 """
 
+import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +27,15 @@ __all__ = ["STATE_VERSION", "SegmentedStability", "atomic_torch_save", "run_segm
 STATE_VERSION = 1
 
 
+def weights_digest(module: torch.nn.Module) -> str:
+    """A fingerprint of a module's weights (names, dtypes and values): a saved run continues only with them."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 class SegmentedStability:
     """One potential's protocol run, advanced segment by segment; ``save``/``load`` hold its whole state."""
 
@@ -38,7 +48,8 @@ class SegmentedStability:
         self.dtype = potential.dtype
         self.monitor = _Monitor(criteria)
         self.step, self.wall_s, self.stopped = 0, 0.0, False
-        self.identity = {"frames": self.frames, "runs": runs, "seed": seed, "preset": preset.name}
+        self.identity = {"frames": self.frames, "runs": runs, "seed": seed, "preset": preset.name,
+                         "weights": weights_digest(potential)}
         self.trajectory: list[torch.Tensor] = []  # positions (R, N, 3) float32 at every observed frame
         self.trajectory_steps: list[int] = []
 
@@ -86,7 +97,12 @@ class SegmentedStability:
         return torch.stack(self.trajectory) if self.trajectory else torch.zeros(0, *self.state.positions.shape)
 
     def load_state_dict(self, data: dict) -> None:
-        if data.get("version") != STATE_VERSION or data.get("identity") != self.identity:
+        saved = dict(data.get("identity") or {})
+        if saved and saved.get("weights", self.identity["weights"]) != self.identity["weights"]:
+            raise InputError("the saved MD state was run with another potential (its weights differ from "
+                             f"{self.name}'s): resume it with the same checkpoint, or give another --out")
+        saved.setdefault("weights", self.identity["weights"])  # states saved before the fingerprint was kept
+        if data.get("version") != STATE_VERSION or saved != self.identity:
             raise InputError(f"the saved MD state belongs to another run ({data.get('identity')}, "
                              f"not {self.identity}); delete it to start again")
         self.step, self.wall_s, self.stopped = data["step"], data["wall_s"], data["stopped"]
