@@ -244,18 +244,26 @@ def closed_angle_frames(data: Dataset, bonds: np.ndarray, count: int, rng: np.ra
         if numbers[j] > numbers[k] or (numbers[j] == numbers[k] and rng.random() < 0.5):
             j, k = k, j  # j, the one that moves, is the lighter
         positions = np.array(data.positions[f], dtype=np.float64)
-        arm, other = positions[j] - positions[i], positions[k] - positions[i]
-        r_j, r_k = np.linalg.norm(arm), np.linalg.norm(other)
+        r_j, r_k = (np.linalg.norm(positions[v] - positions[i]) for v in (j, k))
         target = max(rng.uniform(closest[a] - reach, closest[a]), floor, abs(r_j - r_k) + 0.05)
-        # law of cosines: the angle at i that puts j at ``target`` from k, in the plane of the three atoms
-        cos = np.clip((r_j**2 + r_k**2 - target**2) / (2 * r_j * r_k), -1.0, 1.0)
-        u = other / r_k
-        w = arm - (arm @ u) * u
-        if np.linalg.norm(w) < 1e-6 * r_j:  # a straight angle has no plane: any direction across the bond
-            w = np.cross(u, np.eye(3)[int(np.argmin(np.abs(u)))])
-        positions[j] = positions[i] + r_j * (cos * u + np.sqrt(1 - cos**2) * w / np.linalg.norm(w))
-        frames.append(Atoms(numbers=data.numbers[f], positions=positions))
+        frames.append(Atoms(numbers=data.numbers[f], positions=turned(positions, j, i, k, target)))
     return frames
+
+
+def turned(positions: np.ndarray, j: int, i: int, k: int, distance: float) -> np.ndarray:
+    """``positions`` (N, 3) with atom j turned about atom i, in the plane of j, i and k and at its distance from i,
+    until it is ``distance`` Å from k (at least |r_ij − r_ik|); the other atoms stay. Returns a new array."""
+    out = np.array(positions, dtype=np.float64)
+    arm, other = out[j] - out[i], out[k] - out[i]
+    r_j, r_k = np.linalg.norm(arm), np.linalg.norm(other)
+    # law of cosines: the angle at i that puts j at ``distance`` from k
+    cos = np.clip((r_j**2 + r_k**2 - distance**2) / (2 * r_j * r_k), -1.0, 1.0)
+    u = other / r_k
+    w = arm - (arm @ u) * u
+    if np.linalg.norm(w) < 1e-6 * r_j:  # a straight angle has no plane: any direction across the bond
+        w = np.cross(u, np.eye(3)[int(np.argmin(np.abs(u)))])
+    out[j] = out[i] + r_j * (cos * u + np.sqrt(1 - cos**2) * w / np.linalg.norm(w))
+    return out
 
 
 class Loop:

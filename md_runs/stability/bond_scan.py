@@ -1,4 +1,4 @@
-"""Why the runs collapse: the energy along one stretched bond, from the DFT oracle and from the potentials.
+"""Why the runs collapse: the energy along one stretched bond (or closing angle), from DFT and from the potentials.
 
 The collapses of issue 22 are C–H bonds stretched past 1.6 Å (reference 1.11 Å) at 500 K, where DFT puts such a
 stretch electronvolts uphill. This scan takes one frame, moves atom j along the i→j axis (every other atom fixed)
@@ -8,6 +8,10 @@ to the frame itself, beside the range of i–j distances in the training data (o
     python md_runs/stability/bond_scan.py --frames ../shared/data/rmd17/rmd17_ethanol_test_01.npz --frame 0 \
         --bond 0 3 --reference ../shared/data/rmd17/rmd17_ethanol_train_01.npz \
         --model potentials/sake_ethanol.pt --model potentials/stability/learn-r2_ethanol.pt --out scan.json
+
+``--angle J I K`` scans an angle instead: atom J turns about atom I (``sake_md.learn.turned``: in the plane of the
+three, its bond to I kept) so that J–K takes each length, e.g. two hydrogens of one carbon brought together, where
+malonaldehyde's candidate fused them.
 """
 
 import argparse
@@ -18,7 +22,7 @@ import numpy as np
 
 from sake_md.calculator import SAKECalculator
 from sake_md.data import read_dataset
-from sake_md.learn import make_oracle
+from sake_md.learn import make_oracle, turned
 from sake_md.md.reference import read_reference
 
 
@@ -34,7 +38,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", required=True, help="The file of the frame to stretch.")
     parser.add_argument("--frame", type=int, default=0)
-    parser.add_argument("--bond", type=int, nargs=2, required=True, metavar=("I", "J"), help="J moves.")
+    scan = parser.add_mutually_exclusive_group(required=True)
+    scan.add_argument("--bond", type=int, nargs=2, metavar=("I", "J"), help="J moves along I→J.")
+    scan.add_argument("--angle", type=int, nargs=3, metavar=("J", "I", "K"), help="J turns about I; lengths are J–K.")
     parser.add_argument("--lengths", type=float, nargs=3, default=(0.9, 2.2, 14), metavar=("FROM", "TO", "N"))
     parser.add_argument("--reference", required=True, help="The training data: the i–j distances it holds.")
     parser.add_argument("--model", action="append", required=True)
@@ -42,13 +48,22 @@ def main():
     parser.add_argument("--dft-from", help="A scan of the same frame, bond and lengths: reuse its oracle profile.")
     parser.add_argument("--out")
     args = parser.parse_args()
-    i, j = args.bond
+    if args.angle:
+        j, _, i = args.angle  # the scanned pair: K–J, J moves
+    else:
+        i, j = args.bond
     atoms = read_reference(args.frames).atoms(args.frame)
     train = np.stack(read_dataset(args.reference).positions)
     held = np.linalg.norm(train[:, j] - train[:, i], axis=-1)
     shortest, longest = float(held.min()), float(held.max())
     lengths = np.linspace(args.lengths[0], args.lengths[1], int(args.lengths[2]))
-    frames = [atoms] + [stretched(atoms, i, j, d) for d in lengths]
+    if args.angle:
+        jj, ii, kk = args.angle
+        frames = [atoms] + [atoms.copy() for _ in lengths]
+        for frame, d in zip(frames[1:], lengths, strict=True):
+            frame.positions = turned(atoms.positions, jj, ii, kk, d)
+    else:
+        frames = [atoms] + [stretched(atoms, i, j, d) for d in lengths]
 
     def profile(calc) -> list[float]:
         energies = []
@@ -61,8 +76,8 @@ def main():
     start = time.process_time()
     if args.dft_from:
         before = json.load(open(args.dft_from))
-        same = (before["frames"], before["frame"], before["bond"], before["oracle"]) == (args.frames, args.frame,
-                                                                                          [i, j], args.oracle)
+        same = (before["frames"], before["frame"], before["bond"], before["oracle"], before.get("angle")) == (
+            args.frames, args.frame, [i, j], args.oracle, args.angle)
         if not same or not np.allclose(before["lengths_A"], lengths):
             raise SystemExit(f"{args.dft_from} scanned another frame, bond, oracle or lengths")
         profiles, dft_cpu_s = {"dft": before["energy_eV"]["dft"]}, before["oracle_cpu_s"]
@@ -72,7 +87,8 @@ def main():
     for path in args.model:
         profiles[path] = profile(SAKECalculator(path))
     symbols = atoms.get_chemical_symbols()
-    name = f"{symbols[i]}{i}–{symbols[j]}{j}"
+    name = f"{symbols[i]}{i}–{symbols[j]}{j}" + (f" (turning about {symbols[args.angle[1]]}{args.angle[1]})"
+                                                 if args.angle else "")
     print(f"{name}: {float(atoms.get_distance(i, j)):.3f} Å in frame {args.frame}, {shortest:.3f} to {longest:.3f} Å "
           f"in the training data; energy relative to the frame (eV)")
     print("length (Å) " + " ".join(f"{k[-28:]:>28}" for k in profiles))
@@ -82,7 +98,7 @@ def main():
     print("* outside the training data's range")
     if args.out:
         with open(args.out, "w") as f:
-            json.dump({"frames": args.frames, "frame": args.frame, "bond": [i, j], "name": name,
+            json.dump({"frames": args.frames, "frame": args.frame, "bond": [i, j], "angle": args.angle, "name": name,
                        "frame_length_A": float(atoms.get_distance(i, j)), "training_shortest_A": shortest,
                        "training_longest_A": longest,
                        "lengths_A": lengths.tolist(), "energy_eV": profiles, "oracle": args.oracle,
