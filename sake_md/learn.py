@@ -223,7 +223,8 @@ def closed_angle_frames(data: Dataset, bonds: np.ndarray, count: int, rng: np.ra
     (M, 2) closed: the lighter of j and k (either, for two of one element) turns about i in the plane of the three,
     its bond length kept, until j–k is shorter than in any frame of ``data`` by up to ``reach`` Å (never below
     ``floor`` Å). The kinds of angle (their elements) take turns, then an angle of the kind is drawn: a kind with few
-    instances (malonaldehyde's one H–C–H) is covered as often as a common one."""
+    instances (malonaldehyde's one H–C–H) is covered as often as a common one. ``info["closed_angle"]``: [j, i, k],
+    j the atom that moved."""
     from ase import Atoms
 
     from .md.bonds import bond_lengths
@@ -246,7 +247,8 @@ def closed_angle_frames(data: Dataset, bonds: np.ndarray, count: int, rng: np.ra
         positions = np.array(data.positions[f], dtype=np.float64)
         r_j, r_k = (np.linalg.norm(positions[v] - positions[i]) for v in (j, k))
         target = max(rng.uniform(closest[a] - reach, closest[a]), floor, abs(r_j - r_k) + 0.05)
-        frames.append(Atoms(numbers=data.numbers[f], positions=turned(positions, j, i, k, target)))
+        frames.append(Atoms(numbers=data.numbers[f], positions=turned(positions, j, i, k, target),
+                            info={"closed_angle": [int(j), int(i), int(k)]}))  # (moved, centre, approached)
     return frames
 
 

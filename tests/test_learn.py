@@ -188,6 +188,7 @@ def test_closed_angle_frames_turn_one_atom_about_its_neighbour_closer_than_the_d
         normal = np.cross(x[source, moved] - x[source, i], x[source, other] - x[source, i])
         assert (atoms.positions[moved] - x[source, i]) @ normal == pytest.approx(0, abs=1e-9)
         assert data.numbers[source][moved] <= data.numbers[source][other]  # the lighter moves
+        assert atoms.info["closed_angle"] == [int(moved), int(i), int(other)]
         kinds.add(tuple(sorted(data.numbers[source][[j, k]])) + (data.numbers[source][i],))
     assert (1, 1, 6) in kinds and len(kinds) >= 4  # every kind is drawn, H–C–H among them
     straight = read_dataset(write_npz(tmp_path / "co2.npz", emt_frames(2, seed=0, molecule="CO2")))

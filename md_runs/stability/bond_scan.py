@@ -34,6 +34,13 @@ def stretched(atoms, i: int, j: int, length: float):
     return out
 
 
+def closed(atoms, j: int, i: int, k: int, distance: float):
+    """``atoms`` with atom j turned about atom i (its bond kept) until |r_jk| = ``distance`` Å."""
+    out = atoms.copy()
+    out.positions = turned(atoms.positions, j, i, k, distance)
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", required=True, help="The file of the frame to stretch.")
@@ -57,13 +64,7 @@ def main():
     held = np.linalg.norm(train[:, j] - train[:, i], axis=-1)
     shortest, longest = float(held.min()), float(held.max())
     lengths = np.linspace(args.lengths[0], args.lengths[1], int(args.lengths[2]))
-    if args.angle:
-        jj, ii, kk = args.angle
-        frames = [atoms] + [atoms.copy() for _ in lengths]
-        for frame, d in zip(frames[1:], lengths, strict=True):
-            frame.positions = turned(atoms.positions, jj, ii, kk, d)
-    else:
-        frames = [atoms] + [stretched(atoms, i, j, d) for d in lengths]
+    frames = [atoms] + [closed(atoms, *args.angle, d) if args.angle else stretched(atoms, i, j, d) for d in lengths]
 
     def profile(calc) -> list[float]:
         energies = []

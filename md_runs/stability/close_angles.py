@@ -19,8 +19,8 @@ import numpy as np
 
 from sake_md.data import read_dataset
 from sake_md.files import atomic_write
-from sake_md.learn import bond_angles, closed_angle_frames, label, make_oracle
-from sake_md.md.bonds import bond_lengths, find_bonds
+from sake_md.learn import closed_angle_frames, label, make_oracle
+from sake_md.md.bonds import find_bonds
 
 
 def main():
@@ -42,16 +42,14 @@ def main():
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, lambda tmp: ase.io.write(tmp, labelled, format="extxyz"))
 
-    angles = bond_angles(bonds)
-    closest = bond_lengths(np.stack(data.positions), angles[:, [0, 2]]).min(0)
+    train = np.stack(data.positions)
     ceiling = float(data.energy.max())
     rows = []
     for atoms in labelled:
-        pairs = bond_lengths(atoms.positions, angles[:, [0, 2]])
-        a = int(np.argmin(pairs - closest))  # the angle closed past the data
-        symbols = [atoms.get_chemical_symbols()[v] for v in angles[a]]
-        rows.append({"angle": [int(v) for v in angles[a]], "symbols": symbols,
-                     "distance_A": float(pairs[a]), "data_closest_A": float(closest[a]),
+        j, i, k = (int(v) for v in atoms.info["closed_angle"])  # j moved, turning about i toward k
+        rows.append({"angle": [j, i, k], "symbols": [atoms.get_chemical_symbols()[v] for v in (j, i, k)],
+                     "distance_A": float(atoms.get_distance(j, k)),
+                     "data_closest_A": float(np.linalg.norm(train[:, j] - train[:, k], axis=-1).min()),
                      "above_highest_eV": float(atoms.get_potential_energy() - ceiling),
                      "oracle_cpu_s": float(atoms.info["oracle_cpu_s"])})
     summary = {"data": args.data, "count": args.count, "labelled": len(labelled), "oracle": args.oracle,

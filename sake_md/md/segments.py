@@ -97,11 +97,11 @@ class SegmentedStability:
         return torch.stack(self.trajectory) if self.trajectory else torch.zeros(0, *self.state.positions.shape)
 
     def load_state_dict(self, data: dict) -> None:
-        saved = dict(data.get("identity") or {})
-        if saved and saved.get("weights", self.identity["weights"]) != self.identity["weights"]:
+        # a state saved before the fingerprint was kept continues with any weights
+        saved = {"weights": self.identity["weights"], **(data.get("identity") or {})}
+        if saved["weights"] != self.identity["weights"]:
             raise InputError("the saved MD state was run with another potential (its weights differ from "
                              f"{self.name}'s): resume it with the same checkpoint, or give another --out")
-        saved.setdefault("weights", self.identity["weights"])  # states saved before the fingerprint was kept
         if data.get("version") != STATE_VERSION or saved != self.identity:
             raise InputError(f"the saved MD state belongs to another run ({data.get('identity')}, "
                              f"not {self.identity}); delete it to start again")
