@@ -81,9 +81,12 @@ def test_the_default_is_picked_silently_for_its_molecule_with_a_warning_for_othe
                                        "default sake_ethanol.pt outside its training data (pass --potential CKPT)\n")
 
 
-def test_checkout_ships_ethanol_only():
-    """Today's shipped folder: ethanol matches the default, aspirin nothing (the default runs it, with a warning)."""
+def test_checkout_ships_ethanol_and_malonaldehyde():
+    """Today's shipped folder: ethanol matches the default, malonaldehyde its own, aspirin nothing (the default runs
+    it, with a warning)."""
     assert shipped.matching_potential(load_structure("ethanol")) == shipped.shipped_potential()
+    assert shipped.matching_potential(load_structure("malonaldehyde")) == shipped.shipped_potential(
+        "sake_malonaldehyde.pt")
     assert shipped.matching_potential(load_structure("aspirin")) is None
 
 

@@ -1,4 +1,5 @@
-"""Label frames with one angle closed (``sake_md.learn.closed_angle_frames``) outside a loop, for a fine-tune.
+"""Label frames with one angle closed (``sake_md.learn.closed_angle_frames``) outside a loop, for a fine-tune;
+with ``--bonds``, frames with one bond stretched or compressed instead (``sake_md.learn.distorted_frames``).
 
     taskset -c 0 python md_runs/stability/close_angles.py ../shared/data/rmd17/rmd17_malonaldehyde_train_01.npz \
         --count 50 --offset runs/stability/learn_malonaldehyde_stretch50/oracle_offset.json \
@@ -6,8 +7,16 @@
 
 The same frames a loop's round 0 with ``sake-md learn --close COUNT --seed 0`` draws (its generator, the bonds of
 the training file's first frame), labelled by the PySCF oracle (PBE/def2-SVP) shifted by the offset a loop on the
-same file measured (``oracle_offset.json``). The frames stay in runs/ (rMD17 positions with one atom moved); the
-record (``--record``: counts, CPU seconds, the closed pairs and their energies above the file's highest) is ours.
+same file measured (``oracle_offset.json``), or, for a molecule no loop has run on, measured here on
+``--calibrate N`` frames of the file (``--offset`` is then where that measurement is written, and reused if present):
+
+    taskset -c 0 python md_runs/stability/close_angles.py ../shared/data/rmd17/rmd17_aspirin_train_01.npz --bonds \
+        --count 25 --calibrate 3 --offset runs/stability/distorted_aspirin/oracle_offset.json \
+        --out runs/stability/distorted_aspirin/stretched.extxyz --record md_runs/stability/aspirin/stretched.json
+
+``--bonds`` draws frames as ``sake-md learn --stretch COUNT`` does (its round-0 generator). The frames stay in
+runs/ (rMD17 positions with one atom moved); the record (``--record``: counts, CPU seconds, the closed pairs or moved
+bonds and their energies above the file's highest) is ours.
 """
 
 import argparse
@@ -19,7 +28,7 @@ import numpy as np
 
 from sake_md.data import read_dataset
 from sake_md.files import atomic_write
-from sake_md.learn import closed_angle_frames, label, make_oracle
+from sake_md.learn import closed_angle_frames, distorted_frames, label, make_oracle
 from sake_md.md.bonds import find_bonds
 
 
@@ -27,7 +36,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("data", help="the training file (one molecule)")
     parser.add_argument("--count", type=int, default=50)
-    parser.add_argument("--offset", required=True, help="a loop's oracle_offset.json on the same file")
+    parser.add_argument("--offset", required=True, help="a loop's oracle_offset.json on the same file (with "
+                        "--calibrate: where to write the one measured here)")
+    parser.add_argument("--calibrate", type=int, default=0, help="measure the offset on this many frames of the file "
+                        "when --offset does not exist yet")
+    parser.add_argument("--bonds", action="store_true", help="one bond stretched or compressed, not an angle closed")
     parser.add_argument("--oracle", default="pyscf")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="the labelled frames (extxyz)")
@@ -36,9 +49,13 @@ def main():
 
     data = read_dataset(args.data)
     bonds = find_bonds(data.subset([0]).to_atoms()[0])
-    frames = closed_angle_frames(data, bonds, args.count, np.random.default_rng([args.seed, 0, 1]))
-    offset = json.loads(Path(args.offset).read_text())["offset_eV"]
-    labelled, cpu = label(frames, make_oracle(args.oracle), offset)
+    if args.bonds:
+        frames = distorted_frames(data, bonds, args.count, np.random.default_rng([args.seed, 0]))
+    else:
+        frames = closed_angle_frames(data, bonds, args.count, np.random.default_rng([args.seed, 0, 1]))
+    oracle = make_oracle(args.oracle)
+    offset = oracle_offset(Path(args.offset), data, oracle, args.calibrate, args.seed)
+    labelled, cpu = label(frames, oracle, offset)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, lambda tmp: ase.io.write(tmp, labelled, format="extxyz"))
 
@@ -46,17 +63,46 @@ def main():
     ceiling = float(data.energy.max())
     rows = []
     for atoms in labelled:
-        j, i, k = (int(v) for v in atoms.info["closed_angle"])  # j moved, turning about i toward k
-        rows.append({"angle": [j, i, k], "symbols": [atoms.get_chemical_symbols()[v] for v in (j, i, k)],
-                     "distance_A": float(atoms.get_distance(j, k)),
-                     "data_closest_A": float(np.linalg.norm(train[:, j] - train[:, k], axis=-1).min()),
-                     "above_highest_eV": float(atoms.get_potential_energy() - ceiling),
+        if args.bonds:
+            row = {"bond": moved_bond(atoms, data, bonds)}
+        else:
+            j, i, k = (int(v) for v in atoms.info["closed_angle"])  # j moved, turning about i toward k
+            row = {"angle": [j, i, k], "symbols": [atoms.get_chemical_symbols()[v] for v in (j, i, k)],
+                   "distance_A": float(atoms.get_distance(j, k)),
+                   "data_closest_A": float(np.linalg.norm(train[:, j] - train[:, k], axis=-1).min())}
+        rows.append({**row, "above_highest_eV": float(atoms.get_potential_energy() - ceiling),
                      "oracle_cpu_s": float(atoms.info["oracle_cpu_s"])})
     summary = {"data": args.data, "count": args.count, "labelled": len(labelled), "oracle": args.oracle,
                "offset_eV": offset, "oracle_cpu_s": cpu, "seed": args.seed, "frames": rows}
     print(f"{args.out}: {len(labelled)} of {args.count} labelled, {cpu:.0f} CPU-s")
     if args.record:
         Path(args.record).write_text(json.dumps(summary, indent=1) + "\n")
+
+
+def oracle_offset(path: Path, data, oracle, calibrate: int, seed: int) -> float:
+    """The oracle's constant offset to ``data`` (eV): read from ``path``, or measured on ``calibrate`` frames (the
+    mean of E_data - E_oracle, as ``sake-md learn`` does) and written there."""
+    if not path.exists() and calibrate > 0:
+        frames = sorted(np.random.default_rng(seed).choice(len(data), calibrate, replace=False))
+        labelled, cpu = label(data.subset(frames).to_atoms(), oracle)
+        diff = np.array([data.energy[k] - a.get_potential_energy() for k, a in zip(frames, labelled, strict=True)])
+        record = {"frames": [int(k) for k in frames], "offset_eV": float(diff.mean()),
+                  "std_eV": float(diff.std(ddof=1)) if len(diff) > 1 else 0.0, "cpu_s": cpu}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    return json.loads(path.read_text())["offset_eV"]
+
+
+def moved_bond(atoms, data, bonds) -> dict:
+    """Which bond of a ``distorted_frames`` frame was moved, its length and the data's range for it."""
+    from sake_md.md.bonds import bond_lengths
+
+    lengths = bond_lengths(np.stack(data.positions), bonds)  # (F, M)
+    now = bond_lengths(atoms.positions[None], bonds)[0]
+    m = int(np.argmax(np.maximum(now - lengths.max(0), lengths.min(0) - now)))
+    i, j = (int(v) for v in bonds[m])
+    return {"atoms": [i, j], "symbols": [atoms.get_chemical_symbols()[v] for v in (i, j)],
+            "length_A": float(now[m]), "data_range_A": [float(lengths[:, m].min()), float(lengths[:, m].max())]}
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@
 # (more labelled extxyz, e.g. close_angles.py's), those more than 1 eV/atom above train_01's highest energy left
 # out as the loops do. Validation: the start potential's own 50 held-out frames of train_01 (--valid-pool 1000,
 # seed 0), so the fine-tune never trains on them; best.pt is the last epoch (--select last: by validation alone,
-# the start potential, unchanged, would win at epoch 1). The cpu recipe, peak LR 3e-4.
+# the start potential, unchanged, would win at epoch 1). The cpu recipe, peak LR 3e-4; DATA=FILE: that labelled
+# file as the whole training data instead (e.g. another fine-tune's data.extxyz); ARGS="..." more options for
+# `sake-md train` (e.g. --energy-weight 5).
 # Then the protocol: bash md_runs/stability/run.sh MOLECULE NAME 300ps potentials/stability/NAME_MOLECULE.pt
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -23,9 +25,12 @@ case $molecule in
 esac
 start=${START:-$start}   # START=CKPT: fine-tune another potential
 read -r -a extra <<< "${EXTRA:-}"
+read -r -a more <<< "${ARGS:-}"
 run=runs/stability/${name}_${molecule}    # holds rMD17 frames: stays out of git
 mkdir -p "$run" potentials/stability md_runs/stability/"$molecule"/"$name"
-if [ ! -f "$run/data.extxyz" ]; then
+if [ -n "${DATA:-}" ] && [ ! -f "$run/data.extxyz" ]; then
+    cp "$DATA" "$run/data.extxyz"
+elif [ ! -f "$run/data.extxyz" ]; then
     python - "$run/data.extxyz" "$data/rmd17_${molecule}_train_01.npz" \
         "runs/stability/learn_${molecule}/round${round}/data.extxyz" \
         runs/stability/learn_"${molecule}"_stretch50/round*/distorted.extxyz "${extra[@]}" <<'PY'
@@ -44,7 +49,7 @@ if [ -f "$run/last.pt" ]; then
     sake-md train --resume --out "$run" --threads 1 --no-progress
 else
     sake-md train --init "$start" --data "$run/data.extxyz" --valid-pool 1000 --select last --recipe cpu \
-        --time-budget "$budget" --lr "$lr" --threads 1 --no-progress \
+        --time-budget "$budget" --lr "$lr" --threads 1 --no-progress "${more[@]}" \
         --test "$data/rmd17_${molecule}_test_01.npz" --out "$run"
 fi
 cp "$run/best.pt" "potentials/stability/${name}_${molecule}.pt"
