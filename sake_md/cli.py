@@ -201,14 +201,16 @@ def model_from_checkpoint(options: dict, ctx: click.Context) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--extxyz", "extxyz_out", type=FILE, help="Write predictions beside references.")
 @click.option("--plot", type=FILE, help="Parity plot PNG (needs matplotlib).")
+@click.option("--against", type=FILE, help="One checkpoint only: also each error minus this checkpoint's on the same "
+              "frames, with a paired bootstrap 95% interval.")
 @click.option("--calibration-plot", type=FILE, help="Committee only: deviation against error PNG (needs matplotlib).")
 @click.option("--bins", type=click.IntRange(min=1), default=10,
               help="Committee only: quantile bins of the calibration table.")
 @click.option("--batch-size", type=int, default=64)
 @data_source_options
 @click.option("--device", default="cpu")
-def eval_command(checkpoints, potentials, data, as_json, extxyz_out, plot, calibration_plot, bins, batch_size, device,
-                 **source):
+def eval_command(checkpoints, potentials, data, as_json, extxyz_out, plot, against, calibration_plot, bins, batch_size,
+                 device, **source):
     """Energy and force errors of CHECKPOINTS on --data, with bootstrap 95% intervals.
 
     Several checkpoints form a committee: errors of its mean, each member's, and the calibration of
@@ -224,9 +226,12 @@ def eval_command(checkpoints, potentials, data, as_json, extxyz_out, plot, calib
     if len(checkpoints) == 1:
         if calibration_plot:
             raise click.UsageError("--calibration-plot needs a committee: give several checkpoints")
-        report, dataset, energy, forces = evaluate(checkpoints[0], source, batch_size, device, return_predictions=True)
+        report, dataset, energy, forces = evaluate(checkpoints[0], source, batch_size, device, return_predictions=True,
+                                                   against=against)
         text = format_report(report)
     else:
+        if against:
+            raise click.UsageError("--against compares one checkpoint with another: give one CHECKPOINT")
         from .calibration import calibration_plot as plot_calibration
         from .calibration import evaluate_committee, format_committee_report
 

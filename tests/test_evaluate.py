@@ -12,7 +12,7 @@ from sake_md.calculator import SAKECalculator
 from sake_md.checkpoint import save_checkpoint
 from sake_md.cli import main
 from sake_md.data import read_dataset
-from sake_md.evaluate import evaluate, format_report, statistics
+from sake_md.evaluate import evaluate, format_report, paired_statistics, statistics
 from sake_md.model import ModelConfig, SAKEPotential, count_parameters
 from sake_md.spatial import SPATIAL_BLOCKS
 
@@ -65,6 +65,46 @@ def test_bootstrap_interval_is_over_frames():
     spread = dict(same, abs_e=np.linspace(0, 0.004, 50))
     lo, hi = statistics(spread, n_bootstrap=500)["energy_mae_meV"]["ci95"]
     assert 1.5 < lo < 2.0 < hi < 2.5  # mean 2 meV, standard error about 0.17 meV
+
+
+def test_paired_difference_is_the_difference_with_an_interval_over_the_same_frames():
+    rng = np.random.default_rng(1)
+    hard = rng.exponential(0.002, 200)  # per-frame errors: some frames are hard for any potential
+    terms = lambda abs_e: {"abs_e": abs_e, "sq_e": abs_e ** 2, "abs_e_atom": abs_e / 9, "sq_e_atom": (abs_e / 9) ** 2,  # noqa: E731
+                           "abs_f": 27 * abs_e, "sq_f": 27 * abs_e ** 2, "n_f": np.full(len(abs_e), 27.0),
+                           "one": np.ones(len(abs_e))}
+    a, b = terms(hard + 0.0002), terms(hard)  # a is worse by 0.2 meV on every frame
+    paired = paired_statistics(a, b, n_bootstrap=500)
+    separate = statistics(a, n_bootstrap=500)["energy_mae_meV"], statistics(b, n_bootstrap=500)["energy_mae_meV"]
+    assert paired["energy_mae_meV"]["value"] == pytest.approx(separate[0]["value"] - separate[1]["value"])
+    assert paired["energy_mae_meV"]["other"] == pytest.approx(separate[1]["value"])
+    assert paired["energy_mae_meV"]["ci95"] == [pytest.approx(0.2), pytest.approx(0.2)]  # the shared part cancels
+    assert separate[0]["ci95"][0] < separate[1]["ci95"][1]  # while the separate intervals overlap
+    itself = paired_statistics(b, b, n_bootstrap=50)
+    assert all(v["value"] == 0 and v["ci95"] == [0, 0] for v in itself.values())
+    with pytest.raises(ValueError, match="same frames"):
+        paired_statistics(a, terms(hard[:100]))
+
+
+def test_eval_against_another_checkpoint(setup, tmp_path):
+    ckpt, data, _ = setup
+    potential = SAKECalculator(ckpt).potential
+    with torch.no_grad():
+        potential.energy_shift += 0.01  # 10 meV higher on every frame
+    other = save_checkpoint(tmp_path / "shifted.pt", potential)
+    report = evaluate(other, data, batch_size=4, against=ckpt)
+    alone = evaluate(ckpt, data, batch_size=4)
+    paired = report["against"]
+    assert paired["checkpoint"] == str(ckpt)
+    assert paired["force_mae_meV_A"]["value"] == pytest.approx(0, abs=1e-6)  # forces do not see the shift
+    assert paired["energy_mae_meV"]["other"] == pytest.approx(alone["energy_mae_meV"]["value"], rel=1e-6)
+    assert paired["energy_mae_meV"]["value"] == pytest.approx(
+        report["energy_mae_meV"]["value"] - alone["energy_mae_meV"]["value"], rel=1e-6)
+    result = CliRunner().invoke(main, ["eval", str(other), "--data", str(data), "--against", str(ckpt)])
+    assert result.exit_code == 0, result.output
+    assert f"against     {ckpt} (the same frames)" in result.output and "paired 95% interval" in result.output
+    result = CliRunner().invoke(main, ["eval", str(other), str(ckpt), "--data", str(data), "--against", str(ckpt)])
+    assert result.exit_code == 2 and "give one CHECKPOINT" in result.output
 
 
 def test_eval_command_writes_json_extxyz_and_plot(setup, tmp_path):
