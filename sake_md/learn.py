@@ -43,7 +43,8 @@ from .data import Dataset, read_dataset
 from .errors import ConfigError
 from .files import atomic_write
 
-__all__ = ["LearnSettings", "closed_angle_frames", "distorted_frames", "learn", "make_oracle", "select_frames"]
+__all__ = ["LearnSettings", "closed_angle_frames", "distorted_frames", "learn", "make_oracle", "oracle_offset",
+           "select_frames"]
 
 
 @dataclass
@@ -143,6 +144,21 @@ def label(frames: list, oracle, offset: float = 0.0) -> tuple[list, float]:
     return labelled, time.process_time() - start
 
 
+def oracle_offset(path: Path, data: Dataset, oracle, count: int, seed: int = 0) -> float:
+    """The oracle's constant offset to ``data``'s labels (eV): read from ``path``, or measured on ``count`` frames
+    drawn with ``seed`` (the mean of E_data − E_oracle; record: frames, offset, spread, CPU s) and written there.
+    ``oracle``: a callable returning the calculator, called only when a measurement is needed."""
+    if not path.exists():
+        frames = sorted(np.random.default_rng(seed).choice(len(data), min(count, len(data)), replace=False))
+        labelled, cpu = label(data.subset(frames).to_atoms(), oracle())
+        diff = np.array([data.energy[k] - a.get_potential_energy() for k, a in zip(frames, labelled, strict=True)])
+        record = {"frames": [int(k) for k in frames], "offset_eV": float(diff.mean()),
+                  "std_eV": float(diff.std(ddof=1)) if len(diff) > 1 else 0.0, "cpu_s": cpu}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
+    return json.loads(path.read_text())["offset_eV"]
+
+
 def pair_distances(positions: np.ndarray) -> np.ndarray:
     """Distances of every pair i < j. Shape (..., N, 3) -> (..., N(N-1)/2)."""
     i, j = np.triu_indices(positions.shape[-2], 1)
@@ -184,7 +200,8 @@ def distorted_frames(data: Dataset, bonds: np.ndarray, count: int, rng: np.rando
     """``count`` frames of ``data`` (one molecule; ASE Atoms), each with one random bond of ``bonds`` (M, 2)
     stretched past the longest length it has in ``data`` by up to ``reach`` Å, or, one frame in four, compressed
     below its shortest by up to ``compress`` Å. The lighter atom moves along the bond (for C–H the hydrogen), the
-    others stay. ``reach`` covers the collapse criterion (0.5 Å past the mean length) with room to spare."""
+    others stay. ``reach`` covers the collapse criterion (0.5 Å past the mean length) with room to spare.
+    ``info["distorted_bond"]``: [i, j], j the atom that moved."""
     from ase import Atoms
 
     from .md.bonds import bond_lengths
@@ -202,7 +219,8 @@ def distorted_frames(data: Dataset, bonds: np.ndarray, count: int, rng: np.rando
         positions = np.array(data.positions[f], dtype=np.float64)
         axis = positions[j] - positions[i]
         positions[j] = positions[i] + axis * (length / np.linalg.norm(axis))
-        frames.append(Atoms(numbers=data.numbers[f], positions=positions))
+        frames.append(Atoms(numbers=data.numbers[f], positions=positions,
+                            info={"distorted_bond": [int(i), int(j)]}))  # (fixed, moved)
     return frames
 
 
@@ -301,18 +319,8 @@ class Loop:
     # ---- stages ---------------------------------------------------------------------------------------
     def offset(self) -> float:
         """The oracle's constant offset to the training data (eV), measured once."""
-        path = self.out / "oracle_offset.json"
-        if not path.exists():
-            rng = np.random.default_rng(self.s.seed)
-            frames = sorted(rng.choice(len(self.base), min(self.s.calibration, len(self.base)), replace=False))
-            atoms = self.base.subset(frames).to_atoms()
-            labelled, cpu = label(atoms, self.get_oracle())
-            diff = np.array([self.base.energy[k] - a.get_potential_energy() for k, a in zip(frames, labelled,
-                                                                                              strict=True)])
-            record = {"frames": [int(k) for k in frames], "offset_eV": float(diff.mean()),
-                      "std_eV": float(diff.std(ddof=1)) if len(diff) > 1 else 0.0, "cpu_s": cpu}
-            atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
-        return json.loads(path.read_text())["offset_eV"]
+        return oracle_offset(self.out / "oracle_offset.json", self.base, self.get_oracle, self.s.calibration,
+                             self.s.seed)
 
     def data_file(self, r: int) -> Path:
         """Round r's training file: the base data and the frames labelled (and distorted) in rounds 0..r-1, those

@@ -154,6 +154,8 @@ def test_distorted_frames_move_one_atom_of_one_bond_out_of_the_data_range(tmp_pa
         assert len(target) >= 1  # a bond of the moved atom is out of the data's range, within reach
         i, j = bonds[target[0]]
         assert data.numbers[source][moved[0]] == min(data.numbers[source][i], data.numbers[source][j])  # the lighter
+        fixed, mover = atoms.info["distorted_bond"]  # the record names the bond, the moved atom last
+        assert mover == moved[0] and sorted((fixed, mover)) in bonds[target].tolist()
         stretched += bool(long[target].any())
     assert 20 <= stretched <= 38  # one in four compressed
     again = distorted_frames(data, bonds, 40, np.random.default_rng(0))

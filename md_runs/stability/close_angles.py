@@ -28,7 +28,7 @@ import numpy as np
 
 from sake_md.data import read_dataset
 from sake_md.files import atomic_write
-from sake_md.learn import closed_angle_frames, distorted_frames, label, make_oracle
+from sake_md.learn import closed_angle_frames, distorted_frames, label, make_oracle, oracle_offset
 from sake_md.md.bonds import find_bonds
 
 
@@ -54,7 +54,10 @@ def main():
     else:
         frames = closed_angle_frames(data, bonds, args.count, np.random.default_rng([args.seed, 0, 1]))
     oracle = make_oracle(args.oracle)
-    offset = oracle_offset(Path(args.offset), data, oracle, args.calibrate, args.seed)
+    path = Path(args.offset)
+    if not path.exists() and not args.calibrate:
+        raise SystemExit(f"{path} does not exist: give a loop's oracle_offset.json, or --calibrate N to measure one")
+    offset = oracle_offset(path, data, lambda: oracle, args.calibrate, args.seed)
     labelled, cpu = label(frames, oracle, offset)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, lambda tmp: ase.io.write(tmp, labelled, format="extxyz"))
@@ -64,7 +67,10 @@ def main():
     rows = []
     for atoms in labelled:
         if args.bonds:
-            row = {"bond": moved_bond(atoms, data, bonds)}
+            i, j = (int(v) for v in atoms.info["distorted_bond"])  # j moved along i→j
+            held = np.linalg.norm(train[:, j] - train[:, i], axis=-1)
+            row = {"bond": [i, j], "symbols": [atoms.get_chemical_symbols()[v] for v in (i, j)],
+                   "length_A": float(atoms.get_distance(i, j)), "data_range_A": [float(held.min()), float(held.max())]}
         else:
             j, i, k = (int(v) for v in atoms.info["closed_angle"])  # j moved, turning about i toward k
             row = {"angle": [j, i, k], "symbols": [atoms.get_chemical_symbols()[v] for v in (j, i, k)],
@@ -77,32 +83,6 @@ def main():
     print(f"{args.out}: {len(labelled)} of {args.count} labelled, {cpu:.0f} CPU-s")
     if args.record:
         Path(args.record).write_text(json.dumps(summary, indent=1) + "\n")
-
-
-def oracle_offset(path: Path, data, oracle, calibrate: int, seed: int) -> float:
-    """The oracle's constant offset to ``data`` (eV): read from ``path``, or measured on ``calibrate`` frames (the
-    mean of E_data - E_oracle, as ``sake-md learn`` does) and written there."""
-    if not path.exists() and calibrate > 0:
-        frames = sorted(np.random.default_rng(seed).choice(len(data), calibrate, replace=False))
-        labelled, cpu = label(data.subset(frames).to_atoms(), oracle)
-        diff = np.array([data.energy[k] - a.get_potential_energy() for k, a in zip(frames, labelled, strict=True)])
-        record = {"frames": [int(k) for k in frames], "offset_eV": float(diff.mean()),
-                  "std_eV": float(diff.std(ddof=1)) if len(diff) > 1 else 0.0, "cpu_s": cpu}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(record, indent=1) + "\n"))
-    return json.loads(path.read_text())["offset_eV"]
-
-
-def moved_bond(atoms, data, bonds) -> dict:
-    """Which bond of a ``distorted_frames`` frame was moved, its length and the data's range for it."""
-    from sake_md.md.bonds import bond_lengths
-
-    lengths = bond_lengths(np.stack(data.positions), bonds)  # (F, M)
-    now = bond_lengths(atoms.positions[None], bonds)[0]
-    m = int(np.argmax(np.maximum(now - lengths.max(0), lengths.min(0) - now)))
-    i, j = (int(v) for v in bonds[m])
-    return {"atoms": [i, j], "symbols": [atoms.get_chemical_symbols()[v] for v in (i, j)],
-            "length_A": float(now[m]), "data_range_A": [float(lengths[:, m].min()), float(lengths[:, m].max())]}
 
 
 if __name__ == "__main__":
