@@ -236,14 +236,16 @@ def bond_angles(bonds: np.ndarray) -> np.ndarray:
 
 
 def closed_angle_frames(data: Dataset, bonds: np.ndarray, count: int, rng: np.random.Generator, reach: float = 0.7,
-                        floor: float = 0.5) -> list:
+                        floor: float = 0.5, kind: str | None = None) -> list:
     """``count`` frames of ``data`` (one molecule; ASE Atoms), each with one angle j–i–k of the bond graph ``bonds``
     (M, 2) closed: the lighter of j and k (either, for two of one element) turns about i in the plane of the three,
     its bond length kept, until j–k is shorter than in any frame of ``data`` by up to ``reach`` Å (never below
     ``floor`` Å). The kinds of angle (their elements) take turns, then an angle of the kind is drawn: a kind with few
-    instances (malonaldehyde's one H–C–H) is covered as often as a common one. ``info["closed_angle"]``: [j, i, k],
-    j the atom that moved."""
+    instances (malonaldehyde's one H–C–H) is covered as often as a common one. ``kind``: only angles of that kind,
+    written end–centre–end in symbols (``"H-C-H"``: 3 of aspirin's 32 angles, its methyl's).
+    ``info["closed_angle"]``: [j, i, k], j the atom that moved."""
     from ase import Atoms
+    from ase.data import atomic_numbers, chemical_symbols
 
     from .md.bonds import bond_lengths
 
@@ -253,6 +255,17 @@ def closed_angle_frames(data: Dataset, bonds: np.ndarray, count: int, rng: np.ra
     kinds: dict[tuple, list[int]] = {}
     for a, (j, i, k) in enumerate(angles.tolist()):
         kinds.setdefault((*sorted((int(numbers[j]), int(numbers[k]))), int(numbers[i])), []).append(a)
+    if kind is not None:
+        try:
+            j_, i_, k_ = (atomic_numbers[symbol] for symbol in kind.split("-"))
+        except (KeyError, ValueError):
+            raise ValueError(f"angle kind {kind!r}: expected three element symbols, end-centre-end, "
+                             "e.g. 'H-C-H'") from None
+        wanted = (*sorted((j_, k_)), i_)
+        if wanted not in kinds:
+            have = ", ".join(sorted("-".join(chemical_symbols[z] for z in (a, c, b)) for a, b, c in kinds))
+            raise ValueError(f"no {kind} angle in this molecule (its kinds: {have})")
+        kinds = {wanted: kinds[wanted]}
     kinds_list = [kinds[key] for key in sorted(kinds)]
     frames = []
     for n in range(count):

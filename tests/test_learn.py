@@ -199,6 +199,12 @@ def test_closed_angle_frames_turn_one_atom_about_its_neighbour_closer_than_the_d
     assert np.isfinite(bent.positions).all() and bond_lengths(bent.positions, np.array([[1, 2]]))[0] < 2.4
     again = closed_angle_frames(data, bonds, 60, np.random.default_rng(0), reach=0.7, floor=0.5)
     assert all(np.array_equal(a.positions, b.positions) for a, b in zip(out, again, strict=True))
+    only = closed_angle_frames(data, bonds, 12, np.random.default_rng(0), kind="H-C-H")
+    assert all(list(data.numbers[0][a.info["closed_angle"]]) == [1, 6, 1] for a in only)
+    with pytest.raises(ValueError, match="no H-N-H angle in this molecule.*H-C-H"):
+        closed_angle_frames(data, bonds, 1, np.random.default_rng(0), kind="H-N-H")
+    with pytest.raises(ValueError, match="three element symbols"):
+        closed_angle_frames(data, bonds, 1, np.random.default_rng(0), kind="HCH")
 
 
 def test_learn_command(tmp_path):

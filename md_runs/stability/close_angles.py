@@ -14,6 +14,13 @@ same file measured (``oracle_offset.json``), or, for a molecule no loop has run 
         --count 25 --calibrate 3 --offset runs/stability/distorted_aspirin/oracle_offset.json \
         --out runs/stability/distorted_aspirin/stretched.extxyz --record md_runs/stability/aspirin/stretched.json
 
+``--kind H-C-H`` closes angles of that kind only (aspirin's methyl: 3 of its 32 angles, which the turns over kinds
+would reach in one frame of seven):
+
+    taskset -c 1 python md_runs/stability/close_angles.py ../shared/data/rmd17/rmd17_aspirin_train_01.npz \
+        --kind H-C-H --count 12 --calibrate 3 --offset runs/stability/closed_aspirin/oracle_offset.json \
+        --out runs/stability/closed_aspirin/closed.extxyz --record md_runs/stability/aspirin/closed.json
+
 ``--bonds`` draws frames as ``sake-md learn --stretch COUNT`` does (its round-0 generator). The frames stay in
 runs/ (rMD17 positions with one atom moved); the record (``--record``: counts, CPU seconds, the closed pairs or moved
 bonds and their energies above the file's highest) is ours.
@@ -41,18 +48,21 @@ def main():
     parser.add_argument("--calibrate", type=int, default=0, help="measure the offset on this many frames of the file "
                         "when --offset does not exist yet")
     parser.add_argument("--bonds", action="store_true", help="one bond stretched or compressed, not an angle closed")
+    parser.add_argument("--kind", help="close angles of this kind only, end-centre-end (e.g. H-C-H)")
     parser.add_argument("--oracle", default="pyscf")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="the labelled frames (extxyz)")
     parser.add_argument("--record", help="a JSON summary")
     args = parser.parse_args()
+    if args.bonds and args.kind:
+        parser.error("--kind chooses angles: it does not apply to --bonds")
 
     data = read_dataset(args.data)
     bonds = find_bonds(data.subset([0]).to_atoms()[0])
     if args.bonds:
         frames = distorted_frames(data, bonds, args.count, np.random.default_rng([args.seed, 0]))
     else:
-        frames = closed_angle_frames(data, bonds, args.count, np.random.default_rng([args.seed, 0, 1]))
+        frames = closed_angle_frames(data, bonds, args.count, np.random.default_rng([args.seed, 0, 1]), kind=args.kind)
     oracle = make_oracle(args.oracle)
     path = Path(args.offset)
     if not path.exists() and not args.calibrate:
@@ -78,8 +88,8 @@ def main():
                    "data_closest_A": float(np.linalg.norm(train[:, j] - train[:, k], axis=-1).min())}
         rows.append({**row, "above_highest_eV": float(atoms.get_potential_energy() - ceiling),
                      "oracle_cpu_s": float(atoms.info["oracle_cpu_s"])})
-    summary = {"data": args.data, "count": args.count, "labelled": len(labelled), "oracle": args.oracle,
-               "offset_eV": offset, "oracle_cpu_s": cpu, "seed": args.seed, "frames": rows}
+    summary = {"data": args.data, "count": args.count, "labelled": len(labelled), "kind": args.kind,
+               "oracle": args.oracle, "offset_eV": offset, "oracle_cpu_s": cpu, "seed": args.seed, "frames": rows}
     print(f"{args.out}: {len(labelled)} of {args.count} labelled, {cpu:.0f} CPU-s")
     if args.record:
         Path(args.record).write_text(json.dumps(summary, indent=1) + "\n")

@@ -3,7 +3,8 @@
 #   OMP_NUM_THREADS=1 taskset -c 1 bash md_runs/stability/finetune.sh [MOLECULE [NAME [BUDGET [LR]]]]
 #   (ethanol, finetune, 30m, 3e-4)
 # Start: ethanol, the potential shipped until session 16 (potentials/stability/c2/sake_ethanol.pt); malonaldehyde, the loop's round-2 candidate
-# potentials/stability/learn-r2_malonaldehyde.pt; START=CKPT in the environment: that checkpoint.
+# potentials/stability/learn-r2_malonaldehyde.pt; aspirin, the 2-hour potentials/stability/sake-2h_aspirin.pt (with
+# DATA=FILE: no loop has run on it); START=CKPT in the environment: that checkpoint.
 # Data: train_01 and every frame the loops labelled for the molecule: the MD frames of the data loop
 # (runs/stability/learn_<molecule>/round<R>/data.extxyz holds train_01 and them; ethanol R=3, malonaldehyde R=2),
 # the distortion loop's distorted frames (learn_<molecule>_stretch50/round*/distorted.extxyz) and EXTRA="FILE ..."
@@ -21,9 +22,13 @@ data=${RMD17:-../shared/data/rmd17}
 case $molecule in
     ethanol) start=potentials/stability/c2/sake_ethanol.pt round=3 ;;
     malonaldehyde) start=potentials/stability/learn-r2_malonaldehyde.pt round=2 ;;
-    *) echo "finetune.sh: no start potential for $molecule" >&2; exit 2 ;;
+    aspirin) start=potentials/stability/sake-2h_aspirin.pt round= ;;   # no loop has run on it: DATA=FILE
+    *) start= round= ;;
 esac
 start=${START:-$start}   # START=CKPT: fine-tune another potential
+if [ -z "$start" ] || { [ -z "$round" ] && [ -z "${DATA:-}" ]; }; then
+    echo "finetune.sh: $molecule needs START=CKPT (no default start) and DATA=FILE (no loop's frames)" >&2; exit 2
+fi
 read -r -a extra <<< "${EXTRA:-}"
 read -r -a more <<< "${ARGS:-}"
 run=runs/stability/${name}_${molecule}    # holds rMD17 frames: stays out of git
