@@ -81,13 +81,16 @@ def test_the_default_is_picked_silently_for_its_molecule_with_a_warning_for_othe
                                        "default sake_ethanol.pt outside its training data (pass --potential CKPT)\n")
 
 
-def test_checkout_ships_ethanol_and_malonaldehyde():
-    """Today's shipped folder: ethanol matches the default, malonaldehyde its own, aspirin nothing (the default runs
-    it, with a warning)."""
+def test_checkout_ships_ethanol_malonaldehyde_and_aspirin():
+    """Today's shipped folder: ethanol matches the default, malonaldehyde and aspirin their own; a molecule none was
+    trained on matches nothing (the default runs it, with a warning)."""
+    assert shipped.shipped_potentials() == [shipped.shipped_potential(), shipped.shipped_potential("sake_aspirin.pt"),
+                                            shipped.shipped_potential("sake_malonaldehyde.pt")]
     assert shipped.matching_potential(load_structure("ethanol")) == shipped.shipped_potential()
     assert shipped.matching_potential(load_structure("malonaldehyde")) == shipped.shipped_potential(
         "sake_malonaldehyde.pt")
-    assert shipped.matching_potential(load_structure("aspirin")) is None
+    assert shipped.matching_potential(load_structure("aspirin")) == shipped.shipped_potential("sake_aspirin.pt")
+    assert shipped.matching_potential(load_structure("benzene")) is None
 
 
 def test_run_uses_the_matching_potential(shipped_folder, capsys):
