@@ -44,7 +44,7 @@ def main():
     parser.add_argument("states", nargs="+")
     parser.add_argument("--reference", required=True, help="The training data: each pair's closest approach.")
     parser.add_argument("--timestep-fs", type=float, default=0.5)
-    parser.add_argument("--out", help="Write the result as JSON.")
+    parser.add_argument("--out", help="Write the result as JSON, added to the file's states for the same reference.")
     args = parser.parse_args()
     closest = pair_distances(np.stack(read_dataset(args.reference).positions)).min(0)
     result = {path: fusion_times(path, closest, args.timestep_fs) for path in args.states}
@@ -54,9 +54,15 @@ def main():
             pair = "" if r["fused_pair"] is None else f" (atoms {r['fused_pair']}, {r['fused_distance_A']:.2f} Å)"
             print(f"  run {r['run']}: bond collapse {r['bond_collapse_ps']} ps, pair fused {r['fused_ps']} ps{pair}; "
                   f"simulated {r['simulated_ps']:g} ps")
-    if args.out:
+    if args.out:  # an existing record of the same reference keeps its other states (one file per molecule)
+        try:
+            with open(args.out) as f:
+                old = json.load(f)
+        except FileNotFoundError:
+            old = {}
+        states = old.get("states", {}) if old.get("reference") == args.reference else {}
         with open(args.out, "w") as f:
-            json.dump({"reference": args.reference, "delta_A": 0.5, "states": result}, f, indent=1)
+            json.dump({"reference": args.reference, "delta_A": 0.5, "states": {**states, **result}}, f, indent=1)
 
 
 if __name__ == "__main__":
