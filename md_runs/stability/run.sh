@@ -2,8 +2,8 @@
 # Issue 22's long runs: train one candidate potential with the shipped recipe (30 minutes on one core), then
 # the full stability protocol on it (`sake-md compare`, mdsim-md17: 5 runs x 300 ps at 500 K), resumable.
 #   taskset -c 0 bash md_runs/stability/run.sh ethanol sake-dot [TIME [MODEL]]
-# MODEL: an already trained checkpoint to run the protocol on (e.g. the shipped potentials/sake_ethanol.pt
-# as NAME "shipped"), instead of training one.
+# MODEL: an already trained checkpoint to run the protocol on (e.g. potentials/stability/c2/sake_ethanol.pt, the
+# potential shipped until session 16, as NAME "shipped"), instead of training one.
 # Run it again after a kill: the training resumes from last.pt (or is skipped once the model is in
 # potentials/stability/), the MD from
 # runs/stability/<molecule>/<variant>/state (at most 1 ps lost; not committed: it grows with the run and starts from
