@@ -119,6 +119,22 @@ def test_cost_labels_keep_long_runs_out_and_take_medians(tmp_path):
     assert "MD CPU-h per model (1 ps runs only)" in text and "`sake` seed 0 (5 ps) 2.00" in text
 
 
+def test_cost_table_gives_the_compile_time_inside_the_training_budget(tmp_path):
+    records = fixture_records(tmp_path)
+    for seed, first in enumerate((250.0, 310.0, 40.0)):  # seed 2: torch's cache, a short compile
+        path = records / "ethanol" / "sake" / f"seed{seed}.train.json"
+        train = json.loads(path.read_text())
+        # the compile in epoch 1; a later slow epoch (a resume, a busy core) is not counted
+        seconds = [first, 10.0, 10.0, 10.0, 19.0, 130.0 if seed == 0 else 10.0, 10.0]  # median 10
+        train["validation_curve"] = [{"epoch": k + 1, "seconds": t} for k, t in enumerate(seconds)]
+        path.write_text(json.dumps(train))
+    text = render(load_records(records))
+    # per seed (250 - 10) / 60 = 4.0, (310 - 10) / 60 = 5.0, (40 - 10) / 60 = 0.5: median 4.0
+    assert "of which compiling the step (min; median)" in text
+    assert "| 1.00 | 4.0 |" in table_row(text, "### Cost", "sake")
+    assert "| — |" in table_row(text, "### Cost", "sake-no-spatial")  # no epoch times recorded
+
+
 def test_totals_include_the_committee_analyses_or_say_they_are_not_recorded(tmp_path):
     records = load_records(fixture_records(tmp_path))
     with_cost = Records(records.study, records.train, records.md, [{"cost": {"cpu_s": 360.0}}])

@@ -206,9 +206,10 @@ def survival(records: Records, molecule: str, variant: str, horizon: str) -> dic
 
 def cost_table(records: Records, molecule: str, horizon: str) -> list[str]:
     lines = ["| variant | parameters | E+F ms (B = 1; median over models) | training samples per CPU-s | epochs | "
-             f"training CPU-h per model | MD steps/s (all runs together; median over models) | "
+             "training CPU-h per model | of which compiling the step (min; median) | "
+             "MD steps/s (all runs together; median over models) | "
              f"MD CPU-h per model ({horizon} ps runs only) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     long = []
     for v in records.variants(molecule):
         trained, simulated = records.trained(molecule, v), records.simulated(molecule, v)
@@ -224,6 +225,7 @@ def cost_table(records: Records, molecule: str, horizon: str) -> list[str]:
             f"{fmt(ef_ms(trained), 1)} | "
             f"{fmt(mean([samples_per_cpu_s(r) for r in trained]), 1)} | {', '.join(map(str, epochs)) or '—'} | "
             f"{fmt(mean([training_cpu_h(r) for r in trained]), 2)} | "
+            f"{fmt(median([compile_minutes(r) for r in trained]), 1)} | "
             f"{fmt(median([r['horizons'][horizon]['steps_per_s'] for r in simulated if horizon in r['horizons']]), 1)}"
             f" | {fmt(mean([r['cost']['cpu_s'] / 3600 for r in short]), 2)} |")
     if long:
@@ -252,6 +254,17 @@ def samples_per_cpu_s(record: dict) -> float:
     if "train_seconds" not in c or not c.get("cpu_s"):
         return c["samples_per_s"]
     return c["samples_per_s"] * c["train_seconds"] / (training_cpu_h(record) * 3600)
+
+
+def compile_minutes(record: dict) -> float:
+    """Minutes of a model's training budget spent compiling the training step: its first epoch's time beyond the
+    median epoch's. A time budget counts them (they are part of what the run cost; torch's cache can shorten them
+    for later runs of a shape). Later slow epochs (a recompile after a resume, a busy core) are not separable
+    from each other and are left out."""
+    seconds = [row["seconds"] for row in record.get("validation_curve", []) if "seconds" in row]
+    if len(seconds) < 3:
+        return math.nan
+    return max(seconds[0] - float(np.median(seconds)), 0.0) / 60
 
 
 def training_cpu_h(record: dict) -> float:
