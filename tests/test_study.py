@@ -319,7 +319,7 @@ def test_report_tables_reproduce_the_fixture_numbers(tmp_path):
     # stability: seed 2 lost 0.75 and 0.5 ps on 2 of its 5 start frames: RMST difference -0.25 ps there
     assert "-0.08 (-8.3%)" in row and "per seed +0.00, +0.00, -0.25; exact p = 1 (min 0.25), Holm p = 1" in row
     assert "start frames longer/shorter/tied 0/2/13" in row and "Welch" not in row
-    assert "Holm's adjustment over all 3 tests" in text and "0.25 for 3 seeds" in text
+    assert "Holm's adjustment over all 3 per-molecule tests" in text and "0.25 for 3 seeds" in text
     assert "Primary metric, force RMSE (meV/Å): `sake-no-spatial` +10.00 against `sake` (Holm p = 0.75)" in text
     # Kaplan–Meier: seed 2 of sake-no-spatial keeps 3 of 5; pooled 15 runs lose one at 0.25 and one at 0.5 ps
     row = table_row(text, "### MD stability, 1 ps", "sake-no-spatial")
@@ -334,13 +334,15 @@ def test_report_includes_the_interpretation_and_flags_it_when_records_change(tmp
     records = load_records(fixture_records(tmp_path))
     assert record_counts(records) == "6 training and 6 MD records"
     current = ("<!-- written against: 6 training and 6 MD records; statistics: paired exact tests with Holm, "
-               "Kaplan–Meier -->\nSpatial attention matters.\n")
+               "pooled primary test, Kaplan–Meier -->\nSpatial attention matters.\n")
     text = render(records, interpretation=current)
     section = text.split("## Interpretation (written by hand")[1]
     assert "Spatial attention matters." in section and "check it" not in section and "older statistics" not in section
     older = render(records, interpretation="<!-- written against: 6 training and 6 MD records -->\nIt matters.\n")
     section = older.split("## Interpretation (written by hand")[1]
     assert "Written against the older statistics (Welch's t-tests" in section and "check it" not in section
+    earlier = render(records, interpretation=current.replace("pooled primary test, ", ""))
+    assert "Written against earlier statistics (paired exact tests with Holm, Kaplan–Meier)" in earlier
     stale = render(records, interpretation=current.replace("6 MD", "5 MD"))
     assert "Written against 6 training and 5 MD records; the records now hold 6 training and 6 MD records" in stale
     assert "does not say which records" in render(records, interpretation="Spatial attention matters.\n")

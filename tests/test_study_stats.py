@@ -100,7 +100,7 @@ def test_one_model_per_variant_gets_no_p_values(tmp_path):
     text = render(load_records(records))
     row = table_row(text, "## Findings", "sake-no-spatial")
     assert "one model per variant: no test" in row and "p =" not in row and "Holm" not in row
-    assert "Holm's adjustment over all 0 tests" in text
+    assert "Holm's adjustment over all 0 per-molecule tests" in text
 
 
 def test_cost_labels_keep_long_runs_out_and_take_medians(tmp_path):
@@ -117,6 +117,34 @@ def test_cost_labels_keep_long_runs_out_and_take_medians(tmp_path):
     row = table_row(text, "### Cost", "sake")
     assert "| 20.0 | 0.50 |" in row
     assert "MD CPU-h per model (1 ps runs only)" in text and "`sake` seed 0 (5 ps) 2.00" in text
+
+
+def test_primary_test_pools_the_required_molecules_by_relative_difference(tmp_path):
+    records = fixture_records(tmp_path)
+    study = json.loads((records / "study.json").read_text())
+    # malonaldehyde: every error doubled; aspirin (optional): sake's ×10, so that no-spatial is better there
+    for molecule, optional, scale in (("malonaldehyde", False, {"sake": 2.0, "sake-no-spatial": 2.0}),
+                                      ("aspirin", True, {"sake": 10.0, "sake-no-spatial": 1.0})):
+        study["molecules"][molecule] = dict(study["molecules"]["ethanol"], optional=optional)
+        for path in (records / "ethanol").rglob("*.train.json"):
+            train = json.loads(path.read_text())
+            train["run"]["molecule"] = molecule
+            for q in train["test"].values():
+                if isinstance(q, dict):
+                    q["value"] *= scale[path.parent.name]
+            target = records / molecule / path.parent.name / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(json.dumps(train))
+    (records / "study.json").write_text(json.dumps(study))
+    text = render(load_records(records))
+    section = text.split("### Primary test", 1)[1].split("### ethanol", 1)[0]
+    row = table_row(section, "|---|", "sake-no-spatial")
+    # ethanol and malonaldehyde alike: +10 / (10, 12, 14) twice (scaling both cells keeps the ratio); aspirin,
+    # optional, left out: 6 positive pairs, exact p = 2 / 2^6, one variant so Holm keeps it
+    rel = [10 / f for f in (10.0, 12.0, 14.0)] * 2
+    assert "| 6 (ethanol, malonaldehyde) |" in row and f"{100 * np.mean(rel):+.1f}%" in row
+    assert "| 0.0312 (0.0312) | 0.0312 **< 0.05** |" in row
+    assert "per-molecule tests below are secondary" in section
 
 
 def test_cost_table_gives_the_compile_time_inside_the_training_budget(tmp_path):

@@ -346,6 +346,68 @@ def all_comparisons(records: Records, horizon: str, baseline: str, primary: str)
     return comps
 
 
+@dataclass
+class PooledComparison:
+    """One variant against the baseline on the primary metric, pooled over molecules: ``effect`` over the
+    relative paired differences (fractions of the baseline's value), one per (molecule, seed)."""
+
+    variant: str
+    effect: PairedEffect
+    molecules: list[str]
+    holm_p: float | None = None
+
+
+def pooled_primary(records: Records, baseline: str, primary: str) -> list[PooledComparison]:
+    """The primary test: each variant against ``baseline`` on the primary metric over every required (not
+    optional) molecule, one relative difference (a - b) / b per (molecule, seed) pair, so that molecules with
+    different error scales weigh alike; the exact sign-flip test over all pairs, Holm's adjustment over the
+    variants. Per molecule, S seeds cannot give p below 2^(1 - S) (0.0625 for 5), M molecules together can
+    (2^(1 - MS))."""
+    optional = {m for m, d in records.study.get("molecules", {}).items() if d.get("optional")}
+    out = []
+    for v in records.variants():
+        rel, used = [], []
+        for m in records.molecules():
+            if v == baseline or m in optional:
+                continue
+            a, b = paired_errors(records, m, v, baseline, primary)
+            if len(a):
+                rel += list((a - b) / b)
+                used.append(m)
+        if rel:
+            out.append(PooledComparison(v, paired_effect(np.array(rel), np.zeros(len(rel))), used))
+    for c, p in zip(out, holm([c.effect.p for c in out]), strict=True):
+        c.holm_p = p
+    return out
+
+
+def pooled_section(pooled: list[PooledComparison], baseline: str, primary: str, alpha: float) -> list[str]:
+    """The primary test's table (nothing unless some variant has pairs in two molecules or more)."""
+    if not any(len(c.molecules) > 1 for c in pooled):
+        return []
+    lines = [f"### Primary test: {LABELS[primary]}, pooled over molecules", "",
+             f"Each variant against `{baseline}` over every required molecule: the relative paired difference "
+             "per (molecule, seed), the mean with [its 95% t-interval], the exact two-sided sign-flip p over all "
+             f"pairs and Holm's adjustment over these {len(pooled)} tests alone (α = {alpha}); the per-molecule "
+             "tests below are secondary. Added to the report on 2026-12-06, after every run of the equal-epochs arm "
+             "and seed 0 of the equal-cost arm (none of its other seeds): per molecule, even 5 seeds cannot reach "
+             "p < 0.05.", "",
+             f"| variant − `{baseline}` | pairs (molecules × seeds) | mean relative Δ [95% t-interval] | "
+             "per pair | exact p (min) | Holm p |", "|---|---:|---|---|---|---|"]
+    for c in pooled:
+        e = c.effect
+        pairs = ", ".join(f"{100 * d:+.1f}%" for d in e.diffs)
+        if e.p is None:
+            lines.append(f"| `{c.variant}` | {e.n} ({', '.join(c.molecules)}) | {100 * e.mean:+.1f}% | {pairs} | "
+                         "one pair: no test | — |")
+            continue
+        verdict = f" **< {alpha:g}**" if c.holm_p < alpha else ""
+        lines.append(f"| `{c.variant}` | {e.n} ({', '.join(c.molecules)}) | {100 * e.mean:+.1f}% "
+                     f"[{100 * e.lo:+.1f}%, {100 * e.hi:+.1f}%] | {pairs} | {e.p:.3g} ({e.min_p:.3g}) | "
+                     f"{c.holm_p:.3g}{verdict} |")
+    return lines + [""]
+
+
 def comparison_table(comps: list[Comparison], baseline: str, alpha: float) -> list[str]:
     """One row per variant, one column per metric (the primary first): the paired difference and its tests."""
     metrics = list(dict.fromkeys(c.metric for c in comps))
@@ -526,14 +588,14 @@ def record_counts(records: Records) -> str:
     return f"{len(records.train)} training and {len(records.md)} MD records"
 
 
-STATISTICS = "paired exact tests with Holm, Kaplan–Meier"  # what an interpretation's statistics are
+STATISTICS = "paired exact tests with Holm, pooled primary test, Kaplan–Meier"  # what an interpretation read
 
 
 def interpretation_section(records: Records, text: str) -> list[str]:
     """The hand-written interpretation (``interpretation.md`` beside the report), flagged when the records
     have changed since it was written, or the report's statistics: its first line is ``<!-- written against:
-    N training and M MD records; statistics: paired exact tests with Holm, Kaplan–Meier -->`` (no
-    ``statistics:`` part: written against the older Welch's t-tests)."""
+    N training and M MD records; statistics: paired exact tests with Holm, pooled primary test, Kaplan–Meier -->``
+    (no ``statistics:`` part: written against the older Welch's t-tests; another one: before the pooled test)."""
     first, _, body = text.partition("\n")
     lines = [f"## Interpretation (written by hand, `{INTERPRETATION}`)", ""]
     now = record_counts(records)
@@ -545,7 +607,11 @@ def interpretation_section(records: Records, text: str) -> list[str]:
     if against.strip() != now:
         lines += [f"**Written against {against.strip()}; the records now hold {now}: check it against the tables "
                   "above.**", ""]
-    if statistics.strip().removeprefix("statistics:").strip() != STATISTICS:
+    given = statistics.strip().removeprefix("statistics:").strip()
+    if given and given != STATISTICS:
+        lines += [f"**Written against earlier statistics ({given}); the Findings above now also hold the primary "
+                  "test pooled over molecules: check each claim against them.**", ""]
+    elif not given:
         lines += ["**Written against the older statistics (Welch's t-tests over 3 seeds, uncorrected; stability "
                   "over trajectories taken as independent). The Findings above replace them with per-seed paired "
                   "differences, exact sign-flip tests and Holm's adjustment, Kaplan–Meier survival and the RMST "
@@ -592,13 +658,14 @@ def render(records: Records, plots: list[str] = (), interpretation: str | None =
               "frames and momenta) with [its 95% t-interval], the differences per seed, the exact two-sided "
               "sign-flip permutation p over seeds (min: the smallest p it can give with that many seeds"
               + (f", {', '.join(f'{min_sign_flip_p(n):.3g} for {n}' for n in seeds)} seeds" if seeds else "")
-              + f") and Holm's adjustment over all {len(tested)} tests of this report (α = {alpha}). Stability: "
+              + f") and Holm's adjustment over all {len(tested)} per-molecule tests (α = {alpha}). Stability: "
               "the restricted mean survival time (mean stability time, runs censored at the run length) per "
               "model, paired by seed; start frames: trajectory pairs (same model seed, start frame and momenta) "
               "where the variant lasted longer/shorter/equally, conditional on the models. One model per "
               "variant: no test. These replace the earlier Welch's t-tests (uncorrected, trajectories taken as "
               "independent). " + ("The interpretation follows them." if interpretation else
                                   "Interpretation is left to the reader."), ""]
+    lines += pooled_section(pooled_primary(records, baseline, primary), baseline, primary, alpha)
     for molecule in records.molecules():
         lines += [f"### {molecule}", ""] + findings(records, molecule, main or "", baseline, alpha, comps,
                                                      primary) + [""]
