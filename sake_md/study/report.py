@@ -365,11 +365,9 @@ def pooled_primary(records: Records, baseline: str, primary: str) -> list[Pooled
     (2^(1 - MS))."""
     optional = {m for m, d in records.study.get("molecules", {}).items() if d.get("optional")}
     out = []
-    for v in records.variants():
+    for v in [v for v in records.variants() if v != baseline]:
         rel, used = [], []
-        for m in records.molecules():
-            if v == baseline or m in optional:
-                continue
+        for m in [m for m in records.molecules() if m not in optional]:
             a, b = paired_errors(records, m, v, baseline, primary)
             if len(a):
                 rel += list((a - b) / b)
