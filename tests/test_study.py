@@ -4,6 +4,9 @@ kill, skipping finished runs, segmented MD = uninterrupted MD, and the report's 
 import copy
 import json
 import math
+import os
+import signal
+import sys
 
 import numpy as np
 import pytest
@@ -19,7 +22,7 @@ from sake_md.errors import ConfigError
 from sake_md.md.reference import read_reference
 from sake_md.md.segments import SegmentedStability, run_segmented
 from sake_md.md.stability import StabilityPreset, run_stability
-from sake_md.study import Run, load_study
+from sake_md.study import Run, load_study, runner
 from sake_md.study.jobs import run_job
 from sake_md.study.publish import median_seed, model_card
 from sake_md.study.report import fmt_summary, load_records, record_counts, render, summarize
@@ -385,6 +388,26 @@ def test_jobs_never_exceed_cores():
     assert job_slots(2, {0, 1, 2, 3}) == [(0,), (1,)]
     assert job_slots(4, {3}) == [(3,)]
     assert job_slots(3, set(range(8)), spread=True) == [(0, 1, 2), (3, 4, 5), (6, 7)]
+
+
+def test_sigusr1_drains_the_study(tmp_path, monkeypatch):
+    """SIGUSR1: the running job finishes (a time-budgeted training is never cut), none of the queue starts."""
+    toml = tiny_study(tmp_path, variants=("sake-no-spatial",))
+    study = load_study(toml)
+    run = study.select()[0]
+    monkeypatch.setattr(runner, "job_command", lambda *a: [sys.executable, "-c", "import time; time.sleep(0.5)"])
+    lines = []
+
+    def echo(line):
+        lines.append(line)
+        if " start " in line:
+            os.kill(os.getpid(), signal.SIGUSR1)  # while the first job runs
+
+    assert runner.run_jobs(study, [run, run, run], 1, echo=echo) == {run.key: 0}
+    assert sum(" start " in line for line in lines) == 1
+    assert any("draining: 1 running job(s) finish, 2 not started" in line for line in lines)
+    assert lines[-1].startswith("drained: 2 job(s) not started")
+    assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler does not outlive the jobs
 
 
 def test_dry_run_size_and_missing_data(tmp_path):

@@ -2,7 +2,9 @@
 
 Never more jobs than the cores this process may use (``os.sched_getaffinity``). A job's output goes to
 ``job.log`` in its run folder. On SIGTERM or Ctrl-C the jobs are terminated and the study stops; the
-next invocation resumes them (at most one epoch or one MD segment lost per job).
+next invocation resumes them (at most one epoch or one MD segment lost per job). On SIGUSR1 the study
+drains: the running jobs finish, no new one starts (before a machine is taken away, so that no
+time-budgeted training is cut and its budget spent twice).
 """
 
 import os
@@ -76,12 +78,18 @@ def run_jobs(study: Study, units: list, jobs: int, device: str = "cpu", echo=pri
     if len(slots) < jobs:
         echo(f"{jobs} jobs asked for but only {len(slots)} core(s) available: running {len(slots)} at a time")
     free, queue, running, status = list(slots), list(units), [], {}
+    draining = []  # the handler only flags: printing inside a signal handler can re-enter a write
+
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    previous_usr1 = signal.signal(signal.SIGUSR1, lambda signum, frame: draining.append(signum))
     try:
-        while queue or running:
-            while queue and free:
+        while (queue and not draining) or running:
+            while queue and free and not draining:
                 running.append(_start(study, queue.pop(0), free.pop(0), device, echo, options))
             time.sleep(0.2)
+            if len(draining) == 1:
+                draining.append(0)  # announce once
+                echo(f"[{_clock()}] SIGUSR1: draining: {len(running)} running job(s) finish, {len(queue)} not started")
             for job in [j for j in running if j.process.poll() is not None]:
                 running.remove(job)
                 free.append(job.cores)
@@ -95,6 +103,9 @@ def run_jobs(study: Study, units: list, jobs: int, device: str = "cpu", echo=pri
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGUSR1, previous_usr1)
+    if queue:
+        echo(f"drained: {len(queue)} job(s) not started; run the same command again to run them")
     return status
 
 
