@@ -78,7 +78,7 @@ def run_jobs(study: Study, units: list, jobs: int, device: str = "cpu", echo=pri
     if len(slots) < jobs:
         echo(f"{jobs} jobs asked for but only {len(slots)} core(s) available: running {len(slots)} at a time")
     free, queue, running, status = list(slots), list(units), [], {}
-    draining = []  # the handler only flags: printing inside a signal handler can re-enter a write
+    draining, told = [], False  # the handler only flags: printing inside a signal handler can re-enter a write
 
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     previous_usr1 = signal.signal(signal.SIGUSR1, lambda signum, frame: draining.append(signum))
@@ -87,8 +87,8 @@ def run_jobs(study: Study, units: list, jobs: int, device: str = "cpu", echo=pri
             while queue and free and not draining:
                 running.append(_start(study, queue.pop(0), free.pop(0), device, echo, options))
             time.sleep(0.2)
-            if len(draining) == 1:
-                draining.append(0)  # announce once
+            if draining and not told:
+                told = True
                 echo(f"[{_clock()}] SIGUSR1: draining: {len(running)} running job(s) finish, {len(queue)} not started")
             for job in [j for j in running if j.process.poll() is not None]:
                 running.remove(job)
