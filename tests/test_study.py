@@ -410,6 +410,29 @@ def test_sigusr1_drains_the_study(tmp_path, monkeypatch):
     assert signal.getsignal(signal.SIGUSR1) is signal.SIG_DFL  # the handler does not outlive the jobs
 
 
+def test_report_is_rewritten_after_each_job(tmp_path, monkeypatch):
+    """A study stopped between jobs (a drain, a session's end) leaves a report that agrees with its records;
+    a report that fails between jobs is said, and the jobs go on."""
+    import sake_md.study as study_package
+
+    toml = tiny_study(tmp_path)  # two variants: two jobs
+    monkeypatch.setattr(runner, "job_command", lambda *a: [sys.executable, "-c", "pass"])
+    calls = []
+
+    def write_report(records, out):
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise OSError("disk full")
+        return []
+
+    monkeypatch.setattr(study_package, "write_report", write_report)
+    result = invoke(toml, "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    assert len(calls) == 3  # after each of the two jobs, then at the end
+    assert "report not rewritten (OSError: disk full)" in result.output
+    assert result.output.index("report not rewritten") > result.output.index("done: ethanol/")
+
+
 def test_dry_run_size_and_missing_data(tmp_path):
     toml = tiny_study(tmp_path, variants=("sake-no-spatial",))
     result = invoke(toml, "--dry-run")

@@ -69,7 +69,8 @@ def run_study(study_file, variants=(), molecules=(), seeds=(), jobs: int = 2, de
                     groups = [u for u in units if len(u) > 1]
                     echo(f"compiling the training steps of {len(groups)} group(s) side by side")
                     run_jobs(study, groups, len(groups), device, echo, ("--stack", "--compile-only"))
-                codes = run_jobs(study, units, jobs, device, echo, (*options, "--stack") if stack else options)
+                codes = run_jobs(study, units, jobs, device, echo, (*options, "--stack") if stack else options,
+                                 on_done=lambda label, code: _report_so_far(study, echo))
             except (KeyboardInterrupt, Terminated) as e:
                 echo("study stopped; run the same command again to resume")
                 return 130 if isinstance(e, KeyboardInterrupt) else 143
@@ -92,6 +93,15 @@ def run_study(study_file, variants=(), molecules=(), seeds=(), jobs: int = 2, de
         for path in publish_cells(load_records(study.records), study.out, study.potentials, source, study.root):
             echo(f"published {path}")
     return status
+
+
+def _report_so_far(study: Study, echo) -> None:
+    """Rewrite the report from the records after each job, so that records and report agree whenever the
+    study stops (a session's end, a drain); a report that fails here is said and retried at the end."""
+    try:
+        write_report(study.records, study.out)
+    except Exception as e:  # noqa: BLE001 - the jobs matter more than an interim report
+        echo(f"report not rewritten ({type(e).__name__}: {e}); it is written again when the study ends")
 
 
 def training_hours(study: Study, runs: list[Run]) -> str:

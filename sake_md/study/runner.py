@@ -70,9 +70,11 @@ class Terminated(Exception):
     """SIGTERM arrived; raised in the main loop so that the jobs are stopped before the study exits."""
 
 
-def run_jobs(study: Study, units: list, jobs: int, device: str = "cpu", echo=print, options=()) -> dict[str, int]:
+def run_jobs(study: Study, units: list, jobs: int, device: str = "cpu", echo=print, options=(),
+             on_done=None) -> dict[str, int]:
     """Run ``units`` (runs, or lists of runs trained together) as subprocesses, ``jobs`` at a time, with
-    the job options ``options``. Returns each unit's exit status by label."""
+    the job options ``options``; ``on_done(label, exit_status)`` after each job ends (e.g. to rewrite the
+    report while the others run). Returns each unit's exit status by label."""
     units = [u if isinstance(u, list) else [u] for u in units]
     slots = job_slots(jobs, spread=device.startswith("cuda"))
     if len(slots) < jobs:
@@ -98,6 +100,8 @@ def run_jobs(study: Study, units: list, jobs: int, device: str = "cpu", echo=pri
                 minutes = (time.perf_counter() - job.started) / 60
                 outcome = "done" if code == 0 else f"FAILED (exit {code}; see {_log_path(study, job.runs[0])})"
                 echo(f"[{_clock()}] {outcome}: {job.label} after {minutes:.1f} min")
+                if on_done is not None:
+                    on_done(job.label, code)
     except (KeyboardInterrupt, Terminated):
         _stop(running, echo)
         raise
