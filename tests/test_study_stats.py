@@ -264,3 +264,60 @@ def test_arm_sizing_uses_the_budget_not_epochs(tmp_path):
     md_h = PRESETS["mdsim-md17"].steps(0.1) / 100.0 / 3600
     assert row.split()[4:] == ["6", f"{3 / 3600:.2f}", f"{md_h:.2f}", "2"]  # 3 s / 0.5 s per epoch = 6 epochs
     assert f"total: {2 * (3 / 3600 + md_h):.1f} CPU-hours" in text and "suggested epochs" not in text
+
+
+BOUGHT = """
+[arms.equal-cost.budget_epochs]
+ethanol = { sake-no-spatial = 3 }
+"""
+
+
+def test_budget_epochs_replace_the_clock_and_are_checked(tmp_path):
+    toml = arm_study(tmp_path)
+    toml.write_text(toml.read_text() + BOUGHT)
+    study = load_study(toml, arm="equal-cost")
+    run = study.select()[0]
+    cfg = study.train_config(run)
+    assert (cfg.epochs, cfg.time_budget) == (3, None)  # the epochs the budget bought, not the clock
+    assert study.molecules["ethanol"].time_budget_s == 3.0  # the budget they stand for
+    assert study.to_dict()["molecules"]["ethanol"]["budget_epochs"] == {"sake-no-spatial": 3}
+    assert study.same_budget({"time_budget": 3.0, "epochs": None}, run)  # a record on the clock: the same budget
+    assert not study.same_budget({"time_budget": 6.0, "epochs": None}, run)
+    text = toml.read_text()
+    for bad, match in (("{ sake-no-spatial = 0 }", "positive integer"), ("{ sake = 3 }", "every variant"),
+                       ("{ sake-no-spatial = 2.5 }", "positive integer")):
+        toml.write_text(text.replace("{ sake-no-spatial = 3 }", bad))
+        with pytest.raises(ConfigError, match=match):
+            load_study(toml, arm="equal-cost")
+    toml.write_text(text.replace("ethanol = {", "malonaldehyde = {"))
+    with pytest.raises(ConfigError, match="no epochs for ethanol"):
+        load_study(toml, arm="equal-cost")
+
+
+def test_arm_sizing_takes_the_bought_epochs_at_the_measured_speed(tmp_path):
+    from sake_md.study.sizing import Speed, sizing_table
+
+    toml = arm_study(tmp_path)
+    toml.write_text(toml.read_text() + BOUGHT)
+    text = sizing_table(load_study(toml, arm="equal-cost"), [Speed("ethanol", "sake-no-spatial", 2.0, 100.0)])
+    row = next(line for line in text.splitlines() if line.startswith("ethanol"))
+    assert row.split()[4:6] == ["3", f"{3 * 2.0 / 3600:.2f}"]  # 3 epochs of 2 s, whatever the clock would give
+
+
+def test_budget_epochs_take_over_from_the_clock_without_redoing_its_records(tmp_path):
+    toml = arm_study(tmp_path)
+    result = invoke(toml, "--arm", "equal-cost", "--seed", "0")
+    assert result.exit_code == 0, result.output
+    toml.write_text(toml.read_text() + BOUGHT)
+    result = invoke(toml, "--arm", "equal-cost")
+    assert result.exit_code == 0, result.output
+    assert "1 done, 1 to run" in result.output and "recorded with other" not in result.output
+    records = load_study(toml, arm="equal-cost").records / "ethanol" / "sake-no-spatial"
+    clock, bought = (json.loads((records / f"seed{s}.train.json").read_text()) for s in (0, 1))
+    assert (clock["config"]["time_budget"], clock["config"]["epochs"]) == (3.0, None)
+    assert (bought["config"]["time_budget"], bought["config"]["epochs"], bought["cost"]["epochs"]) == (None, 3, 3)
+    readme = (tmp_path / "cost" / "README.md").read_text()
+    assert "or the epochs it bought on the reference machine for runs trained since they were stated: " \
+           "`sake-no-spatial` 3" in readme
+    assert "Training length: 1 model(s) on the clock (the time budget); 1 for the epochs the budget bought on the " \
+           "reference machine: `sake-no-spatial` seed 1 (3)." in readme

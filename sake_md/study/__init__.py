@@ -110,6 +110,8 @@ def training_hours(study: Study, runs: list[Run]) -> str:
     known = sum(b for b in budgets if b is not None) / 3600
     unknown = sum(b is None for b in budgets)
     text = f"training: {known:.1f} CPU-hours for {len(runs) - unknown} run(s) with a time budget"
+    if any(r.variant in study.molecules[r.molecule].budget_epochs for r in runs):
+        text += " (as the epochs it bought on the reference machine: more hours on a slower one)"
     if unknown:
         text += f"; {unknown} run(s) with a number of epochs"
     return text + "; MD and epochs: measure with --size (CPU-hours of everything)"
@@ -128,7 +130,7 @@ def stacked_groups(study: Study, runs: list[Run]) -> list[list[Run]]:
         if run.molecule not in sizes:
             data = read_dataset(study.data_file(run.molecule, "train"))
             sizes[run.molecule] = tuple(sorted(set(data.n_atoms.tolist())))
-        key = (run.variant, sizes[run.molecule], study.molecules[run.molecule].epochs)
+        key = (run.variant, sizes[run.molecule], tuple(study.length(run).items()))
         groups.setdefault(key, []).append(run)
     return [*groups.values(), *alone]
 
@@ -154,7 +156,10 @@ def _warn_stale(study: Study, runs: list[Run], device: str, echo) -> None:
         recorded = json.loads(path.read_text())["config"]
         recorded["recipe"] = RECIPE_ALIASES.get(recorded.get("recipe"), recorded.get("recipe"))
         now = portable(study.train_config(run, device).to_dict(), study.root)
-        changed = sorted(changed_settings(recorded, now))
+        changed = changed_settings(recorded, now)
+        if study.same_budget(recorded, run):  # the clock's budget then, the epochs it bought now: one budget
+            changed = {k: v for k, v in changed.items() if k not in ("epochs", "time_budget")}
+        changed = sorted(changed)
         if changed:
             echo(f"warning: {run.key} was recorded with other {', '.join(changed)} than the study now gives; "
                  f"delete {path.parent}/seed{run.seed}.* and {study.run_dir(run)} to redo it")

@@ -6,6 +6,9 @@ Arms: the top-level tables define the study's default arm (``[study] arm``, e.g.
 ``[arms.NAME]`` table defines another over the same variants, model and recipe: its own ``out`` (records never
 mix), its molecules and seeds, a training ``time_budget_minutes`` per model instead of epochs, and an MD
 length for every model (``md_time_ps``). ``load_study(path, arm=NAME)`` returns it as a study of its own.
+An arm with a time budget may also give ``budget_epochs`` ({molecule: {variant: epochs}}): the epochs the budget
+bought on the reference machine. Runs trained from then on take those epochs instead of the clock, so that a
+slower or busier machine buys the same training (the time budget's records keep theirs: the two are one budget).
 
 Paths: ``paths.root`` is relative to the TOML file; ``data_dir``, ``out`` and ``potentials`` are relative
 to the root (or absolute). Output layout under ``out``:
@@ -67,6 +70,7 @@ class Molecule:
     long_md_seeds: tuple[int, ...] = ()
     long_md_ps: float | None = None
     time_budget_s: float | None = None
+    budget_epochs: dict = field(default_factory=dict)  # {variant: epochs the time budget bought}; see the module
 
 
 @dataclass
@@ -128,12 +132,24 @@ class Study:
         recipe = settings.pop("recipe", DEFAULT_RECIPE)
         model = ModelConfig(variant=run.variant, **self.model).to_dict()
         out = self.run_dir(run) / "train"
-        m = self.molecules[run.molecule]
-        length = {"epochs": m.epochs} if m.time_budget_s is None else {"time_budget": m.time_budget_s}
         return TrainConfig.preset(recipe, str(self.data_file(run.molecule, "train")), str(out), model=model,
-                                  **length, seed=run.seed,
+                                  **self.length(run), seed=run.seed,
                                   n_valid=self.data["n_valid"], test=str(self.data_file(run.molecule, "test")),
                                   threads=1, device=device, progress=False, **settings)
+
+    def length(self, run: Run) -> dict:
+        """The run's training length as TrainConfig settings: epochs, the epochs its time budget bought, or the
+        time budget."""
+        m = self.molecules[run.molecule]
+        if run.variant in m.budget_epochs:
+            return {"epochs": m.budget_epochs[run.variant]}
+        return {"epochs": m.epochs} if m.time_budget_s is None else {"time_budget": m.time_budget_s}
+
+    def same_budget(self, recorded: dict, run: Run) -> bool:
+        """Whether a recorded training config ran this run's time budget on the clock where the study now
+        gives the epochs that budget bought (one budget in two forms, not a changed setting)."""
+        m = self.molecules[run.molecule]
+        return run.variant in m.budget_epochs and recorded.get("time_budget") == m.time_budget_s
 
     def md_horizons(self, run: Run) -> list[float]:
         """MD lengths (ps) whose results are recorded: the common length, and the long one where it applies."""
@@ -148,14 +164,14 @@ class Study:
         return {"name": self.name, "arm": self.arm, "arm_option": self.arm_option, "variants": self.variants,
                 "molecules": {k: {"epochs": m.epochs, "time_budget_s": m.time_budget_s, "seeds": list(m.seeds),
                                   "optional": m.optional, "long_md_seeds": list(m.long_md_seeds),
-                                  "long_md_ps": m.long_md_ps}
+                                  "long_md_ps": m.long_md_ps, "budget_epochs": dict(m.budget_epochs)}
                               for k, m in self.molecules.items()},
                 "data": self.data, "model": self.model, "training": self.training, "md": self.md,
                 "report": self.report, "source": os.path.relpath(self.path, self.root)}
 
 
 # ---- reading -----------------------------------------------------------------------------------------
-ARM_KEYS = {"name", "out", "molecules", "seeds", "time_budget_minutes", "md_time_ps"}
+ARM_KEYS = {"name", "out", "molecules", "seeds", "time_budget_minutes", "budget_epochs", "md_time_ps"}
 DEFAULTS = {
     "data": {"train": "rmd17_{molecule}_train_01.npz", "test": "rmd17_{molecule}_test_01.npz", "n_valid": 50},
     "md": {"preset": "mdsim-md17", "runs": 5, "time_ps": 10.0, "segment_ps": 1.0, "seed": 0, "dtype": None,
@@ -164,7 +180,7 @@ DEFAULTS = {
     "sizing": {"target_minutes": 30.0, "steps": 3, "md_steps": 10},
     "paths": {"root": ".", "data_dir": "../shared/data/rmd17", "out": "study", "potentials": "potentials"},
 }
-MOLECULE_KEYS = {"epochs", "time_budget_minutes", "seeds", "optional", "long_md"}
+MOLECULE_KEYS = {"epochs", "time_budget_minutes", "budget_epochs", "seeds", "optional", "long_md"}
 PRIMARY = {"energy_rmse_meV", "energy_mae_meV", "force_rmse_meV_A", "force_mae_meV_A"}
 
 
@@ -197,6 +213,11 @@ def load_study(path, data_dir=None, arm: str | None = None) -> Study:
         raise ConfigError(f"{path} [model]: the variant is set per run from [study] variants")
     for v in variants:
         ModelConfig(variant=v, **model)  # checks the names and each variant's options
+    for name, m in raw.get("molecules", {}).items():
+        given = m.get("budget_epochs", {})
+        if given and set(given) != set(variants):
+            raise ConfigError(f"{path} [molecules.{name}] budget_epochs: give the epochs of every variant "
+                              f"({', '.join(variants)}), not of {', '.join(sorted(given)) or 'none'}")
     training = _training(raw.get("training", {}), path)
     md = tables["md"]
     if md["preset"] not in PRESETS:
@@ -245,6 +266,10 @@ def apply_arm(raw: dict, arm: str | None, path) -> tuple[dict, str, bool]:
             m["time_budget_minutes"] = table["time_budget_minutes"]
         if "seeds" in table:
             m["seeds"] = table["seeds"]
+        if "budget_epochs" in table:
+            if name not in table["budget_epochs"]:
+                raise ConfigError(f"{path} [arms.{arm}] budget_epochs: no epochs for {name}")
+            m["budget_epochs"] = table["budget_epochs"][name]
         arm_molecules[name] = m
     raw["molecules"] = arm_molecules
     if "md_time_ps" in table:
@@ -285,8 +310,15 @@ def _molecule(name: str, table: dict, seeds: tuple, path: Path) -> Molecule:
     if budget is None and (not isinstance(table.get("epochs"), int) or table["epochs"] < 1):
         raise ConfigError(f"{path} [molecules.{name}]: epochs must be a positive integer (the same for every "
                           "variant of the molecule)")
+    epochs_bought = table.get("budget_epochs", {})
+    if epochs_bought and budget is None:
+        raise ConfigError(f"{path} [molecules.{name}]: budget_epochs are the epochs a time budget bought; give "
+                          "time_budget_minutes with them")
+    if not isinstance(epochs_bought, dict) or any(not isinstance(e, int) or isinstance(e, bool) or e < 1
+                                                   for e in epochs_bought.values()):
+        raise ConfigError(f"{path} [molecules.{name}]: budget_epochs must map each variant to a positive integer")
     long_md = table.get("long_md", {})
     _check_keys(long_md, {"seeds", "time_ps"}, f"{path} [molecules.{name}] long_md")
     return Molecule(name, table.get("epochs"), tuple(table.get("seeds", seeds)), bool(table.get("optional", False)),
                     tuple(long_md.get("seeds", ())), long_md.get("time_ps"),
-                    None if budget is None else 60.0 * float(budget))
+                    None if budget is None else 60.0 * float(budget), dict(epochs_bought))

@@ -233,12 +233,27 @@ def cost_table(records: Records, molecule: str, horizon: str) -> list[str]:
                   "way): " + "; ".join(f"`{v}` seed {r['run']['seed']} "
                                        f"({max(map(float, r['horizons'])):g} ps) {r['cost']['cpu_s'] / 3600:.2f}"
                                        for v, r in long) + "."]
+    lines += budget_forms(records, molecule)
     together = sorted({(r["cost"].get("device", "cpu"), r["cost"].get("trained_together", 1))
                        for v in records.variants(molecule) for r in records.trained(molecule, v)})
     if together != [("cpu", 1)] and together:
         lines += ["", "Training: " + "; ".join(f"{n} run(s) per job on {d}" for d, n in together)
                   + ". A job's time is shared by its runs; on a GPU, CPU-h is the host process's time."]
     return lines
+
+
+def budget_forms(records: Records, molecule: str) -> list[str]:
+    """Where a time budget's models trained partly on the clock and partly for the epochs it bought (a
+    study's ``budget_epochs``): which models took which, so that neither form passes for the other."""
+    by_epochs = [(v, r["run"]["seed"], r["cost"]["epochs"]) for v in records.variants(molecule)
+                 for r in records.trained(molecule, v) if r["config"].get("time_budget") is None]
+    clock = sum(r["config"].get("time_budget") is not None for v in records.variants(molecule)
+                for r in records.trained(molecule, v))
+    if not (by_epochs and clock):
+        return []
+    return ["", f"Training length: {clock} model(s) on the clock (the time budget); {len(by_epochs)} for the epochs "
+            "the budget bought on the reference machine: " + ", ".join(f"`{v}` seed {s} ({e})" for v, s, e in by_epochs)
+            + ". Their CPU-h and samples per CPU-s are those of the machine they ran on."]
 
 
 def ef_ms(trained: list[dict]) -> float:
@@ -762,7 +777,11 @@ def _definition(s: dict) -> list[str]:
 
 def _length(m: dict) -> str:
     if m.get("time_budget_s"):
-        return f"a training budget of {m['time_budget_s'] / 60:g} min per model"
+        text = f"a training budget of {m['time_budget_s'] / 60:g} min per model"
+        if m.get("budget_epochs"):
+            text += (", or the epochs it bought on the reference machine for runs trained since they were "
+                     "stated: " + ", ".join(f"`{v}` {e}" for v, e in m["budget_epochs"].items()))
+        return text
     return f"epochs {m['epochs']}"
 
 

@@ -68,7 +68,10 @@ def sizing_table(study: Study, speeds: list[Speed]) -> str:
     for s in speeds:
         m = study.molecules[s.molecule]
         slowest = max(x.epoch_cpu_s for x in speeds if x.molecule == s.molecule)
-        if m.time_budget_s is None:
+        if s.variant in m.budget_epochs:  # the epochs the budget bought on the reference machine, at this speed
+            epochs = m.budget_epochs[s.variant]
+            train_h = epochs * s.epoch_cpu_s / 3600
+        elif m.time_budget_s is None:
             suggestions[s.molecule] = max(1, math.floor(target / slowest))
             epochs, train_h = m.epochs, m.epochs * s.epoch_cpu_s / 3600
         else:  # a time budget: the epochs that fit it, at the measured speed
