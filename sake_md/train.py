@@ -191,9 +191,10 @@ class Trainer:
             errors.add_batch(de, df, lb.batch.mask)
             if k == 0:  # the first call may compile the step (minutes): steps 1-3 time the ones that follow
                 t0 = time.perf_counter()
-            if k == plan_at and self.state["epoch"] == 0 and self.cfg.timed:
+            if k == plan_at and self.state["epoch"] == 0:
                 step_s = (time.perf_counter() - t0) / k if k else time.perf_counter() - start
-                self.state["startup_s"] = max(t0 - start - step_s, 0.0) if k else 0.0  # the compile, for replan
+                # the compile: left out of the epoch times that plan a budget and estimate the run's length
+                self.state["startup_s"] = max(t0 - start - step_s, 0.0) if k else 0.0
                 self.replan(step_seconds=step_s)
             if bar is not None:
                 bar.set_postfix_str(f"loss {float(loss.detach()):.3f}", refresh=False)
@@ -231,8 +232,11 @@ class Trainer:
     def report_epoch(self, row: dict, bar) -> None:
         """The console after an epoch: what the run will take (after the first), the progress bar."""
         if self.state["epoch"] == 1 and not self.cfg.timed and self.ctx.main:
-            notify(f"epoch 1 took {row['seconds']:.1f} s: {self.cfg.epochs} epochs take about "
-                   f"{_duration(self.cfg.epochs * row['seconds'])} at this speed")
+            epoch_s = self.state["epoch_seconds"][-1]  # without the first step's compile
+            startup = row["seconds"] - epoch_s
+            of_which = f" ({startup:.0f} s of it compiling the step)" if startup >= 0.1 * row["seconds"] else ""
+            notify(f"epoch 1 took {row['seconds']:.1f} s{of_which}: {self.cfg.epochs} epochs take about "
+                   f"{_duration(row['seconds'] + (self.cfg.epochs - 1) * epoch_s)} at this speed")
         if bar is not None:
             bar.total = self.state["planned_epochs"]
             bar.set_postfix_str(f"F {row['train_force_mae_meV_A']:.1f}/{row['val_force_mae_meV_A']:.1f} "

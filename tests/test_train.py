@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -337,3 +338,24 @@ def test_fine_tuning_starts_from_the_checkpoint_and_refuses_what_it_cannot_conti
     hydrogen = save_checkpoint(tmp_path / "h.pt", SAKEPotential([1], ModelConfig(**SMALL)))
     with pytest.raises(DataError, match=r"knows the elements \[1\] only.*\[6, 8\]"):
         train(small_config(npz, tmp_path / "h", init=str(hydrogen)))
+
+
+def test_the_first_epochs_estimate_leaves_the_compile_out(npz, tmp_path, monkeypatch, capsys):
+    from sake_md import train as training
+
+    original, calls = training.Trainer.eager_step, []
+
+    def slow_first_call(self, *args, **kwargs):  # stands for a compile on the step's first call
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(2.0)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(training.Trainer, "eager_step", slow_first_call)
+    train(small_config(npz, tmp_path / "run", epochs=3, compile=False))
+    line = next(s for s in capsys.readouterr().err.splitlines() if "epoch 1 took" in s)
+    first, later = log_rows(tmp_path / "run")[0]["seconds"], log_rows(tmp_path / "run")[1]["seconds"]
+    assert "s of it compiling the step)" in line and first > 2.0 > 10 * later
+    # 3 epochs: the first (with its compile) and 2 at the later speed (~2 s in all), not 3 x the first (> 6 s)
+    estimate = float(line.split("3 epochs take about ")[1].removesuffix(" s at this speed"))
+    assert estimate < 1.5 * first
