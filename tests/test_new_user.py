@@ -65,7 +65,9 @@ def test_a_first_step_that_compiles_does_not_make_the_budget_look_too_short(tmp_
     result = invoke("train", "--data", data, "--out", tmp_path / "r", "--time-budget", "5s", "--recipe", "cpu",
                     "--no-compile", *TINY)
     assert result.exit_code == 0, result.output
-    assert len(calls) > 7 * 20 and "fits only about" not in result.output  # 7 steps an epoch, many epochs
+    # 7 steps an epoch; the compile counted into the plan allowed at most 2 epochs. Many more fit the 3 s left on
+    # any machine (20 on a quiet one, 15 on a slow one with both cores busy), so the bound leaves room for speed
+    assert len(calls) > 7 * 6 and "fits only about" not in result.output
 
 
 def test_plain_train_uses_the_cpu_recipe_not_the_papers_5000_epochs(monkeypatch):
