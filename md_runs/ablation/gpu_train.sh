@@ -13,7 +13,8 @@
 #
 # Afterwards PACK_DIR holds records.tar (records/ and each run's config, log, cost and metrics) and
 # best_NN.tar, the best.pt of every finished run in parts of at most 15 MB, in the order the report needs
-# them. Unpack them in md_runs/ablation/; `sake-md study md_runs/ablation/study.toml` then runs the MD stage.
+# them. Unpack them in the arm's folder (md_runs/ablation/, or md_runs/ablation/equal-cost/ with --arm equal-cost);
+# the same `sake-md study md_runs/ablation/study.toml [--arm ...]` then runs the MD stage.
 set -u
 DATA=${1:?usage: gpu_train.sh DATA_DIR [SECONDS] [PACK_DIR]}
 BUDGET=${2:-450}
@@ -47,7 +48,15 @@ timeout -s TERM "$BUDGET" python3 -m sake_md study md_runs/ablation/study.toml -
   --stack --precompile --train-only --jobs "$JOBS" --molecule ethanol --molecule malonaldehyde "$@"
 echo "study exit $? after $(( $(date +%s) - START )) s" | tee -a "$PACK/gpu.txt"
 
-cd "$HERE"
+# Pack from the folder of the arm that ran (an arm, e.g. --arm equal-cost, keeps records/ and runs/ of its own).
+ARM=""
+while [ $# -gt 0 ]; do
+  case $1 in --arm) ARM=${2:-}; shift ;; --arm=*) ARM=${1#--arm=} ;; esac
+  shift
+done
+OUT=$(python3 -c "import sys; from sake_md.study.definition import load_study; print(load_study(sys.argv[1], arm=sys.argv[2] or None).out)" \
+  md_runs/ablation/study.toml "$ARM") || exit 1
+cd "$OUT"
 tar cf "$PACK/records.tar" records $(ls runs/*/*/*/cost.json runs/*/*/*/job.log runs/*/*/*/train/metrics.jsonl \
   runs/*/*/*/train/config.json 2>/dev/null)
 python3 - "$PACK" <<'EOF'
