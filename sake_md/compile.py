@@ -127,10 +127,15 @@ def _torch_default_cache_dir() -> str | None:
     return os.path.abspath(default_cache_dir())
 
 
+# Bumped when the traced graphs change form, so that compile times recorded for the old form do not pass for
+# compiles from the cache of the new one (2: the energy scale and shift became graph inputs)
+GRAPH_FORM = 2
+
+
 def compile_record_key(potential: SAKEPotential, key: tuple) -> str:
-    """What a compile's cost depends on: architecture, shapes, dtype, device, inductor options, torch."""
+    """What a compile's cost depends on: architecture, shapes, dtype, device, inductor options, torch, graph form."""
     text = json.dumps([potential.config.to_dict(), len(potential.atomic_numbers), [str(k) for k in key],
-                       default_options(key[3]), torch.__version__], sort_keys=True, default=str)
+                       default_options(key[3]), torch.__version__, GRAPH_FORM], sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

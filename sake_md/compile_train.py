@@ -196,7 +196,7 @@ class CompiledTrainStep:
 
     def shape_key(self, lb: LabelledBatch) -> tuple:
         x = lb.batch.positions
-        return tuple(x.shape), x.dtype, x.device, self.potential.energy_scale, self.potential.energy_shift
+        return tuple(x.shape), x.dtype, x.device  # the energy scale and shift are inputs (buffers) of the graph
 
     def inputs(self, params, lb: LabelledBatch, cfg, names) -> list[torch.Tensor]:
         """The step function's flat inputs: parameters, buffers, the batch, its labels, the loss weights (a device

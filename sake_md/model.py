@@ -113,12 +113,46 @@ class SAKEPotential(nn.Module):
         index = torch.full((119,), -1, dtype=torch.long)
         index[torch.tensor(numbers)] = torch.arange(len(numbers))
         self.register_buffer("species_index", index, persistent=False)
-        self.energy_scale = float(energy_scale)
-        self.energy_shift = float(energy_shift)
+        # The normalisation as float64 buffers, not Python floats: a compiled graph takes them as inputs instead of
+        # baking them in as literals, so every model of one architecture and shape compiles to the same graph and
+        # torch's cache serves the next model's compile. Not in the state dict (the checkpoint stores them apart).
+        self.register_buffer("_scale", torch.tensor(float(energy_scale), dtype=torch.float64), persistent=False)
+        self.register_buffer("_shift", torch.tensor(float(energy_shift), dtype=torch.float64), persistent=False)
         refs = [0.0] * len(numbers) if atomic_energies is None else [float(e) for e in atomic_energies]
         self.atomic_energies = refs
         self.register_buffer("_refs", torch.tensor(refs, dtype=torch.float64), persistent=False)
         self.backbone = SAKE(len(numbers), self.config)
+
+    FLOAT64_BUFFERS = ("_scale", "_shift", "_refs")
+
+    def _apply(self, fn, recurse=True):
+        """``.to()``, ``.float()``, ``.cuda()``...: the energy constants follow the device but stay float64 (exact
+        total energies of thousands of eV in a float32 model)."""
+        kept = {k: self._buffers.pop(k) for k in self.FLOAT64_BUFFERS}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            for k, t in kept.items():
+                self._buffers[k] = t.to(fn(t).device)
+        return self
+
+    @property
+    def energy_scale(self) -> float:
+        """eV: the model's per-atom outputs are multiplied by it."""
+        return float(self._scale)
+
+    @energy_scale.setter
+    def energy_scale(self, value: float):
+        self._scale.fill_(float(value))
+
+    @property
+    def energy_shift(self) -> float:
+        """eV: the constant added to every structure's energy (spread over its atoms in ``reference_energy``)."""
+        return float(self._shift)
+
+    @energy_shift.setter
+    def energy_shift(self, value: float):
+        self._shift.fill_(float(value))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -181,12 +215,12 @@ class SAKEPotential(nn.Module):
         table = self.neighbour_table(positions, mask, neighbours, cell, pbc)
         graph = None if table is None else NeighbourGraph.build(table, positions, self.cutoff,
                                                                 self.config.cutoff_width)
-        return self.energy_scale * self.backbone(species, positions, mask, graph)
+        return self.backbone(species, positions, mask, graph) * self._scale  # float32 stays float32 (0-d operand)
 
     def reference_energy(self, species: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-atom constant terms (shift/N + e_ref(z)) in float64. Shape: (B, N) -> (B, N)."""
         n = mask.sum(-1, keepdim=True).to(torch.float64)
-        return (self._refs.to(species.device)[species] + self.energy_shift / n) * mask
+        return (self._refs.to(species.device)[species] + self._shift / n) * mask
 
     def predict(self, species, positions, mask, forces: bool = True, training: bool = False, cell=None, pbc=None,
                 stress: bool = False, neighbours: NeighbourTable | None = None) -> dict:

@@ -137,6 +137,29 @@ def test_weights_are_inputs_not_constants(compiled):
             weight.copy_(saved)
 
 
+def test_energy_constants_are_inputs_so_models_share_a_graph(compiled):
+    """The energy scale and shift enter the graph as inputs, not literals: two models that differ only in them
+    trace to the same graph (so torch's on-disk cache serves the second model's compile), and changing them in
+    place changes the compiled results without a recompile."""
+    b = batch(tiny(), molecules("CH3CH2OH"))
+    one, other = tiny(), tiny()
+    other.energy_scale, other.energy_shift = 2.5, -1234.5
+    codes = [sc.trace(p, b.species, b.positions, b.mask).code for p in (one, other)]
+    assert codes[0] == codes[1]
+    model = compiled("sake")
+    before = model(b.species, b.positions, b.mask)
+    count = model.compiles
+    saved = model.potential.energy_scale, model.potential.energy_shift
+    try:
+        model.potential.energy_scale, model.potential.energy_shift = 3.0 * saved[0], saved[1] - 7.0
+        after = model(b.species, b.positions, b.mask)
+        assert_same(after, eager(model.potential, b), torch.float64)
+        assert not torch.allclose(after["forces"], before["forces"])
+        assert model.compiles == count
+    finally:
+        model.potential.energy_scale, model.potential.energy_shift = saved
+
+
 def test_new_dtype_recompiles_float32(compiled):
     model = compiled("sake")
     b64 = batch(model.potential, molecules("CH3CH2OH"))

@@ -115,6 +115,20 @@ def test_compiled_step_gives_eager_gradients_and_loss_curve(trainers):
     assert any(not torch.equal(v, init[k]) for k, v in eager.potential.state_dict().items())
 
 
+def test_runs_with_other_energy_normalisations_trace_to_one_graph(trainers):
+    """Each run's data gives its own energy scale and shift; they are inputs of the traced step, so every run of
+    one architecture and shape compiles the same graph and torch's cache serves all but the first."""
+    import copy
+
+    _, compiled, _ = trainers
+    other = copy.deepcopy(compiled.potential)
+    other.energy_scale, other.energy_shift = 3.0 * other.energy_scale, other.energy_shift - 50.0
+    lb = labelled_batch(compiled.train_set, np.arange(4), other.species_index, torch.float64)
+    steps = [CompiledTrainStep(p, 4, 9, verbose=False, backend="eager") for p in (compiled.potential, other)]
+    codes = [step.trace(lb, compiled.cfg, ())[0].code for step in steps]
+    assert codes[0] == codes[1]
+
+
 @pytest.mark.parametrize("variant", list(SPATIAL_BLOCKS))
 def test_every_variant_traces_to_the_eager_gradients(npz, tmp_path, variant):
     """The traced graph of every registered variant (run by the "eager" backend) = the eager step."""

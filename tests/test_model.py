@@ -83,6 +83,22 @@ def test_float32_close_to_float64():
     np.testing.assert_allclose(F32, F64, atol=1e-5)
 
 
+def test_energy_constants_stay_float64_and_out_of_the_state_dict():
+    """A float32 model keeps its scale, shift and atomic reference energies in float64 (exact totals of thousands of
+    eV); they are not in the state dict (the checkpoint stores them apart) and can be set as floats."""
+    p = SAKEPotential([1, 6], ModelConfig(**SMALL), energy_scale=0.123456789012, energy_shift=-97123.456789012,
+                      atomic_energies=[-13.6056931, -1029.86314159]).float()
+    assert p.dtype == torch.float32
+    assert p._refs.tolist() == [-13.6056931, -1029.86314159]
+    assert (p.energy_scale, p.energy_shift) == (0.123456789012, -97123.456789012)
+    assert all(t.dtype == torch.float64 for t in (p._scale, p._shift, p._refs))
+    assert not {"_scale", "_shift", "_refs"} & set(p.state_dict())
+    p.energy_shift += 1.0
+    z = torch.tensor([[0, 1]])
+    ref = p.reference_energy(z, torch.ones(1, 2, dtype=torch.bool))
+    assert ref.dtype == torch.float64 and float(ref.sum()) == pytest.approx(-97122.456789012 - 1043.46883469, abs=1e-9)
+
+
 def test_unknown_variant_is_refused():
     with pytest.raises(ValueError, match="unknown variant 'nope'"):
         ModelConfig(variant="nope")
