@@ -78,12 +78,16 @@ class Trainer:
                 raise SakeMDError("--compile trains dense (molecular) models; a model with --cutoff trains eagerly")
         if cfg.compile is True:
             self.step = CompiledTrainStep.for_trainer(self)
-        elif cfg.compile == "auto":
+
+    def choose_step(self) -> None:
+        """compile="auto": pick the training step for the work left (``open_run`` calls this after a resume has
+        restored the progress: a resumed run repays a compile only with its remaining epochs)."""
+        if self.cfg.compile == "auto":
             self.step = self.auto_step()
 
     def auto_step(self):
-        """compile="auto": the compiled step when the run's expected training time exceeds ``AUTO_FACTOR`` × the
-        expected compile time (the inference rule), else the eager one; sparse models have no compiled step.
+        """compile="auto": the compiled step when the run's expected training time left exceeds ``AUTO_FACTOR`` ×
+        the expected compile time (the inference rule), else the eager one; sparse models have no compiled step.
         Says which, once."""
         step = self.eager_step
         why = ("a sparse (--cutoff) model has no compiled training step" if self.potential.cutoff is not None
@@ -91,8 +95,9 @@ class Trainer:
         if why is None:
             compiled = CompiledTrainStep.for_trainer(self)
             compile_s, basis = compiled.expected_compile_s()
+            left = " left" if self.state["epoch"] else ""
             if self.cfg.timed:
-                work_s, what = self.cfg.time_budget, "a budget of"
+                work_s, what = max(self.cfg.time_budget - self.state["seconds"], 0.0), f"a budget{left} of"
             else:  # one eager step on the first batch, timed at its second call; gradients discarded, weights untouched
                 lb = labelled_batch(self.train_set, np.arange(min(self.cfg.batch_size, len(self.train_set))),
                                     self.potential.species_index, self.dtype, self.device)
@@ -101,7 +106,8 @@ class Trainer:
                 self.eager_step(lb, self.cfg)
                 step_s = time.perf_counter() - start
                 self.optimizer.zero_grad(set_to_none=True)
-                work_s, what = self.cfg.epochs * self.steps_per_epoch() * step_s, "about"
+                epochs = max(self.cfg.epochs - self.state["epoch"], 0)
+                work_s, what = epochs * self.steps_per_epoch() * step_s, f"{epochs} epochs{left}, about"
             if should_compile(1, work_s, compile_s):
                 step = compiled
             why = (f"{what} {work_s / 60:.1f} min of training vs ~{compile_s:.0f} s to compile the step ({basis}); "
@@ -388,6 +394,7 @@ def open_run(trainer: Trainer, resume: bool) -> None:
             (trainer.out / "metrics.jsonl").write_text("")
     if resume:
         trainer.restore()
+    trainer.choose_step()
 
 
 def train(cfg: TrainConfig, resume: bool = False, on_epoch_end=None) -> Path:

@@ -243,6 +243,21 @@ def test_train_compile_with_resume_matches_an_eager_run(npz, tmp_path):
         assert rb["train_force_mae_meV_A"] == pytest.approx(ra["train_force_mae_meV_A"], rel=1e-8)
 
 
+def test_auto_resumed_run_weighs_the_compile_against_the_epochs_left(npz, tmp_path, monkeypatch, capsys):
+    """compile=auto decides after a resume has restored the progress: 2 of 5 epochs left, not 5."""
+    train(tiny_config(npz, tmp_path))  # 3 epochs done
+    weighed = []
+    monkeypatch.setattr(sake_md.train, "should_compile", lambda calls, work_s, compile_s: weighed.append(work_s))
+    capsys.readouterr()
+    fresh = Trainer(tiny_config(npz, tmp_path / "fresh", epochs=5, compile="auto"), distributed.Context(), CPU)
+    sake_md.train.open_run(fresh, resume=False)
+    resumed = Trainer(tiny_config(npz, tmp_path, epochs=5, compile="auto"), distributed.Context(), CPU)
+    sake_md.train.open_run(resumed, resume=True)
+    err = capsys.readouterr().err
+    assert "compile=auto: 5 epochs, about" in err and "compile=auto: 2 epochs left, about" in err
+    assert resumed.state["epoch"] == 3 and len(weighed) == 2
+
+
 @pytest.mark.slow
 def test_two_compiled_processes_match_one_eager_process(npz, tmp_path):
     """DDP: each process runs the compiled step on 4 of the 8 frames and all-reduces the gradients."""

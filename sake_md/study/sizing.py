@@ -36,6 +36,7 @@ def measure(study: Study, run: Run, device: str = "cpu") -> Speed:
     steps, md_steps = study.sizing["steps"], study.sizing["md_steps"]
     cfg = study.train_config(run, device)
     trainer = Trainer(cfg, Context(), resolve_device(device))
+    trainer.choose_step()  # the step the training will take
     n_train, batch = len(trainer.train_set), cfg.batch_size
     full = trainer.train_set
     trainer.train_set = full.subset(range(min(n_train, batch)))
