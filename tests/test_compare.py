@@ -196,8 +196,17 @@ def test_compare_resumes_a_killed_run_and_equals_an_uninterrupted_one(tmp_path, 
     monkeypatch.setattr(segments.SegmentedStability, "advance", advance)
     again = CliRunner().invoke(main, [*args, "--out", str(out)])
     assert again.exit_code == 2 and "--resume" in again.output  # a fresh run never overwrites a saved one
+    init, expected = segments.SegmentedStability.__init__, []
+
+    def recording(self, *a, **k):
+        expected.append(k["expected_calls"])
+        init(self, *a, **k)
+
+    monkeypatch.setattr(segments.SegmentedStability, "__init__", recording)
     resumed = CliRunner().invoke(main, [*args, "--out", str(out), "--resume"])
     assert resumed.exit_code == 0, resumed.output
+    assert expected == [201]  # compile="auto" weighs the 200 steps left (and the first call), not the run's 300
+    monkeypatch.setattr(segments.SegmentedStability, "__init__", init)
     assert "resuming" in resumed.output and "150/150 ps" not in resumed.output and "0.15/0.15 ps" in resumed.output
     first, second = (json.loads((d / "compare.json").read_text())["models"][0] for d in (tmp_path / "whole", out))
     assert first["runs"] == second["runs"] and first["hr"] == second["hr"] and first["steps"] == second["steps"] == 300

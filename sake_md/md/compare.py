@@ -70,10 +70,11 @@ def _file_name(name: str) -> str:
 
 def _run_resumable(potential, ref, start, preset, runs, time_ps, seed, device, name, compile, state_path, segment_ps,
                    echo) -> StabilityResult:
-    from .segments import SegmentedStability, run_segmented
+    from .segments import SegmentedStability, run_segmented, saved_step
 
+    # compile="auto" weighs the calls left: a resumed run near its end does not compile for the whole run
     run = SegmentedStability(potential, ref, start, preset, runs, seed, device, name, compile,
-                             expected_calls=preset.steps(time_ps) + 1)
+                             expected_calls=preset.steps(time_ps) - saved_step(state_path) + 1)
     if echo is not None and state_path.exists():
         echo(f"{name}: resuming from {state_path}")
 

@@ -133,6 +133,13 @@ class SegmentedStability:
         return path
 
 
+def saved_step(state_path) -> int:
+    """The step a run saved at ``state_path`` stopped at (0 without a saved run): its calls left to make."""
+    if not Path(state_path).exists():
+        return 0
+    return int(torch.load(state_path, map_location="cpu", weights_only=True)["run"]["step"])
+
+
 def run_segmented(run: SegmentedStability, horizons_ps, segment_ps: float, state_path,
                   on_segment: Callable[[SegmentedStability], None] | None = None) -> dict[float, StabilityResult]:
     """Advance ``run`` to the longest horizon in segments of ``segment_ps``, saving to ``state_path`` after each and

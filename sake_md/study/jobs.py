@@ -30,7 +30,7 @@ from ..files import atomic_write
 from ..md.rdf import h_of_r
 from ..md.reference import read_reference
 from ..md.replicas import SAKEForces
-from ..md.segments import SegmentedStability, run_segmented
+from ..md.segments import SegmentedStability, run_segmented, saved_step
 from ..md.stability import PRESETS
 from ..model import count_parameters
 from ..train import TrainConfig, Trainer, read_config, train
@@ -217,15 +217,17 @@ def md_stage(study: Study, run: Run, device: str = "cpu", on_segment=None) -> di
     reference, start = read_reference(reference_file), read_reference(start_file)
     horizons = study.md_horizons(run)
     preset = PRESETS[md["preset"]]
+    state_path = study.run_dir(run) / "md_state.pt"
     protocol = SegmentedStability(potential, reference, start, preset, md["runs"], md["seed"], resolve_device(device),
-                                  run.key, compile=md["compile"], expected_calls=preset.steps(max(horizons)))
+                                  run.key, compile=md["compile"],
+                                  expected_calls=preset.steps(max(horizons)) - saved_step(state_path) + 1)
 
     def segment_end(r):
         ledger.save()
         if on_segment is not None:
             on_segment(r)
 
-    results = run_segmented(protocol, horizons, md["segment_ps"], study.run_dir(run) / "md_state.pt", segment_end)
+    results = run_segmented(protocol, horizons, md["segment_ps"], state_path, segment_end)
     protocol.save_frames(study.run_dir(run) / "md_frames.npz")  # for the committee analysis
     root = study.root
     return {"kind": "md", "run": run.to_dict(), "sake_md_version": __version__, "finished": _now(),
