@@ -4,6 +4,7 @@ and a tiny arm end to end in a records folder of its own."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,7 +120,9 @@ def test_cost_labels_keep_long_runs_out_and_take_medians(tmp_path):
     assert "MD CPU-h per model (1 ps runs only)" in text and "`sake` seed 0 (5 ps) 2.00" in text
 
 
-def test_primary_test_pools_the_required_molecules_by_relative_difference(tmp_path):
+def two_molecule_records(tmp_path) -> Path:
+    """The fixture's ethanol records copied to malonaldehyde with every error of both cells doubled (the same
+    relative differences), and to aspirin (optional) with `sake`'s ×10 (`sake-no-spatial` better there)."""
     records = fixture_records(tmp_path)
     study = json.loads((records / "study.json").read_text())
     # malonaldehyde: every error doubled; aspirin (optional): sake's ×10, so that no-spatial is better there
@@ -136,8 +139,12 @@ def test_primary_test_pools_the_required_molecules_by_relative_difference(tmp_pa
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_text(json.dumps(train))
     (records / "study.json").write_text(json.dumps(study))
-    text = render(load_records(records))
-    section = text.split("### Primary test", 1)[1].split("### ethanol", 1)[0]
+    return records
+
+
+def test_primary_test_pools_the_required_molecules_by_relative_difference(tmp_path):
+    text = render(load_records(two_molecule_records(tmp_path)))
+    section = text.split("### Primary test", 1)[1].split("### Secondary", 1)[0]
     row = table_row(section, "|---|", "sake-no-spatial")
     # ethanol and malonaldehyde alike: +10 / (10, 12, 14) twice (scaling both cells keeps the ratio); aspirin,
     # optional, left out: 6 positive pairs, exact p = 2 / 2^6, one variant so Holm keeps it
@@ -145,6 +152,21 @@ def test_primary_test_pools_the_required_molecules_by_relative_difference(tmp_pa
     assert "| 6 (ethanol, malonaldehyde) |" in row and f"{100 * np.mean(rel):+.1f}%" in row
     assert "| 0.0312 (0.0312) | 0.0312 **< 0.05** |" in row
     assert "per-molecule tests below are secondary" in section
+
+
+def test_secondary_tests_pool_the_other_errors_with_holm_over_all_of_them(tmp_path):
+    records = load_records(two_molecule_records(tmp_path))
+    section = render(records).split("### Secondary tests", 1)[1].split("### ethanol", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `sake-no-spatial`")]
+    # the three errors other than the primary (force RMSE), each as the primary: 6 of 6 pairs above `sake`,
+    # exact p 2 / 2^6 = 0.03125; Holm over the 3 tests together: 3 × 0.03125 = 0.094 for each
+    assert [r.split(" | ")[1] for r in rows] == ["energy RMSE (meV)", "energy MAE (meV)", "force MAE (meV/Å)"]
+    assert all("| 0 of 6 | 0.0312 (0.0312) | 0.0938 |" in r for r in rows)
+    # tails: each model's force RMSE / MAE, its range over seeds per molecule (doubling both keeps the ratio)
+    ratios = [r["test"]["force_rmse_meV_A"]["value"] / r["test"]["force_mae_meV_A"]["value"]
+              for r in records.trained("ethanol", "sake")]
+    for molecule in ("ethanol", "malonaldehyde"):
+        assert f"- {molecule}: `sake` {min(ratios):.2f}–{max(ratios):.2f}," in section
 
 
 def test_cost_table_gives_the_compile_time_inside_the_training_budget(tmp_path):

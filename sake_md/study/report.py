@@ -369,29 +369,43 @@ class PooledComparison:
     variant: str
     effect: PairedEffect
     molecules: list[str]
+    metric: str = ""
     holm_p: float | None = None
 
 
-def pooled_primary(records: Records, baseline: str, primary: str) -> list[PooledComparison]:
-    """The primary test: each variant against ``baseline`` on the primary metric over every required (not
-    optional) molecule, one relative difference (a - b) / b per (molecule, seed) pair, so that molecules with
-    different error scales weigh alike; the exact sign-flip test over all pairs, Holm's adjustment over the
-    variants. Per molecule, S seeds cannot give p below 2^(1 - S) (0.0625 for 5), M molecules together can
-    (2^(1 - MS))."""
+def pooled(records: Records, baseline: str, quantity: str) -> list[PooledComparison]:
+    """Each variant against ``baseline`` on one test error over every required (not optional) molecule, one
+    relative difference (a - b) / b per (molecule, seed) pair, so that molecules with different error scales
+    weigh alike; the exact sign-flip test over all pairs (no adjustment here). Per molecule, S seeds cannot
+    give p below 2^(1 - S) (0.0625 for 5), M molecules together can (2^(1 - MS))."""
     optional = {m for m, d in records.study.get("molecules", {}).items() if d.get("optional")}
     out = []
     for v in [v for v in records.variants() if v != baseline]:
         rel, used = [], []
         for m in [m for m in records.molecules() if m not in optional]:
-            a, b = paired_errors(records, m, v, baseline, primary)
+            a, b = paired_errors(records, m, v, baseline, quantity)
             if len(a):
                 rel += list((a - b) / b)
                 used.append(m)
         if rel:
-            out.append(PooledComparison(v, paired_effect(np.array(rel), np.zeros(len(rel))), used))
-    for c, p in zip(out, holm([c.effect.p for c in out]), strict=True):
-        c.holm_p = p
+            out.append(PooledComparison(v, paired_effect(np.array(rel), np.zeros(len(rel))), used, quantity))
     return out
+
+
+def _adjust(comps: list[PooledComparison]) -> list[PooledComparison]:
+    for c, p in zip(comps, holm([c.effect.p for c in comps]), strict=True):
+        c.holm_p = p
+    return comps
+
+
+def pooled_primary(records: Records, baseline: str, primary: str) -> list[PooledComparison]:
+    """The primary test: ``pooled`` on the primary metric, Holm's adjustment over the variants."""
+    return _adjust(pooled(records, baseline, primary))
+
+
+def pooled_secondary(records: Records, baseline: str, primary: str) -> list[PooledComparison]:
+    """The other test errors, pooled the same way, with Holm's adjustment over all of them together."""
+    return _adjust([c for q, _ in ERRORS if q != primary for c in pooled(records, baseline, q)])
 
 
 def pooled_section(pooled: list[PooledComparison], baseline: str, primary: str, alpha: float) -> list[str]:
@@ -419,6 +433,43 @@ def pooled_section(pooled: list[PooledComparison], baseline: str, primary: str, 
         lines.append(f"| `{c.variant}` | {e.n} ({', '.join(c.molecules)}) | {100 * e.mean:+.1f}% "
                      f"[{100 * e.lo:+.1f}%, {100 * e.hi:+.1f}%] | {pairs} | {e.p:.3g} ({e.min_p:.3g}) | "
                      f"{c.holm_p:.3g}{verdict} |")
+    return lines + [""]
+
+
+def secondary_section(records: Records, baseline: str, primary: str) -> list[str]:
+    """The other test errors pooled like the primary one (exploratory), and the tails of the force errors."""
+    comps = [c for c in pooled_secondary(records, baseline, primary) if len(c.molecules) > 1]
+    if not comps:
+        return []
+    tests = sum(c.effect.p is not None for c in comps)
+    lines = ["### Secondary tests: the other test errors, pooled the same way", "",
+             f"Exploratory: the pooled test above on each other test error, with Holm's adjustment over these {tests} "
+             "tests together; not chosen before the runs. Added to the report on 2026-12-07 (after every run of the "
+             "equal-epochs arm and seeds 0–3 of the equal-cost arm), because the equal-cost interpretation cites "
+             "them.", "",
+             f"| variant − `{baseline}` | metric | pairs | mean relative Δ [95% t-interval] | below `{baseline}` | "
+             "exact p (min) | Holm p |", "|---|---|---:|---|---:|---|---|"]
+    for c in comps:
+        e = c.effect
+        below = f"{int((e.diffs < 0).sum())} of {e.n}"
+        if e.p is None:
+            lines.append(f"| `{c.variant}` | {LABELS[c.metric]} | {e.n} | {100 * e.mean:+.1f}% | {below} | one pair: "
+                         "no test | — |")
+            continue
+        lines.append(f"| `{c.variant}` | {LABELS[c.metric]} | {e.n} | {100 * e.mean:+.1f}% "
+                     f"[{100 * e.lo:+.1f}%, {100 * e.hi:+.1f}%] | {below} | {e.p:.3g} ({e.min_p:.3g}) | "
+                     f"{c.holm_p:.3g} |")
+    lines += ["", "Tails of the force errors, test force RMSE / MAE per model (the range over seeds; √(π/2) ≈ 1.25 "
+              "for normally distributed errors, more where a few large errors dominate the RMSE):", ""]
+    for m in records.molecules():
+        cells = []
+        for v in records.variants(m):
+            ratios = [r["test"]["force_rmse_meV_A"]["value"] / r["test"]["force_mae_meV_A"]["value"]
+                      for r in records.trained(m, v)]
+            if ratios:
+                span = f"{min(ratios):.2f}" if len(ratios) == 1 else f"{min(ratios):.2f}–{max(ratios):.2f}"
+                cells.append(f"`{v}` {span}")
+        lines.append(f"- {m}: " + ", ".join(cells))
     return lines + [""]
 
 
@@ -680,6 +731,7 @@ def render(records: Records, plots: list[str] = (), interpretation: str | None =
               "independent). " + ("The interpretation follows them." if interpretation else
                                   "Interpretation is left to the reader."), ""]
     lines += pooled_section(pooled_primary(records, baseline, primary), baseline, primary, alpha)
+    lines += secondary_section(records, baseline, primary)
     for molecule in records.molecules():
         lines += [f"### {molecule}", ""] + findings(records, molecule, main or "", baseline, alpha, comps,
                                                      primary) + [""]
