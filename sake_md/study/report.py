@@ -373,7 +373,7 @@ class PooledComparison:
     holm_p: float | None = None
 
 
-def pooled(records: Records, baseline: str, quantity: str) -> list[PooledComparison]:
+def pooled_tests(records: Records, baseline: str, quantity: str) -> list[PooledComparison]:
     """Each variant against ``baseline`` on one test error over every required (not optional) molecule, one
     relative difference (a - b) / b per (molecule, seed) pair, so that molecules with different error scales
     weigh alike; the exact sign-flip test over all pairs (no adjustment here). Per molecule, S seeds cannot
@@ -393,19 +393,20 @@ def pooled(records: Records, baseline: str, quantity: str) -> list[PooledCompari
 
 
 def _adjust(comps: list[PooledComparison]) -> list[PooledComparison]:
+    """Holm's adjustment over ``comps`` as one family (their ``holm_p``, in place)."""
     for c, p in zip(comps, holm([c.effect.p for c in comps]), strict=True):
         c.holm_p = p
     return comps
 
 
 def pooled_primary(records: Records, baseline: str, primary: str) -> list[PooledComparison]:
-    """The primary test: ``pooled`` on the primary metric, Holm's adjustment over the variants."""
-    return _adjust(pooled(records, baseline, primary))
+    """The primary test: ``pooled_tests`` on the primary metric, Holm's adjustment over the variants."""
+    return _adjust(pooled_tests(records, baseline, primary))
 
 
 def pooled_secondary(records: Records, baseline: str, primary: str) -> list[PooledComparison]:
     """The other test errors, pooled the same way, with Holm's adjustment over all of them together."""
-    return _adjust([c for q, _ in ERRORS if q != primary for c in pooled(records, baseline, q)])
+    return _adjust([c for q, _ in ERRORS if q != primary for c in pooled_tests(records, baseline, q)])
 
 
 def pooled_section(pooled: list[PooledComparison], baseline: str, primary: str, alpha: float) -> list[str]:
@@ -438,8 +439,8 @@ def pooled_section(pooled: list[PooledComparison], baseline: str, primary: str, 
 
 def secondary_section(records: Records, baseline: str, primary: str) -> list[str]:
     """The other test errors pooled like the primary one (exploratory), and the tails of the force errors."""
-    comps = [c for c in pooled_secondary(records, baseline, primary) if len(c.molecules) > 1]
-    if not comps:
+    comps = pooled_secondary(records, baseline, primary)
+    if not any(len(c.molecules) > 1 for c in comps):
         return []
     tests = sum(c.effect.p is not None for c in comps)
     lines = ["### Secondary tests: the other test errors, pooled the same way", "",
